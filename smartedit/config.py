@@ -1,0 +1,520 @@
+"""Typed configuration of the SmartEdit model.
+
+One dataclass per component (vision tower, MLLM, Q-Former, BIM, UNet, VAE, noise scheduler) and one for the
+whole model. Every config validates itself; :func:`SmartEditConfig.from_dict` rejects unknown keys and reports
+*all* problems (unknown keys and invalid values, at every nesting level) in one :class:`ConfigError`.
+
+Presets: ``tiny`` (CPU, tests, the shipped default), ``7b`` and ``13b`` (the paper's models:
+LLaVA-1.1 + CLIP ViT-L/14 + SD-1.5), see :func:`preset`.
+
+The config is saved as ``config.json`` next to the weights by ``SmartEditModel.save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+__all__ = [
+    "ConfigError",
+    "VisionConfig",
+    "MLLMConfig",
+    "LoRAConfig",
+    "QFormerConfig",
+    "BIMConfig",
+    "UNetConfig",
+    "VAEConfig",
+    "SchedulerConfig",
+    "SmartEditConfig",
+    "preset",
+    "PRESETS",
+    "CONFIG_NAME",
+]
+
+CONFIG_NAME = "config.json"
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid; the message lists every problem found."""
+
+    def __init__(self, problems: list[str], where: str = "config"):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid {where} ({len(self.problems)} problem(s)):\n{lines}")
+
+
+def _positive(obj: Any, names: list[str], problems: list[str], prefix: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            problems.append(f"{prefix}{name} must be a positive integer, got {value!r}")
+
+
+class _Section:
+    """Mixin for config sections: dict round trip and validation."""
+
+    def problems(self, prefix: str = "") -> list[str]:  # pragma: no cover - overridden
+        return []
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, _Section):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def _from_dict(cls, data: Any, prefix: str, problems: list[str]):
+        if not isinstance(data, dict):
+            problems.append(f"{prefix or 'config'} must be a JSON object, got {type(data).__name__}")
+            return cls()
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in data.items():
+            if key not in fields:
+                problems.append(f"unknown key '{prefix}{key}' (known there: {', '.join(sorted(fields))})")
+                continue
+            default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else fields[key].default
+            if isinstance(default, _Section):
+                value = type(default)._from_dict(value, f"{prefix}{key}.", problems)
+            elif isinstance(default, tuple) and isinstance(value, list):
+                value = tuple(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+
+@dataclass
+class VisionConfig(_Section):
+    """CLIP ViT vision tower (LLaVA's image encoder). Its penultimate layer's patch tokens are used."""
+
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    image_size: int = 224
+    patch_size: int = 14
+    projection_dim: int = 768
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "quick_gelu"
+    select_layer: int = -2
+    """Which hidden state feeds the MLLM (-2: penultimate layer, as LLaVA). CLS token is dropped."""
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side (16 for ViT-L/14 at 224 px)."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    def problems(self, prefix: str = "vision.") -> list[str]:
+        p: list[str] = []
+        _positive(self, ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                         "image_size", "patch_size", "projection_dim"], p, prefix)
+        if not p:
+            if self.hidden_size % self.num_attention_heads:
+                p.append(f"{prefix}hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                         f"({self.num_attention_heads})")
+            if self.image_size % self.patch_size:
+                p.append(f"{prefix}image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+            if not (-self.num_hidden_layers - 1 <= self.select_layer <= self.num_hidden_layers):
+                p.append(f"{prefix}select_layer ({self.select_layer}) out of range for {self.num_hidden_layers} layers")
+        return p
+
+
+@dataclass
+class MLLMConfig(_Section):
+    """The language model (LLaMA / Vicuna) and the vision→LLM projector of LLaVA."""
+
+    vocab_size: int = 32000
+    """Size of the *base* vocabulary, before SmartEdit's 35 new tokens are added (32000 for LLaMA)."""
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 32
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    projector: str = "linear"
+    """``linear`` (LLaVA-1.1, what the released SmartEdit weights use) or ``mlp2x_gelu`` (LLaVA-1.5)."""
+    num_image_tokens: int = 32
+    """How many ``<img_i>`` tokens the assistant emits; their hidden states feed the Q-Former."""
+    pad_token_id: int = 0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+
+    PROJECTORS: ClassVar[tuple[str, ...]] = ("linear", "mlp2x_gelu")
+
+    @property
+    def num_new_tokens(self) -> int:
+        """``<img>``, ``<im_start>``, ``<im_end>`` and the ``<img_i>`` tokens (35 for the paper)."""
+        return 3 + self.num_image_tokens
+
+    @property
+    def full_vocab_size(self) -> int:
+        return self.vocab_size + self.num_new_tokens
+
+    def problems(self, prefix: str = "mllm.") -> list[str]:
+        p: list[str] = []
+        _positive(self, ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                         "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+                         "num_image_tokens"], p, prefix)
+        if self.projector not in self.PROJECTORS:
+            p.append(f"{prefix}projector must be one of {list(self.PROJECTORS)}, got {self.projector!r}")
+        if not p:
+            if self.hidden_size % self.num_attention_heads:
+                p.append(f"{prefix}hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                         f"({self.num_attention_heads})")
+            if self.num_attention_heads % self.num_key_value_heads:
+                p.append(f"{prefix}num_attention_heads must be a multiple of num_key_value_heads")
+            for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+                if not 0 <= getattr(self, name) < self.vocab_size:
+                    p.append(f"{prefix}{name} must lie in [0, vocab_size)")
+        return p
+
+
+@dataclass
+class LoRAConfig(_Section):
+    """LoRA on the LLM (peft), trained in stage 2. ``r = 0`` means no adapter in the model."""
+
+    r: int = 0
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+
+    STAGE2_R: ClassVar[int] = 8
+    """The paper's rank, used when stage 2 adds LoRA to a model that has none."""
+
+    def problems(self, prefix: str = "lora.") -> list[str]:
+        p: list[str] = []
+        if not isinstance(self.r, int) or self.r < 0:
+            p.append(f"{prefix}r must be an integer >= 0 (0 = no LoRA), got {self.r!r}")
+        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
+            p.append(f"{prefix}alpha must be > 0")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            p.append(f"{prefix}dropout must lie in [0, 1)")
+        if not self.target_modules:
+            p.append(f"{prefix}target_modules must name at least one LLaMA linear layer (e.g. q_proj)")
+        return p
+
+
+@dataclass
+class QFormerConfig(_Section):
+    """BLIP-2 style Q-Former turning the LLM's ``<img_i>`` states into CLIP-text-like embeddings."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    cross_attention_frequency: int = 2
+    """Cross-attention to the LLM states in every n-th layer (layers 0, 2, 4 for the paper)."""
+    num_queries: int = 77
+    """Learned queries = output length = CLIP text length (77)."""
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    query_init_std: float = 0.02
+
+    def problems(self, prefix: str = "qformer.") -> list[str]:
+        p: list[str] = []
+        _positive(self, ["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                         "cross_attention_frequency", "num_queries"], p, prefix)
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                p.append(f"{prefix}{name} must lie in [0, 1)")
+        if not p and self.hidden_size % self.num_attention_heads:
+            p.append(f"{prefix}hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                     f"({self.num_attention_heads})")
+        return p
+
+
+@dataclass
+class BIMConfig(_Section):
+    """Bidirectional Interaction Module: SAM-style two-way transformer between text tokens and image patches."""
+
+    enabled: bool = True
+    """False builds the MLLM-SD model of stage 2a (no BIM)."""
+    hidden_size: int = 1024
+    depth: int = 2
+    mlp_dim: int = 2048
+    num_heads: int = 8
+    attention_downsample_rate: int = 2
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "relu"
+    pe_scale: float = 1.0
+    """Std of the random-Fourier positional encoding matrix (a fixed buffer, saved with the weights)."""
+    text_scale: float = 0.5
+    """f' = f + text_scale * Δf."""
+
+    def problems(self, prefix: str = "bim.") -> list[str]:
+        p: list[str] = []
+        _positive(self, ["hidden_size", "depth", "mlp_dim", "num_heads", "attention_downsample_rate"], p, prefix)
+        if not isinstance(self.enabled, bool):
+            p.append(f"{prefix}enabled must be true or false")
+        if not p:
+            if self.hidden_size % 2:
+                p.append(f"{prefix}hidden_size must be even (Fourier features are sin/cos pairs)")
+            if (self.hidden_size // self.attention_downsample_rate) % self.num_heads:
+                p.append(f"{prefix}hidden_size / attention_downsample_rate must be divisible by num_heads")
+        return p
+
+
+@dataclass
+class UNetConfig(_Section):
+    """diffusers ``UNet2DConditionModel`` (SD-1.5 layout) with InstructPix2Pix's widened ``conv_in``."""
+
+    sample_size: int = 32
+    latent_channels: int = 4
+    mask_channels: int = 0
+    """0, or 4 for UltraEdit-style region-mask channels (a blank mask means free-form editing)."""
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    down_block_types: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                         "DownBlock2D")
+    up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                                       "CrossAttnUpBlock2D")
+    layers_per_block: int = 2
+    cross_attention_dim: int = 768
+    attention_head_dim: int = 8
+    norm_num_groups: int = 32
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of ``conv_in``: noisy latent ‖ source latent (‖ mask latent)."""
+        return 2 * self.latent_channels + self.mask_channels
+
+    def problems(self, prefix: str = "unet.") -> list[str]:
+        p: list[str] = []
+        _positive(self, ["sample_size", "latent_channels", "layers_per_block", "cross_attention_dim",
+                         "attention_head_dim", "norm_num_groups"], p, prefix)
+        if self.mask_channels not in (0, self.latent_channels):
+            p.append(f"{prefix}mask_channels must be 0 or latent_channels ({self.latent_channels}), "
+                     f"got {self.mask_channels!r}")
+        n = len(self.block_out_channels)
+        if n == 0 or len(self.down_block_types) != n or len(self.up_block_types) != n:
+            p.append(f"{prefix}block_out_channels, down_block_types and up_block_types must have the same "
+                     f"non-zero length")
+        elif isinstance(self.norm_num_groups, int) and self.norm_num_groups > 0:
+            for c in self.block_out_channels:
+                if not isinstance(c, int) or c <= 0 or c % self.norm_num_groups:
+                    p.append(f"{prefix}block_out_channels entry {c!r} must be a positive multiple of "
+                             f"norm_num_groups ({self.norm_num_groups})")
+        return p
+
+
+@dataclass
+class VAEConfig(_Section):
+    """diffusers ``AutoencoderKL`` (frozen)."""
+
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    scaling_factor: float = 0.18215
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    def problems(self, prefix: str = "vae.") -> list[str]:
+        p: list[str] = []
+        _positive(self, ["layers_per_block", "latent_channels", "norm_num_groups"], p, prefix)
+        if not self.block_out_channels:
+            p.append(f"{prefix}block_out_channels must not be empty")
+        elif isinstance(self.norm_num_groups, int) and self.norm_num_groups > 0:
+            for c in self.block_out_channels:
+                if not isinstance(c, int) or c <= 0 or c % self.norm_num_groups:
+                    p.append(f"{prefix}block_out_channels entry {c!r} must be a positive multiple of "
+                             f"norm_num_groups ({self.norm_num_groups})")
+        if not (isinstance(self.scaling_factor, (int, float)) and self.scaling_factor > 0):
+            p.append(f"{prefix}scaling_factor must be > 0")
+        return p
+
+
+@dataclass
+class SchedulerConfig(_Section):
+    """Training noise schedule (diffusers ``DDPMScheduler``)."""
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "scaled_linear"
+    prediction_type: str = "epsilon"
+
+    SCHEDULES: ClassVar[tuple[str, ...]] = ("linear", "scaled_linear", "squaredcos_cap_v2")
+    PREDICTIONS: ClassVar[tuple[str, ...]] = ("epsilon", "v_prediction", "sample")
+
+    def problems(self, prefix: str = "scheduler.") -> list[str]:
+        p: list[str] = []
+        _positive(self, ["num_train_timesteps"], p, prefix)
+        if self.beta_schedule not in self.SCHEDULES:
+            p.append(f"{prefix}beta_schedule must be one of {list(self.SCHEDULES)}, got {self.beta_schedule!r}")
+        if self.prediction_type not in self.PREDICTIONS:
+            p.append(f"{prefix}prediction_type must be one of {list(self.PREDICTIONS)}, got {self.prediction_type!r}")
+        if not (0 < self.beta_start < self.beta_end < 1):
+            p.append(f"{prefix}need 0 < beta_start < beta_end < 1")
+        return p
+
+
+@dataclass
+class SmartEditConfig(_Section):
+    """The whole SmartEdit model: MLLM → Q-Former → BIM → InstructPix2Pix UNet."""
+
+    preset: str = "custom"
+    resolution: int = 256
+    """Diffusion image size (the paper trains and edits at 256 px)."""
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    mllm: MLLMConfig = field(default_factory=MLLMConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    bim: BIMConfig = field(default_factory=BIMConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    cfg_dropout_prob: float = 0.05
+    """Per sample u~U(0,1): u<p drops text and image; p≤u<2p drops text; 2p≤u<3p drops image."""
+    lm_loss_weight: float = 1.0
+    diffusion_loss_weight: float = 1.0
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // self.vae.downsample_factor
+
+    def problems(self, prefix: str = "") -> list[str]:
+        p: list[str] = []
+        for name in ("vision", "mllm", "lora", "qformer", "bim", "unet", "vae", "scheduler"):
+            p += getattr(self, name).problems(f"{prefix}{name}.")
+        _positive(self, ["resolution"], p, prefix)
+        if not 0.0 <= self.cfg_dropout_prob <= 1.0 / 3.0:
+            p.append(f"{prefix}cfg_dropout_prob must lie in [0, 1/3], got {self.cfg_dropout_prob!r}")
+        for name in ("lm_loss_weight", "diffusion_loss_weight"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
+                p.append(f"{prefix}{name} must be >= 0")
+        if p:
+            return p
+        # cross-component consistency
+        if self.qformer.hidden_size != self.unet.cross_attention_dim:
+            p.append(f"qformer.hidden_size ({self.qformer.hidden_size}) must equal unet.cross_attention_dim "
+                     f"({self.unet.cross_attention_dim}): the Q-Former output is the UNet's text context")
+        if self.bim.enabled and self.bim.hidden_size != self.vision.hidden_size:
+            p.append(f"bim.hidden_size ({self.bim.hidden_size}) must equal vision.hidden_size "
+                     f"({self.vision.hidden_size}): BIM attends over the vision tower's patch features directly")
+        if self.vae.latent_channels != self.unet.latent_channels:
+            p.append(f"vae.latent_channels ({self.vae.latent_channels}) must equal unet.latent_channels "
+                     f"({self.unet.latent_channels})")
+        if self.resolution % (self.vae.downsample_factor * 2 ** (len(self.unet.block_out_channels) - 1)):
+            p.append(f"resolution ({self.resolution}) must be divisible by the VAE factor "
+                     f"({self.vae.downsample_factor}) times the UNet's downsampling "
+                     f"({2 ** (len(self.unet.block_out_channels) - 1)})")
+        return p
+
+    def validate(self) -> "SmartEditConfig":
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems, "SmartEdit config")
+        return self
+
+    # ---- serialisation -------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SmartEditConfig":
+        problems: list[str] = []
+        cfg = cls._from_dict(data, "", problems)
+        try:
+            problems += cfg.problems()
+        except TypeError as exc:  # a value of the wrong type broke a comparison
+            problems.append(f"a value has the wrong type: {exc}")
+        if problems:
+            raise ConfigError(problems, "SmartEdit config")
+        return cfg
+
+    def save(self, directory: str | os.PathLike) -> str:
+        path = os.path.join(directory, CONFIG_NAME)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=False)
+            f.write("\n")
+        return path
+
+    @classmethod
+    def load(cls, directory_or_file: str | os.PathLike) -> "SmartEditConfig":
+        path = str(directory_or_file)
+        if os.path.isdir(path):
+            path = os.path.join(path, CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no SmartEdit config at {path}: a model folder holds {CONFIG_NAME} "
+                                    f"(written by SmartEditModel.save_pretrained) next to its weights")
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ConfigError([f"{path} is not valid JSON: {exc}"]) from None
+        return cls.from_dict(data)
+
+    def replace(self, **overrides: Any) -> "SmartEditConfig":
+        """A copy with dotted-key overrides, e.g. ``replace(**{"bim.enabled": False})``; validated."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return SmartEditConfig.from_dict(data)
+
+
+# ---- presets ---------------------------------------------------------------------------------------------
+
+def _tiny() -> SmartEditConfig:
+    return SmartEditConfig(
+        preset="tiny",
+        resolution=64,
+        vision=VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                            image_size=32, patch_size=8, projection_dim=32),
+        mllm=MLLMConfig(vocab_size=1024, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512),
+        qformer=QFormerConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+        bim=BIMConfig(hidden_size=64, depth=2, mlp_dim=128, num_heads=4, attention_downsample_rate=2),
+        unet=UNetConfig(sample_size=16, block_out_channels=(32, 64),
+                        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+                        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=8),
+        vae=VAEConfig(block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8),
+    )
+
+
+def _llava_sd15(preset_name: str, hidden: int, intermediate: int, layers: int, heads: int) -> SmartEditConfig:
+    return SmartEditConfig(
+        preset=preset_name,
+        resolution=256,
+        vision=VisionConfig(),  # CLIP ViT-L/14 at 224 px
+        mllm=MLLMConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                        num_attention_heads=heads, num_key_value_heads=heads),
+        qformer=QFormerConfig(),
+        bim=BIMConfig(),
+        unet=UNetConfig(),  # SD-1.5
+        vae=VAEConfig(),
+        scheduler=SchedulerConfig(),
+    )
+
+
+PRESETS = {
+    "tiny": _tiny,
+    "7b": lambda: _llava_sd15("7b", 4096, 11008, 32, 32),
+    "13b": lambda: _llava_sd15("13b", 5120, 13824, 40, 40),
+}
+
+
+def preset(name: str, **overrides: Any) -> SmartEditConfig:
+    """A validated preset config (``tiny``, ``7b`` or ``13b``), with optional dotted-key overrides."""
+    if name not in PRESETS:
+        raise ConfigError([f"unknown preset {name!r}; choose one of {sorted(PRESETS)}"])
+    cfg = PRESETS[name]().validate()
+    return cfg.replace(**overrides) if overrides else cfg

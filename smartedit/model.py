@@ -1,0 +1,373 @@
+"""SmartEditModel: LLaVA → Q-Former → BIM → InstructPix2Pix UNet, one module.
+
+    image ─ CLIP ViT (penultimate layer, patches) ─┬─ projector ─ LLaMA ◄─ conversation with the instruction
+                                                   │                │ states at the 32 <img_i> tokens
+                                                   │             Q-Former (77 queries) ─► f [B,77,768]
+                                                   └──────────► BIM ─► f' = f + 0.5·Δf (UNet context)
+                                                                   └─► spatial [B,320,h,w] added after conv_in
+    source ─ VAE ─► latent ┐
+    noisy target latent ───┴─► UNet (conv_in 8 [+4 mask] channels) ─► ε
+
+``encode_condition`` computes everything that is fixed for one edit (context, spatial feature, source and mask
+latents) once; ``forward(batch)`` computes the training losses (LM cross-entropy + diffusion MSE with CFG dropout).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .bim import BidirectionalInteraction
+from .cfg import apply_dropout, sample_dropout
+from .config import CONFIG_NAME, SmartEditConfig
+from .mllm import SmartEditMLLM
+from .prompt import IGNORE_INDEX, add_smartedit_tokens, edit_conversation, pad_batch, tokenize_conversation
+from .qformer import SmartEditQFormer
+from .unet import ConvInResidual, build_noise_scheduler, build_unet, build_vae
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+TOKENIZER_DIR = "tokenizer"
+TINY_TOKENIZER = os.path.join(os.path.dirname(__file__), "assets", "tiny_tokenizer")
+
+
+@dataclass
+class Condition:
+    """Everything fixed for one edit, computed once and reused at every denoising step."""
+
+    context: torch.Tensor
+    """[B, Q, D] UNet cross-attention context f' (f if the model has no BIM)."""
+    spatial: torch.Tensor | None
+    """[B, C0, h, w] BIM feature added after ``conv_in`` (None without BIM)."""
+    source_latent: torch.Tensor
+    """[B, 4, h, w] VAE latent (mode, unscaled) of the source image."""
+    mask_latent: torch.Tensor | None = None
+    """[B, 4, h, w] VAE latent of the region mask (models with mask channels only)."""
+    replies: list[str] | None = None
+    """The assistant's decoded replies when the condition was computed with ``generate=True``."""
+
+
+class SmartEditModel(nn.Module):
+    """The complete SmartEdit model. Build with ``SmartEditModel(config, tokenizer)`` or ``from_pretrained``."""
+
+    def __init__(self, config: SmartEditConfig, tokenizer=None):
+        super().__init__()
+        self.config = config.validate()
+        self.mllm = SmartEditMLLM(config.vision, config.mllm, config.lora)
+        self.qformer = SmartEditQFormer(config.qformer, config.mllm.hidden_size)
+        self.bim = (BidirectionalInteraction(config.bim, config.qformer.hidden_size, config.vision.grid_size,
+                                             config.unet.block_out_channels[0]) if config.bim.enabled else None)
+        self.unet = build_unet(config.unet)
+        self.vae = build_vae(config.vae)
+        self.noise_scheduler = build_noise_scheduler(config.scheduler)
+        self.register_buffer("null_text_embedding",
+                             torch.zeros(1, config.qformer.num_queries, config.qformer.hidden_size))
+        self.conv_in_residual = ConvInResidual(self.unet)
+        self.tokenizer = tokenizer
+        if tokenizer is not None:
+            add_smartedit_tokens(tokenizer, config.mllm.num_image_tokens, config.mllm.vocab_size)
+
+    # ---- construction --------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: SmartEditConfig, tokenizer=None, seed: int | None = 0) -> "SmartEditModel":
+        """A randomly initialised model (new token rows mean-initialised). The ``tiny`` preset gets the shipped
+        tiny tokenizer when none is given."""
+        if tokenizer is None:
+            tokenizer = load_tokenizer(TINY_TOKENIZER) if config.mllm.vocab_size == 1024 else None
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = cls(config, tokenizer)
+        model.mllm.init_new_token_rows()
+        return model
+
+    def add_lora(self, r: int | None = None) -> None:
+        """Add LoRA adapters to the LLM (stage 2) and record them in the config so they are saved and reloaded."""
+        self.config = self.config.replace(**{"lora.r": r or self.config.lora.STAGE2_R})
+        self.mllm.add_lora(self.config.lora)
+
+    # ---- conditioning --------------------------------------------------------------------------------
+    def tokenize_edit(self, instructions: list[str], num_patches: int | None = None) -> dict[str, torch.Tensor]:
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; pass one to SmartEditModel(config, tokenizer)")
+        num_patches = self.config.vision.num_patches if num_patches is None else num_patches
+        items = []
+        for text in instructions:
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError("instruction must be a non-empty string, e.g. 'remove the smaller cup'")
+            prompt, reply = edit_conversation(text, num_patches, self.config.mllm.num_image_tokens)
+            items.append(tokenize_conversation(self.tokenizer, [(prompt, reply)],
+                                               max_length=self.config.mllm.max_position_embeddings))
+        return pad_batch(items, self.config.mllm.pad_token_id)
+
+    def context_from_states(self, img_hidden: torch.Tensor, image_features: torch.Tensor | None,
+                            latent_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """LLM ``<img_i>`` states [B,N,H] (+ patches [B,P,Dv]) → (context [B,Q,D], spatial [B,C0,h,w] | None)."""
+        context = self.qformer(img_hidden)  # [B, Q, D]
+        if self.bim is None:
+            return context, None
+        if image_features is None:
+            raise ValueError("the BIM needs the image's patch features")
+        return self.bim(context, image_features, latent_size)  # [B, Q, D], [B, C0, h, w]
+
+    def encode_latent(self, images: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [-1,1] → VAE latent mode, unscaled (InstructPix2Pix convention for the source)."""
+        return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()  # [B, 4, h, w]
+
+    def mask_to_image(self, mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """Region mask [B,1|3,H,W] in [0,1] (1 = edit here) → 3-channel image in [-1,1]; None → blank (white)."""
+        if mask is None:
+            return torch.ones_like(like)
+        if mask.ndim == 3:
+            mask = mask.unsqueeze(1)
+        if mask.shape[-2:] != like.shape[-2:] or mask.shape[0] != like.shape[0]:
+            raise ValueError(f"mask size {tuple(mask.shape)} does not match the image {tuple(like.shape)}; "
+                             f"give one mask per image with the image's height and width")
+        mask = mask.float()
+        if mask.shape[1] == 1:
+            mask = mask.expand(-1, 3, -1, -1)
+        return (mask * 2 - 1).to(like.dtype)
+
+    def encode_condition(self, image: torch.Tensor, instruction: str | list[str], mask: torch.Tensor | None = None,
+                         generate: bool = False, max_new_tokens: int = 64) -> Condition:
+        """Condition for editing ``image`` [B,3,H,W] in [0,1] with ``instruction`` (one per image).
+
+        ``generate=True`` lets the LLM decode its reply greedily (returned in ``Condition.replies``) instead of
+        teacher-forcing the template answer; the 32 ``<img_i>`` tokens are always appended.
+        """
+        instructions = [instruction] if isinstance(instruction, str) else list(instruction)
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be a [B,3,H,W] tensor in [0,1], got shape {tuple(image.shape)}")
+        if len(instructions) != image.shape[0]:
+            raise ValueError(f"got {image.shape[0]} images but {len(instructions)} instructions")
+        if mask is not None and self.config.unet.mask_channels == 0:
+            raise ValueError("this model has no region-mask channels (unet.mask_channels = 0); edit without a mask "
+                             "or use a model trained with mask channels")
+        device = self.null_text_embedding.device
+        image = image.to(device)
+        factor = self.config.vae.downsample_factor
+        if image.shape[-1] % factor or image.shape[-2] % factor:
+            raise ValueError(f"image height and width must be multiples of {factor}, got {tuple(image.shape[-2:])}")
+        latent_size = (image.shape[-2] // factor, image.shape[-1] // factor)
+        features = self.mllm.encode_images(self.mllm.preprocess_images(image))  # [B, P, Dv]
+        replies = None
+        if generate:
+            states, replies = self._generate_states(instructions, features)
+        else:
+            batch = self.tokenize_edit(instructions)
+            out = self.mllm(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                            image_features=features)
+            states = out.img_hidden  # [B, N, H]
+        context, spatial = self.context_from_states(states, features, latent_size)
+        source = image * 2 - 1
+        mask_latent = None
+        if self.config.unet.mask_channels:
+            mask_latent = self.encode_latent(self.mask_to_image(mask.to(device) if mask is not None else None,
+                                                                source))
+        return Condition(context=context, spatial=spatial, source_latent=self.encode_latent(source),
+                         mask_latent=mask_latent, replies=replies)
+
+    def _generate_states(self, instructions: list[str], features: torch.Tensor):
+        states, replies = [], []
+        num_patches = features.shape[1]
+        device = features.device
+        for b, text in enumerate(instructions):
+            prompt, _ = edit_conversation(text, num_patches, self.config.mllm.num_image_tokens)
+            prompt_ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
+            reply_ids = self.mllm.generate_reply(prompt_ids, features[b:b + 1])
+            ids = torch.cat([prompt_ids, reply_ids], dim=1)
+            out = self.mllm(ids, image_features=features[b:b + 1])
+            states.append(out.img_hidden)
+            replies.append(self.tokenizer.decode(reply_ids[0], skip_special_tokens=False))
+        return torch.cat(states, dim=0), replies
+
+    # ---- UNet ------------------------------------------------------------------------------------------
+    def unet_input(self, noisy_latent: torch.Tensor, source_latent: torch.Tensor,
+                   mask_latent: torch.Tensor | None) -> torch.Tensor:
+        parts = [noisy_latent, source_latent]
+        if self.config.unet.mask_channels:
+            if mask_latent is None:
+                raise ValueError("this model has region-mask channels: a mask latent is required")
+            parts.append(mask_latent)
+        return torch.cat(parts, dim=1)  # [B, 8|12, h, w]
+
+    def predict(self, unet_input: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                spatial: torch.Tensor | None) -> torch.Tensor:
+        """One UNet evaluation with the BIM feature added after ``conv_in``."""
+        dtype = self.unet.dtype
+        with self.conv_in_residual.active(spatial):
+            return self.unet(unet_input.to(dtype), timesteps, encoder_hidden_states=context.to(dtype)).sample
+
+    # ---- training ----------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+                ) -> dict[str, torch.Tensor]:
+        """Training losses for a batch.
+
+        Keys: ``input_ids``, ``attention_mask``, ``labels`` [B,L] (conversation with the ``<img_i>`` answer);
+        ``source_images`` and ``target_images`` [B,3,H,W] in [-1,1]; optional ``pixel_values`` (CLIP-normalised,
+        else derived from the source), ``is_edit`` [B] (0 = chat sample: no diffusion loss), ``masks`` [B,1,H,W].
+        Returns ``{"lm_loss", "diffusion_loss", "loss"}`` (loss = weighted sum, weights from the config).
+        """
+        cfg = self.config
+        input_ids = batch["input_ids"]
+        source = batch.get("source_images")
+        pixel_values = batch.get("pixel_values")
+        if pixel_values is None and source is not None:
+            pixel_values = self.mllm.preprocess_images((source + 1) / 2)
+        out = self.mllm(input_ids, batch.get("attention_mask"), pixel_values=pixel_values,
+                        labels=batch.get("labels"))
+        lm_loss = out.lm_loss if out.lm_loss is not None else out.hidden_states.sum() * 0.0
+
+        target = batch.get("target_images")
+        is_edit = batch.get("is_edit")
+        if target is None:
+            diffusion_loss = lm_loss * 0.0
+        else:
+            rows = (torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device) if is_edit is None
+                    else is_edit.bool().to(input_ids.device))
+            if rows.any():
+                diffusion_loss = self._diffusion_loss(out, input_ids, rows, source, target, batch.get("masks"),
+                                                      generator)
+            else:
+                diffusion_loss = lm_loss * 0.0
+        loss = cfg.lm_loss_weight * lm_loss + cfg.diffusion_loss_weight * diffusion_loss
+        return {"lm_loss": lm_loss, "diffusion_loss": diffusion_loss, "loss": loss}
+
+    def _diffusion_loss(self, out, input_ids, rows, source, target, masks, generator) -> torch.Tensor:
+        idx = rows.nonzero().squeeze(1)
+        states = self.mllm.gather_image_token_states(input_ids[idx], out.hidden_states[idx])
+        if states is None:
+            raise ValueError(f"every editing sample must hold exactly {self.config.mllm.num_image_tokens} "
+                             f"<img_i> tokens in its answer")
+        source, target = source[idx], target[idx]
+        features = out.image_features[idx] if out.image_features is not None else None
+        factor = self.config.vae.downsample_factor
+        latent_size = (target.shape[-2] // factor, target.shape[-1] // factor)
+        context, spatial = self.context_from_states(states, features, latent_size)  # [b,Q,D], [b,C0,h,w]
+
+        with torch.no_grad():
+            latents = self.vae.encode(target.to(self.vae.dtype)).latent_dist.sample(generator)
+            latents = latents * self.config.vae.scaling_factor  # [b, 4, h, w]
+            source_latent = self.encode_latent(source)  # [b, 4, h, w]
+            mask_latent = None
+            if self.config.unet.mask_channels:
+                m = masks[idx] if masks is not None else None
+                mask_latent = self.encode_latent(self.mask_to_image(m, source))
+        b = latents.shape[0]
+        device = latents.device
+        noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=generator,
+                                  device=device).long()
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)  # [b, 4, h, w]
+
+        drops = sample_dropout(b, self.config.cfg_dropout_prob, device=device, generator=generator)
+        context, source_latent = apply_dropout(context, self.null_text_embedding, source_latent, drops)
+
+        pred = self.predict(self.unet_input(noisy, source_latent, mask_latent), timesteps, context, spatial)
+        kind = self.noise_scheduler.config.prediction_type
+        if kind == "epsilon":
+            goal = noise
+        elif kind == "v_prediction":
+            goal = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:  # "sample"
+            goal = latents
+        return F.mse_loss(pred.float(), goal.float())
+
+    # ---- persistence -----------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike, max_shard_size: str | int = "5GB") -> None:
+        """Write ``config.json``, safetensors weights (sharded above ``max_shard_size``, with an index) and the
+        tokenizer (``tokenizer/``). The null text embedding is one of the weights."""
+        from huggingface_hub import split_torch_state_dict_into_shards
+        from safetensors.torch import save_file
+
+        os.makedirs(directory, exist_ok=True)
+        self.config.save(directory)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
+                                                   max_shard_size=max_shard_size)
+        for old in os.listdir(directory):
+            if old.startswith("model") and (old.endswith(".safetensors") or old == WEIGHTS_INDEX_NAME):
+                os.remove(os.path.join(directory, old))
+        for filename, names in split.filename_to_tensors.items():
+            save_file({n: state[n] for n in names}, os.path.join(directory, filename), metadata={"format": "pt"})
+        if split.is_sharded:
+            with open(os.path.join(directory, WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
+                json.dump({"metadata": split.metadata, "weight_map": split.tensor_to_filename}, f, indent=2)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(os.path.join(directory, TOKENIZER_DIR))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> "SmartEditModel":
+        """Load a folder written by :meth:`save_pretrained` (no random init of the weights: built empty, then
+        every tensor is assigned from the safetensors files; a missing or unexpected tensor is an error)."""
+        from accelerate import init_empty_weights
+
+        directory = os.fspath(directory)
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"model folder {directory!r} does not exist; expected a folder with "
+                                    f"{CONFIG_NAME}, {WEIGHTS_NAME} (or sharded model-*.safetensors + "
+                                    f"{WEIGHTS_INDEX_NAME}) and {TOKENIZER_DIR}/")
+        config = SmartEditConfig.load(directory)
+        state = load_weights(directory)
+        tok_dir = os.path.join(directory, TOKENIZER_DIR)
+        tokenizer = load_tokenizer(tok_dir) if os.path.isdir(tok_dir) else None
+        with init_empty_weights(include_buffers=False):
+            model = cls(config, tokenizer)
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                       for k in set(expected) & set(state) if state[k].shape != expected[k].shape)
+        if missing or unexpected or wrong:
+            problems = ([f"missing: {k}" for k in missing] + [f"unexpected: {k}" for k in unexpected]
+                        + [f"wrong shape: {k}" for k in wrong])
+            raise ValueError(f"weights in {directory} do not fit its config ({len(problems)} problem(s)):\n  "
+                             + "\n  ".join(problems))
+        model.load_state_dict(state, strict=True, assign=True)
+        model.conv_in_residual.reattach(model.unet)
+        if dtype is not None:
+            model.to(dtype)
+        return model.to(device).eval()
+
+
+def load_weights(directory: str) -> dict[str, torch.Tensor]:
+    """All tensors of a model folder (single file or sharded with an index)."""
+    from safetensors.torch import load_file
+
+    single = os.path.join(directory, WEIGHTS_NAME)
+    index = os.path.join(directory, WEIGHTS_INDEX_NAME)
+    if os.path.isfile(single):
+        return load_file(single)
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for name in files:
+            path = os.path.join(directory, name)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{index} lists {name}, which is missing from {directory}")
+            state.update(load_file(path))
+        return state
+    raise FileNotFoundError(f"no weights in {directory}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} "
+                            f"(written by SmartEditModel.save_pretrained)")
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(f"cannot load a tokenizer from {path!r} ({exc}); expected tokenizer.json (or a "
+                                f"LLaMA tokenizer.model) with tokenizer_config.json") from None
+
+
+__all__ = ["SmartEditModel", "Condition", "load_weights", "load_tokenizer", "IGNORE_INDEX"]

@@ -1,0 +1,78 @@
+"""What each training stage trains (DESIGN.md §1), as one table used by the trainer, the tests and
+``smartedit info``.
+
+| stage    | trains                                                       | frozen                                    |
+|----------|--------------------------------------------------------------|-------------------------------------------|
+| stage1   | Q-Former + queries, new token rows (embedding + LM head)      | LLM, vision tower, projector, UNet, VAE   |
+| stage2a  | + LoRA on the LLM (q/v), the whole UNet                       | vision tower, projector, VAE, LLM base    |
+| stage2b  | as 2a + BIM (zero-init heads)                                 | as 2a                                     |
+
+"New token rows": the embedding and LM-head matrices require grad, but a gradient mask zeroes every base row,
+so only the 35 new rows change.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+STAGES = ("stage1", "stage2a", "stage2b")
+
+_PARTS = {
+    "stage1": ("qformer", "new_token_rows"),
+    "stage2a": ("qformer", "new_token_rows", "lora", "unet"),
+    "stage2b": ("qformer", "new_token_rows", "lora", "unet", "bim"),
+}
+
+
+def stage_parts(stage: str) -> tuple[str, ...]:
+    if stage not in _PARTS:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
+    return _PARTS[stage]
+
+
+def configure_stage(model, stage: str) -> list[nn.Parameter]:
+    """Freeze everything, then unfreeze what ``stage`` trains. Adds LoRA (r=8) for stage 2 if the model has none
+    and requires a BIM for stage 2b. Returns the trainable parameters."""
+    parts = stage_parts(stage)
+    if "bim" in parts and model.bim is None:
+        raise ValueError("stage2b trains the BIM but this model was built without one (bim.enabled = false)")
+    if "lora" in parts and model.mllm.lora_config is None:
+        model.add_lora()
+    model.requires_grad_(False)
+    model.mllm.disable_new_token_grad_mask()
+    if "qformer" in parts:
+        model.qformer.requires_grad_(True)
+    if "new_token_rows" in parts:
+        for weight in model.mllm._token_matrices():
+            weight.requires_grad_(True)
+        model.mllm.enable_new_token_grad_mask()
+    if "lora" in parts:
+        for p in model.mllm.lora_parameters():
+            p.requires_grad_(True)
+    if "unet" in parts:
+        model.unet.requires_grad_(True)
+    if "bim" in parts:
+        model.bim.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def trainable_counts(model, stage: str) -> dict[str, int]:
+    """Trainable parameters per part for ``stage``, computed from the module shapes (works on the meta device
+    and on models without LoRA: LoRA is counted as r·(in+out) per adapted linear)."""
+    cfg = model.config
+    parts = stage_parts(stage)
+    counts: dict[str, int] = {}
+    if "qformer" in parts:
+        counts["qformer"] = sum(p.numel() for p in model.qformer.parameters())
+    if "new_token_rows" in parts:
+        counts["new_token_rows"] = 2 * cfg.mllm.num_new_tokens * cfg.mllm.hidden_size
+    if "lora" in parts:
+        r = cfg.lora.r or cfg.lora.STAGE2_R
+        targets = set(cfg.lora.target_modules)
+        counts["lora"] = sum(r * (m.in_features + m.out_features) for name, m in model.mllm.llm.named_modules()
+                             if name.rsplit(".", 1)[-1] in targets and hasattr(m, "in_features"))
+    if "unet" in parts:
+        counts["unet"] = sum(p.numel() for p in model.unet.parameters())
+    if "bim" in parts and model.bim is not None:
+        counts["bim"] = sum(p.numel() for p in model.bim.parameters())
+    return counts
