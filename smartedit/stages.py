@@ -76,3 +76,16 @@ def trainable_counts(model, stage: str) -> dict[str, int]:
     if "bim" in parts and model.bim is not None:
         counts["bim"] = sum(p.numel() for p in model.bim.parameters())
     return counts
+
+
+def optimizer_param_groups(model, stage: str, weight_decay: float = 0.0) -> list[dict]:
+    """Parameter groups for ``stage``: the embedding / LM-head matrices (whose base rows must stay frozen) go in a
+    group WITHOUT weight decay, since decoupled decay would shrink the frozen base rows despite their zero grads."""
+    params = configure_stage(model, stage)
+    token_ids = {id(w) for w in model.mllm._token_matrices()}
+    tokens = [p for p in params if id(p) in token_ids]
+    rest = [p for p in params if id(p) not in token_ids]
+    groups = [{"params": rest, "weight_decay": weight_decay}]
+    if tokens:
+        groups.append({"params": tokens, "weight_decay": 0.0})
+    return groups
