@@ -158,10 +158,11 @@ class SmartEditMLLM(nn.Module):
                 raise ValueError("the prompt holds <img> placeholders but no image was given")
             return embeds
         num_patches = image_features.shape[1]
-        if not torch.all(n_placeholders == num_patches):
+        if not torch.all((n_placeholders == num_patches) | (n_placeholders == 0)):
             raise ValueError(f"each prompt must hold exactly {num_patches} <img> placeholders (one per vision "
-                             f"patch), got {n_placeholders.tolist()}")
-        projected = self.projector(image_features.to(self.projector_dtype)).to(embeds.dtype)  # [B, P, H]
+                             f"patch) or none (text-only rows), got {n_placeholders.tolist()}")
+        has_image = n_placeholders > 0  # [B]
+        projected = self.projector(image_features[has_image].to(self.projector_dtype)).to(embeds.dtype)  # [b, P, H]
         return embeds.masked_scatter(is_image.unsqueeze(-1), projected)
 
     @property

@@ -1,0 +1,89 @@
+"""Turn uniform-schema samples (:mod:`smartedit.data.schema`) into the batch ``SmartEditModel.forward`` takes.
+
+Every random choice (prompt template, answer phrasing) is a function of ``(seed, epoch, index)`` only, so a resumed
+run builds bit-identical batches.
+
+Batch keys: ``input_ids``, ``attention_mask``, ``labels`` [B, L]; ``source_images``, ``target_images``
+[B, 3, R, R] in [-1, 1] (zeros for text-only rows); ``is_edit`` [B] (1 = diffusion loss); ``masks`` [B, 1, R, R]
+in {0, 1} (1 = edit region; all ones = free-form) when any sample has a mask; ``captions`` (list, stage 1);
+``ids`` (list of sample ids).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import SmartEditConfig
+from ..prompt import (EDIT_ANSWERS, EDIT_TEMPLATES, caption_conversation, chat_conversation, edit_conversation,
+                      pad_batch, tokenize_conversation)
+from .schema import EDIT_TASKS, Sample, decode_image
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The random generator of one sample draw: a pure function of (seed, epoch, index)."""
+    return np.random.default_rng([int(seed), int(epoch), int(index)])
+
+
+def image_tensor(data: bytes, resolution: int) -> torch.Tensor:
+    """Encoded RGB image → [3, R, R] in [-1, 1] (bicubic, antialiased)."""
+    image = decode_image(data, "RGB")
+    t = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)[None]
+    t = F.interpolate(t, size=(resolution, resolution), mode="bicubic", align_corners=False, antialias=True)
+    return t[0].clamp(0, 1) * 2 - 1
+
+
+def mask_tensor(data: bytes, resolution: int) -> torch.Tensor:
+    """Encoded mask (any mode; > 127 = edit region) → [1, R, R] in {0, 1} (nearest)."""
+    m = torch.from_numpy(np.array(decode_image(data, "L"))).float()[None, None]
+    m = F.interpolate(m, size=(resolution, resolution), mode="nearest")
+    return (m[0] > 127).float()
+
+
+class SampleCollator:
+    """``collator(samples, keys)`` where ``keys`` are the (seed, epoch, index) of each sample draw."""
+
+    def __init__(self, config: SmartEditConfig, tokenizer, resolution: int | None = None):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.resolution = resolution or config.resolution
+
+    def encode(self, sample: Sample, key: tuple[int, int, int]) -> dict:
+        problems = sample.problems()
+        if problems:
+            raise ValueError(f"sample {sample.id!r}: " + "; ".join(problems))
+        rng = sample_rng(*key)
+        cfg = self.config
+        patches, n_img = cfg.vision.num_patches, cfg.mllm.num_image_tokens
+        if sample.task in EDIT_TASKS:
+            segments = [edit_conversation(sample.instruction, patches, n_img,
+                                          template=int(rng.integers(len(EDIT_TEMPLATES))),
+                                          answer=int(rng.integers(len(EDIT_ANSWERS))))]
+        elif sample.task == "chat":
+            segments = chat_conversation([tuple(t) for t in sample.conversation], patches)
+        else:  # caption
+            segments = [caption_conversation(sample.caption, n_img)]
+        item = tokenize_conversation(self.tokenizer, segments, max_length=cfg.mllm.max_position_embeddings)
+        r = self.resolution
+        zeros = torch.zeros(3, r, r)
+        item["source"] = image_tensor(sample.source_image, r) if sample.source_image is not None else zeros
+        item["target"] = image_tensor(sample.target_image, r) if sample.target_image is not None else item["source"]
+        item["mask"] = mask_tensor(sample.mask_image, r) if sample.mask_image is not None else None
+        item["is_edit"] = float(sample.task in EDIT_TASKS)
+        item["caption"] = sample.caption
+        item["id"] = sample.id
+        return item
+
+    def __call__(self, samples: list[Sample], keys: list[tuple[int, int, int]]) -> dict:
+        items = [self.encode(s, k) for s, k in zip(samples, keys)]
+        batch = pad_batch(items, self.config.mllm.pad_token_id)
+        batch["source_images"] = torch.stack([it["source"] for it in items])
+        batch["target_images"] = torch.stack([it["target"] for it in items])
+        batch["is_edit"] = torch.tensor([it["is_edit"] for it in items])
+        if any(it["mask"] is not None for it in items):
+            ones = torch.ones(1, self.resolution, self.resolution)
+            batch["masks"] = torch.stack([it["mask"] if it["mask"] is not None else ones for it in items])
+        batch["captions"] = [it["caption"] for it in items]
+        batch["ids"] = [it["id"] for it in items]
+        return batch

@@ -1,0 +1,109 @@
+"""The uniform training-sample schema every dataset recipe writes and every training stage reads.
+
+One row per sample, stored as sharded parquet (``datasets`` / ``pyarrow``); images are stored ONCE as encoded
+PNG/JPEG bytes and decoded on the fly, never re-encoded per epoch.
+
+| column         | type            | meaning                                                                     |
+|----------------|-----------------|-----------------------------------------------------------------------------|
+| ``id``         | string          | unique within its dataset (e.g. ``magicbrush/327726-2``)                     |
+| ``dataset``    | string          | recipe name (``ip2p``, ``magicbrush``, ``refcoco``, ``llava_instruct`` …)    |
+| ``task``       | string          | one of :data:`TASKS`                                                         |
+| ``instruction``| string or null  | the editing instruction (edit / perception / reasoning tasks)               |
+| ``caption``    | string or null  | the caption (``caption`` task, stage 1)                                      |
+| ``conversation``| string or null | JSON list of ``[question, answer]`` turns (``chat`` task)                    |
+| ``source_image``| binary or null | encoded source image (null for ``caption``)                                 |
+| ``target_image``| binary or null | encoded target image (edit-like tasks only)                                 |
+| ``mask_image`` | binary or null  | encoded edit/region mask, single channel, 255 = edit region (optional)       |
+
+Tasks: ``edit`` (InstructPix2Pix / MagicBrush / UltraEdit pairs), ``perception`` (segmentation-as-editing),
+``reasoning`` (synthetic reasoning edits, ReasonSeg), ``chat`` (LLaVA-Instruct: LM loss only),
+``caption`` (stage-1 alignment: text only).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+
+TASKS = ("edit", "perception", "reasoning", "chat", "caption")
+EDIT_TASKS = ("edit", "perception", "reasoning")
+COLUMNS = ("id", "dataset", "task", "instruction", "caption", "conversation", "source_image", "target_image",
+           "mask_image")
+
+
+def arrow_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("id", pa.string()), ("dataset", pa.string()), ("task", pa.string()), ("instruction", pa.string()),
+        ("caption", pa.string()), ("conversation", pa.string()), ("source_image", pa.binary()),
+        ("target_image", pa.binary()), ("mask_image", pa.binary()),
+    ])
+
+
+@dataclass
+class Sample:
+    """One training sample in the uniform schema (images as encoded bytes)."""
+
+    id: str
+    dataset: str
+    task: str
+    instruction: str | None = None
+    caption: str | None = None
+    conversation: list[list[str]] | None = None
+    source_image: bytes | None = None
+    target_image: bytes | None = None
+    mask_image: bytes | None = None
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def problems(self) -> list[str]:
+        """What is wrong with this sample (empty when it is valid)."""
+        p = []
+        if self.task not in TASKS:
+            p.append(f"task must be one of {list(TASKS)}, got {self.task!r}")
+            return p
+        if self.task in EDIT_TASKS:
+            if not (self.instruction and self.instruction.strip()):
+                p.append("missing instruction")
+            if self.source_image is None:
+                p.append("missing source_image")
+            if self.target_image is None:
+                p.append("missing target_image")
+        elif self.task == "chat":
+            if not self.conversation:
+                p.append("missing conversation")
+        elif self.task == "caption" and not (self.caption and self.caption.strip()):
+            p.append("missing caption")
+        return p
+
+    def to_row(self) -> dict:
+        row = {k: getattr(self, k) for k in COLUMNS}
+        row["conversation"] = None if self.conversation is None else json.dumps(self.conversation)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Sample":
+        conv = row.get("conversation")
+        return cls(**{k: row.get(k) for k in COLUMNS if k != "conversation"},
+                   conversation=None if conv is None else json.loads(conv))
+
+
+def encode_png(image) -> bytes:
+    """PIL image → PNG bytes."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_image(data: bytes, mode: str = "RGB"):
+    """Encoded bytes → PIL image in ``mode`` (RGBA composited on white for RGB)."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    if mode == "RGB" and image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(canvas, rgba)
+    return image.convert(mode)
