@@ -21,9 +21,10 @@ from ..prompt import (EDIT_ANSWERS, EDIT_TEMPLATES, caption_conversation, chat_c
 from .schema import EDIT_TASKS, Sample, decode_image
 
 
-def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The random generator of one sample draw: a pure function of (seed, epoch, index)."""
-    return np.random.default_rng([int(seed), int(epoch), int(index)])
+def sample_rng(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.Generator:
+    """The random generator of one sample draw: a pure function of (seed, epoch, index). ``stream`` separates
+    independent uses (0: mixture choice, 1: prompt templates, 2+: augmentations)."""
+    return np.random.default_rng([int(seed), int(epoch), int(index), int(stream)])
 
 
 def image_tensor(data: bytes, resolution: int) -> torch.Tensor:
@@ -53,7 +54,7 @@ class SampleCollator:
         problems = sample.problems()
         if problems:
             raise ValueError(f"sample {sample.id!r}: " + "; ".join(problems))
-        rng = sample_rng(*key)
+        rng = sample_rng(*key, stream=1)
         cfg = self.config
         patches, n_img = cfg.vision.num_patches, cfg.mllm.num_image_tokens
         if sample.task in EDIT_TASKS:
