@@ -150,8 +150,7 @@ class SmartEditModel(nn.Module):
         if mask is not None and self.config.unet.mask_channels == 0:
             raise ValueError("this model has no region-mask channels (unet.mask_channels = 0); edit without a mask "
                              "or use a model trained with mask channels")
-        device = self.null_text_embedding.device
-        image = image.to(device)
+        device = image.device  # the caller places the image where the MLLM runs
         factor = self.config.vae.downsample_factor
         if image.shape[-1] % factor or image.shape[-2] % factor:
             raise ValueError(f"image height and width must be multiples of {factor}, got {tuple(image.shape[-2:])}")

@@ -66,3 +66,131 @@ def test_bad_inputs(pipe, kwargs, msg):
 def test_mask_given_to_model_without_mask_channels(pipe):
     with pytest.raises(ValueError, match="no region-mask channels"):
         pipe(_image(), "make it red", mask=Image.new("L", (70, 50), 255), num_inference_steps=2)
+
+
+def test_parity_with_diffusers_instruct_pix2pix(tiny_model):
+    """Given prompt_embeds, our loop is diffusers' InstructPix2Pix loop (same components, scheduler, seed)."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+
+    model = tiny_model.eval()
+    with torch.no_grad():
+        model.null_text_embedding.normal_()
+    ours = SmartEditPipeline(model)
+    ours.set_progress_bar_config(disable=True)
+    ip2p = StableDiffusionInstructPix2PixPipeline(
+        vae=model.vae, text_encoder=None, tokenizer=None, unet=model.unet,
+        scheduler=EulerAncestralDiscreteScheduler.from_config(model.noise_scheduler.config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    ip2p.set_progress_bar_config(disable=True)
+    image = _image(64, 64)
+    emb = torch.randn(1, 77, 64, generator=torch.Generator().manual_seed(0))
+    ref = ip2p(image=image, prompt_embeds=emb, negative_prompt_embeds=model.null_text_embedding,
+               num_inference_steps=10, guidance_scale=7.5, image_guidance_scale=1.5,
+               generator=torch.Generator().manual_seed(0), output_type="np").images
+    got = ours(image, prompt_embeds=emb, num_inference_steps=10, seed=0, output_type="np").images
+    assert got.shape == ref.shape == (1, 64, 64, 3)
+    assert np.abs(got - ref).max() <= 1e-5
+
+
+def test_batch_equals_single_edits(pipe):
+    images = [_image(64, 64, 0), _image(40, 30, 1)]
+    batch = pipe(images, ["make it red", "remove the star"], num_inference_steps=4, seed=[3, 4], output_type="np")
+    assert batch.seeds == [3, 4]
+    for k, (im, text, seed) in enumerate(zip(images, ["make it red", "remove the star"], [3, 4])):
+        single = pipe(im, text, num_inference_steps=4, seed=seed, output_type="np").images[0]
+        assert np.abs(batch.images[k] - single).max() <= 1e-5
+    # an int seed gives sample i the seed seed + i
+    assert pipe(images, "make it red", num_inference_steps=1, seed=10).seeds == [10, 11]
+    assert len(pipe(images[0], "x y", num_inference_steps=1).seeds) == 1  # random seed reported
+
+
+def test_multi_turn_session(pipe, tmp_path):
+    session = pipe.session(_image(50, 40), seed=7, num_inference_steps=2)
+    outs = [session.edit(t) for t in ("make the circle red", "remove the square", "make the star bigger")]
+    assert len(session.history) == 4 and all(o.size == (50, 40) for o in outs)
+    assert [t.seed for t in session.history] == [None, 7, 8, 9]
+    # turn 2 edited turn 1's output: replaying it from that image with its seed gives the same result
+    replay = pipe(session.history[1].image, "remove the square", seed=8, num_inference_steps=2).images[0]
+    assert np.array_equal(np.asarray(replay), np.asarray(session.history[2].image))
+    assert session.undo() is session.history[-1].image and len(session.history) == 3
+    path = session.save(str(tmp_path / "session"))
+    assert (tmp_path / "session" / "turn_02.png").exists() and "remove the square" in open(path).read()
+
+
+@pytest.mark.parametrize("name", ["DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler"])
+def test_schedulers_swappable(pipe, name):
+    import diffusers
+
+    pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
+    out = pipe(_image(), "make it red", num_inference_steps=3, seed=0, output_type="np").images
+    assert np.isfinite(out).all() and out.shape == (1, 50, 70, 3)
+
+
+def test_region_edit_with_mask_channels(tiny_config):
+    from smartedit.config import preset
+    from smartedit.model import SmartEditModel
+
+    model = SmartEditModel.from_config(preset("tiny", **{"unet.mask_channels": 4})).eval()
+    pipe = SmartEditPipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    mask = Image.new("L", (70, 50), 0)
+    mask.paste(255, (0, 0, 35, 50))
+    with_mask = pipe(_image(), "make it red", mask=mask, num_inference_steps=2, seed=0, output_type="np").images
+    free_form = pipe(_image(), "make it red", num_inference_steps=2, seed=0, output_type="np").images
+    assert with_mask.shape == free_form.shape and not np.allclose(with_mask, free_form)
+    with pytest.raises(ValueError, match="70x50"):
+        pipe(_image(), "make it red", mask=Image.new("L", (20, 20), 255), num_inference_steps=1)
+
+
+def test_sizes_and_model_size_option(pipe):
+    tall = pipe(_image(30, 90), "make it red", num_inference_steps=1, seed=0).images[0]
+    assert tall.size == (30, 90)
+    square = pipe(_image(30, 90), "make it red", num_inference_steps=1, seed=0, keep_model_size=True,
+                  output_type="np").images
+    assert square.shape == (1, 64, 64, 3)
+    bigger = pipe(_image(30, 90), "make it red", num_inference_steps=1, seed=0, resolution=128,
+                  keep_model_size=True, output_type="np").images
+    assert bigger.shape == (1, 128, 128, 3)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        pipe(_image(), "make it red", num_inference_steps=1, resolution=60)
+
+
+def test_image_inputs_of_every_kind(pipe, tmp_path):
+    rgba = Image.new("RGBA", (32, 32), (255, 0, 0, 0))
+    path = tmp_path / "in.png"
+    rgba.save(path)
+    for source in (path, str(path), path.read_bytes(), np.zeros((32, 32), np.uint8), torch.rand(3, 32, 32)):
+        out = pipe(source, "make it red", num_inference_steps=1, seed=0).images[0]
+        assert out.size == (32, 32)
+    bad = tmp_path / "zero.png"
+    bad.write_bytes(b"")
+    with pytest.raises(ValueError, match="zero-byte"):
+        pipe(bad, "make it red", num_inference_steps=1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        pipe(torch.full((3, 8, 8), 3.0), "make it red", num_inference_steps=1)
+
+
+def test_memory_modes_give_identical_edits(tiny_model):
+    pipe = SmartEditPipeline(tiny_model.eval())
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(_image(), "make it red", num_inference_steps=2, seed=1, output_type="np").images
+    pipe.enable_llm_offload("cpu")
+    assert np.array_equal(ref, pipe(_image(), "make it red", num_inference_steps=2, seed=1, output_type="np").images)
+    pipe.enable_model_cpu_offload("cpu")
+    assert np.array_equal(ref, pipe(_image(), "make it red", num_inference_steps=2, seed=1, output_type="np").images)
+    pipe.enable_llm_offload("free")
+    pipe._offload_device = None
+    pipe(_image(), "make it red", num_inference_steps=1, seed=1)
+    assert pipe.model.mllm is None
+    with pytest.raises(RuntimeError, match="freed"):
+        pipe(_image(), "make it red", num_inference_steps=1)
+    with pytest.raises(ValueError, match="offload mode"):
+        pipe.enable_llm_offload("gpu")
+
+
+def test_bfloat16_pipeline_runs(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    pipe = SmartEditPipeline.from_model_dir(str(tmp_path), dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(_image(), "make it red", num_inference_steps=2, seed=0, output_type="np").images
+    assert np.isfinite(out).all()
