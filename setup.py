@@ -22,12 +22,16 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "Pillow==13.0.0",
     "tqdm",
+    # LLaMA/Vicuna folders that ship only a SentencePiece tokenizer.model
+    "sentencepiece==0.2.3",
+    "protobuf==7.36.2",
 ]
 
 EXTRAS = {
-    "dev": ["pytest==9.2.0"],
+    # tests, including executing the demo notebooks
+    "dev": ["pytest==9.2.0", "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
     "gpu": ["flash-attn"],
-    "demo": ["gradio", "nbclient", "nbformat", "ipykernel"],
+    "demo": ["gradio", "jupyter"],
 }
 
 setup(

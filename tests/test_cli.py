@@ -4,6 +4,7 @@ import json
 import resource
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -54,7 +55,60 @@ def test_edit_errors_are_clear(tmp_path):
         main(["edit", "--model", "random:tiny", "--image", str(tmp_path / "nope.png"), "--instruction", "x"])
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"")
-    with pytest.raises(SystemExit, match="cannot read image"):
+    with pytest.raises(SystemExit, match="zero-byte"):
         main(["edit", "--model", "random:tiny", "--image", str(bad), "--instruction", "x"])
     with pytest.raises(SystemExit, match="real weights"):
         main(["edit", "--model", "random:7b", "--image", EXAMPLE, "--instruction", "x"])
+
+
+@pytest.mark.slow
+def test_batch_edits_report_bad_rows_and_do_the_rest(tmp_path, capsys):
+    Image.open(EXAMPLE).save(tmp_path / "a.png")
+    Image.new("RGBA", (40, 30), (0, 0, 255, 128)).save(tmp_path / "b.png")
+    (tmp_path / "broken.png").write_bytes(b"")
+    Image.new("L", (10, 10), 255).save(tmp_path / "small_mask.png")
+    lines = [
+        json.dumps({"image": "a.png", "instruction": "remove the red circle", "seed": 5}),
+        "{not json",
+        json.dumps({"image": "broken.png", "instruction": "make it red"}),
+        json.dumps({"image": "b.png"}),
+        json.dumps({"image": "b.png", "instruction": "make it red", "output": "b_red.png"}),
+        json.dumps({"image": "a.png", "instruction": "x", "mask": "small_mask.png"}),
+        "",
+        json.dumps({"image": "a.png", "instruction": "make the square green", "bogus": 1}),
+    ]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join(lines) + "\n")
+    out_dir = tmp_path / "out"
+    code = main(["edit", "--model", "random:tiny", "--batch", str(jobs), "--output-dir", str(out_dir),
+                 "--steps", "2", "--seed", "100"])
+    assert code == 1  # some rows failed, the others were edited
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [d["line"] for d in summary["done"]] == [1, 5]
+    assert [d["seed"] for d in summary["done"]] == [5, 105]
+    failed = {f["line"]: f["error"] for f in summary["failed"]}
+    assert set(failed) == {2, 3, 4, 6, 8}
+    assert "JSON" in failed[2] and "zero-byte" in failed[3] and "instruction" in failed[4]
+    assert "10x10" in failed[6] and "bogus" in failed[8]
+    assert (out_dir / "b_red.png").exists() and Image.open(out_dir / "b_red.png").size == (40, 30)
+    assert json.loads((out_dir / "batch_report.json").read_text())["done"] == summary["done"]
+    # a batch row equals the same edit made alone with its reported seed
+    main(["edit", "--model", "random:tiny", "--image", EXAMPLE, "--instruction", "remove the red circle",
+          "--steps", "2", "--seed", "5", "--output", str(tmp_path / "single.png")])
+    single = np.asarray(Image.open(tmp_path / "single.png"), dtype=int)
+    batch = np.asarray(Image.open(summary["done"][0]["output"]), dtype=int)
+    assert np.abs(single - batch).max() <= 1
+
+
+def test_assemble_and_demo_callback(tmp_path):
+    from smartedit.demo import edit_callback
+    from smartedit.model import SmartEditModel
+    from smartedit.pipeline import SmartEditPipeline
+
+    pipe = SmartEditPipeline(SmartEditModel.from_config(__import__("smartedit").preset("tiny")))
+    pipe.set_progress_bar_config(disable=True)
+    image, status = edit_callback(pipe, Image.open(EXAMPLE), "remove the red circle", steps=1, seed=3)
+    assert image.size == (128, 128) and "seed 3" in status
+    assert edit_callback(pipe, None, "x") == (None, "Upload an image first.")
+    none, message = edit_callback(pipe, Image.open(EXAMPLE), "   ", steps=1)
+    assert none is None and "non-empty" in message
