@@ -154,6 +154,8 @@ class LoadedSD:
 # ---- files ------------------------------------------------------------------------------------------------
 
 def _require_dir(path: str | os.PathLike, what: str, layout: str) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} folder must be a path, got {type(path).__name__}")
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{what} folder {path!r} does not exist (or is not a folder); {layout}")

@@ -411,3 +411,15 @@ def test_components_that_do_not_fit(llava11_dir, clip_dir, sd_dir):
         from_components(llm, clip=clip_dir[0], sd=sd)  # 7b Q-Former on a tiny UNet
     with pytest.raises(ValueError, match=r"model_type 'llava'.*not a CLIP model"):
         load_clip(llava11_dir[0])
+
+
+def test_assemble_command_writes_a_loadable_model(llava11_dir, clip_dir, sd_dir, tmp_path, capsys):
+    from smartedit.cli import main
+    from smartedit.model import SmartEditModel
+
+    out = tmp_path / "assembled"
+    assert main(["assemble", "--llm", str(llava11_dir[0]), "--clip", str(clip_dir[0]), "--sd", str(sd_dir[0]),
+                 "--preset", "tiny", "--out", str(out)]) == 0
+    model = SmartEditModel.from_pretrained(out)
+    assert model.config.mllm.vocab_size == 1024 and (out / "tokenizer").is_dir()
+    assert str(out) in capsys.readouterr().out
