@@ -1,0 +1,398 @@
+"""ShapesWorld: a procedural world of flat shapes with EXACT ground-truth edits, SmartEdit's laptop-scale stand-in
+for real photographs.
+
+A scene is a background (plain or textured) and 2–5 non-overlapping shapes, each with a kind, a colour, a size and
+a position. Every edit is a change of that symbolic scene, re-rendered, so the target image and the edit mask are
+exact. Edit families mirror SmartEdit's data:
+
+* simple edits (recolour / remove / replace a shape named unambiguously) — the InstructPix2Pix / MagicBrush analogue;
+* perception edits ("mark the pixels of the triangle in red": 0.5·pixel + 0.5·colour inside the shape) — the
+  segmentation-as-editing analogue;
+* understanding edits in Reason-Edit's categories: left/right, relative size, colour, multiple objects, and a
+  mirror analogue (a shape and its reflection across a vertical mirror line; edit "the reflection");
+* reasoning edits whose target can only be found with knowledge the LLM must hold ("remove the shape with three
+  corners", "paint the shape that can roll the colour of grass"); the knowledge itself is taught as chat Q&A.
+
+Plus captions (stage 1) and VQA chat (the LLaVA-Instruct analogue). Every random choice derives from
+``(seed, index)`` through :func:`smartedit.data.collate.sample_rng`, so any item can be regenerated alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .collate import sample_rng
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
+    "purple": (140, 60, 190), "orange": (245, 140, 30), "white": (250, 250, 250), "black": (20, 20, 20),
+}
+KINDS = ("circle", "square", "triangle", "star", "hexagon", "cross")
+SIZES = {"small": 0.085, "medium": 0.12, "large": 0.16}  # radius as a fraction of the canvas side
+
+# World knowledge the LLM must hold for the reasoning edits (taught through chat Q&A, never by the edit data).
+KIND_FACTS: dict[str, list[str]] = {
+    "circle": ["the shape that can roll", "the shape with no corners", "the shape of a wheel"],
+    "square": ["the shape with four equal sides", "the shape of a chessboard cell"],
+    "triangle": ["the shape with three corners", "the shape of a slice of pizza"],
+    "star": ["the shape that twinkles in the night sky", "the shape with five points"],
+    "hexagon": ["the shape of a honeycomb cell", "the shape with six sides"],
+    "cross": ["the shape of a plus sign", "the shape on a first-aid kit"],
+}
+COLOUR_FACTS: dict[str, list[str]] = {
+    "red": ["the colour of blood", "the colour of a ripe tomato"],
+    "green": ["the colour of grass", "the colour of a frog"],
+    "blue": ["the colour of the clear sky", "the colour of the deep sea"],
+    "yellow": ["the colour of a banana", "the colour of the sun"],
+    "purple": ["the colour of an aubergine", "the colour of lavender"],
+    "orange": ["the colour of a carrot", "the colour of a pumpkin"],
+    "white": ["the colour of snow", "the colour of milk"],
+    "black": ["the colour of coal", "the colour of the night"],
+}
+CATEGORIES = ("1-Left-Right", "2-Relative-Size", "3-Mirror", "4-Color", "5-Multiple-Objects", "6-Reasoning")
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: str
+    colour: str
+    size: str
+    x: float
+    """centre, as a fraction of the canvas width"""
+    y: float
+
+    def radius(self, side: int) -> float:
+        return SIZES[self.size] * side
+
+    def phrase(self, with_size: bool = False) -> str:
+        return f"{self.size + ' ' if with_size else ''}{self.colour} {self.kind}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    shapes: tuple[Shape, ...]
+    background: tuple[int, int, int] = (235, 230, 220)
+    texture: str = "plain"
+    """``plain``, ``stripes`` or ``checker`` (a faint pattern over the background colour)."""
+    mirror: bool = False
+    """Draw a vertical mirror line at the centre (the reflection scenes of the 3-Mirror category)."""
+
+
+def _polygon(kind: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    if kind == "square":
+        a = r * 0.85
+        return [(cx - a, cy - a), (cx + a, cy - a), (cx + a, cy + a), (cx - a, cy + a)]
+    if kind == "triangle":
+        return [(cx + r * math.cos(math.radians(a)), cy + r * math.sin(math.radians(a))) for a in (-90, 30, 150)]
+    if kind == "hexagon":
+        return [(cx + r * math.cos(math.radians(a)), cy + r * math.sin(math.radians(a))) for a in range(0, 360, 60)]
+    if kind == "star":
+        pts = []
+        for i in range(10):
+            rad = r if i % 2 == 0 else r * 0.45
+            ang = math.radians(-90 + 36 * i)
+            pts.append((cx + rad * math.cos(ang), cy + rad * math.sin(ang)))
+        return pts
+    if kind == "cross":
+        a, b = r, r * 0.35
+        return [(cx - b, cy - a), (cx + b, cy - a), (cx + b, cy - b), (cx + a, cy - b), (cx + a, cy + b),
+                (cx + b, cy + b), (cx + b, cy + a), (cx - b, cy + a), (cx - b, cy + b), (cx - a, cy + b),
+                (cx - a, cy - b), (cx - b, cy - b)]
+    raise ValueError(f"unknown shape kind {kind!r}")
+
+
+def shape_mask(shape: Shape, side: int) -> np.ndarray:
+    """Boolean [side, side] pixels of ``shape`` (no antialiasing, so masks are exact)."""
+    mask = Image.new("1", (side, side), 0)
+    draw = ImageDraw.Draw(mask)
+    cx, cy, r = shape.x * side, shape.y * side, shape.radius(side)
+    if shape.kind == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=1)
+    else:
+        draw.polygon(_polygon(shape.kind, cx, cy, r), fill=1)
+    return np.asarray(mask, dtype=bool)
+
+
+def render(scene: Scene, side: int = 64) -> np.ndarray:
+    """The scene as uint8 [side, side, 3]; later shapes are drawn over earlier ones."""
+    img = np.empty((side, side, 3), dtype=np.uint8)
+    img[:] = scene.background
+    if scene.texture != "plain":
+        yy, xx = np.mgrid[0:side, 0:side]
+        period = max(4, side // 8)
+        pattern = ((xx // period) % 2 == 0) if scene.texture == "stripes" else (((xx // period) + (yy // period)) % 2 == 0)
+        img[pattern] = np.clip(np.asarray(scene.background, dtype=int) - 18, 0, 255)
+    if scene.mirror:
+        c = side // 2
+        img[:, c - 1:c + 1] = (120, 120, 130)
+    for shape in scene.shapes:
+        img[shape_mask(shape, side)] = COLOURS[shape.colour]
+    return img
+
+
+# ---- scene sampling ------------------------------------------------------------------------------------------
+
+def _place(rng, shapes: list[Shape], kind: str, colour: str, size: str, x_range=(0.12, 0.88),
+           tries: int = 200) -> Shape | None:
+    r = SIZES[size]
+    for _ in range(tries):
+        x = float(rng.uniform(max(x_range[0], r + 0.02), min(x_range[1], 1 - r - 0.02)))
+        y = float(rng.uniform(r + 0.02, 1 - r - 0.02))
+        if all(math.hypot(x - s.x, y - s.y) > r + SIZES[s.size] + 0.03 for s in shapes):
+            return Shape(kind, colour, size, x, y)
+    return None
+
+
+def random_scene(rng, n_min: int = 2, n_max: int = 5, kinds=KINDS, colours=tuple(COLOURS)) -> Scene:
+    """2–5 non-overlapping shapes with distinct (kind, colour) pairs on a plain or textured background."""
+    n = int(rng.integers(n_min, n_max + 1))
+    shapes: list[Shape] = []
+    used: set[tuple[str, str]] = set()
+    while len(shapes) < n:
+        kind, colour = str(rng.choice(kinds)), str(rng.choice(colours))
+        if (kind, colour) in used:
+            continue
+        s = _place(rng, shapes, kind, colour, str(rng.choice(list(SIZES))))
+        if s is None:
+            break
+        shapes.append(s)
+        used.add((kind, colour))
+    bg = tuple(int(v) for v in rng.integers(200, 246, size=3))
+    texture = str(rng.choice(["plain", "plain", "stripes", "checker"]))
+    return Scene(tuple(shapes), bg, texture)
+
+
+# ---- edits ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Edit:
+    """One editing example with exact ground truth."""
+
+    instruction: str
+    source: Scene
+    target: Scene | None
+    """None for perception edits (the target is a blend, not a scene)."""
+    changed: tuple[int, ...]
+    """Indices (into ``source.shapes``) of the shapes the edit touches."""
+    family: str
+    """``simple``, ``perception``, ``understanding`` or ``reasoning``."""
+    category: str | None = None
+    """Reason-Edit category for understanding / reasoning edits."""
+    phrase: str = ""
+    """What the edited region should show (the ``CLIP:`` phrase of Reason-Edit)."""
+    mark_colour: str | None = None
+
+    def images(self, side: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(source uint8 HxWx3, target uint8 HxWx3, edit mask bool HxW)."""
+        src = render(self.source, side)
+        mask = np.zeros((side, side), dtype=bool)
+        for i in self.changed:
+            mask |= shape_mask(self.source.shapes[i], side)
+        if self.target is None:  # perception: 0.5·pixel + 0.5·colour inside the mask, exact in float then rounded
+            colour = np.asarray(COLOURS[self.mark_colour], dtype=np.float64)
+            tgt = src.astype(np.float64)
+            tgt[mask] = 0.5 * tgt[mask] + 0.5 * colour
+            return src, np.round(tgt).astype(np.uint8), mask
+        tgt = render(self.target, side)
+        for shape in self.target.shapes:  # new or recoloured shapes also belong to the edit region
+            if shape not in self.source.shapes:
+                mask |= shape_mask(shape, side)
+        return src, tgt, mask
+
+
+def _with(scene: Scene, index: int, shape: Shape | None) -> Scene:
+    shapes = list(scene.shapes)
+    if shape is None:
+        shapes.pop(index)
+    else:
+        shapes[index] = shape
+    return replace(scene, shapes=tuple(shapes))
+
+
+def _op(rng, scene: Scene, index: int, ref: str) -> tuple[str, Scene, str]:
+    """A recolour / remove / replace operation on shape ``index`` named by ``ref``: (instruction, target, phrase)."""
+    shape = scene.shapes[index]
+    op = str(rng.choice(["recolour", "remove", "replace"]))
+    if op == "remove":
+        return f"remove {ref}", _with(scene, index, None), "background"
+    if op == "recolour":
+        colour = str(rng.choice([c for c in COLOURS if c != shape.colour]))
+        return (f"make {ref} {colour}", _with(scene, index, replace(shape, colour=colour)),
+                f"{colour} {shape.kind}")
+    kind = str(rng.choice([k for k in KINDS if k != shape.kind]))
+    return (f"replace {ref} with a {kind}", _with(scene, index, replace(shape, kind=kind)),
+            f"{shape.colour} {kind}")
+
+
+def simple_edit(rng) -> Edit:
+    scene = random_scene(rng)
+    i = int(rng.integers(len(scene.shapes)))
+    instruction, target, phrase = _op(rng, scene, i, f"the {scene.shapes[i].phrase()}")
+    return Edit(instruction, scene, target, (i,), "simple", phrase=phrase)
+
+
+MARK_TEMPLATES = ("mark the pixels of the {obj} in {colour}", "highlight the {obj} with {colour}",
+                  "paint a {colour} overlay on the {obj} and leave the rest unchanged")
+
+
+def perception_edit(rng) -> Edit:
+    scene = random_scene(rng)
+    i = int(rng.integers(len(scene.shapes)))
+    colour = str(rng.choice([c for c in COLOURS if c != scene.shapes[i].colour]))
+    text = str(rng.choice(MARK_TEMPLATES)).format(obj=scene.shapes[i].phrase(), colour=colour)
+    return Edit(text, scene, None, (i,), "perception", phrase=f"{colour} {scene.shapes[i].kind}", mark_colour=colour)
+
+
+def understanding_edit(rng, category: str) -> Edit:
+    """An edit whose target is identified by position, relative size, colour, count or reflection."""
+    for _ in range(100):
+        scene = random_scene(rng, 2, 4)
+        shapes = scene.shapes
+        if category == "1-Left-Right":
+            # two shapes of the same kind; refer by side
+            kind = shapes[0].kind
+            other = _place(rng, list(shapes), kind, str(rng.choice([c for c in COLOURS if c != shapes[0].colour])),
+                           shapes[0].size)
+            if other is None:
+                continue
+            scene = replace(scene, shapes=shapes + (other,))
+            same = [k for k, s in enumerate(scene.shapes) if s.kind == kind]
+            side = str(rng.choice(["left", "right"]))
+            pick = min(same, key=lambda k: scene.shapes[k].x) if side == "left" else max(
+                same, key=lambda k: scene.shapes[k].x)
+            ref = f"the {kind} on the {side}"
+        elif category == "2-Relative-Size":
+            kind = shapes[0].kind
+            sizes = [s for s in SIZES if s != shapes[0].size]
+            other = _place(rng, list(shapes), kind, shapes[0].colour, str(rng.choice(sizes)))
+            if other is None:
+                continue
+            scene = replace(scene, shapes=shapes + (other,))
+            same = [k for k, s in enumerate(scene.shapes) if s.kind == kind]
+            word = str(rng.choice(["smaller", "larger"]))
+            ranked = sorted(SIZES[scene.shapes[k].size] for k in same)
+            if (word == "smaller" and ranked[0] == ranked[1]) or (word == "larger" and ranked[-1] == ranked[-2]):
+                continue  # ambiguous: two shapes share the extreme size
+            key = lambda k: SIZES[scene.shapes[k].size]  # noqa: E731
+            pick = min(same, key=key) if word == "smaller" else max(same, key=key)
+            ref = f"the {word} {kind}"
+        elif category == "3-Mirror":
+            # a shape on the left and its reflection on the right of the mirror line
+            base = _place(rng, [], str(rng.choice(KINDS)), str(rng.choice(list(COLOURS))), "medium",
+                          x_range=(0.08, 0.47 - SIZES["medium"]))  # wholly left of the mirror line
+            if base is None:
+                continue
+            mirrored = replace(base, x=1.0 - base.x)
+            extra = _place(rng, [base, mirrored], str(rng.choice(KINDS)), str(rng.choice(list(COLOURS))), "small")
+            items = (base, mirrored) + ((extra,) if extra is not None and (extra.kind, extra.colour) !=
+                                        (base.kind, base.colour) else ())
+            scene = replace(scene, shapes=items, mirror=True)
+            pick = int(rng.integers(2))
+            ref = f"the {base.kind} in the mirror" if pick == 1 else f"the real {base.kind}, not its reflection"
+        elif category == "4-Color":
+            kind = shapes[0].kind
+            other = _place(rng, list(shapes), kind, str(rng.choice([c for c in COLOURS if c != shapes[0].colour])),
+                           shapes[0].size)
+            if other is None:
+                continue
+            scene = replace(scene, shapes=shapes + (other,))
+            pick = int(rng.choice([0, len(scene.shapes) - 1]))
+            ref = f"the {scene.shapes[pick].colour} {kind}"
+        elif category == "5-Multiple-Objects":
+            kind = shapes[0].kind
+            added = []
+            for _ in range(int(rng.integers(1, 3))):
+                s = _place(rng, list(shapes) + added, kind,
+                           str(rng.choice([c for c in COLOURS if c != shapes[0].colour])), str(rng.choice(list(SIZES))))
+                if s is not None:
+                    added.append(s)
+            if not added:
+                continue
+            scene = replace(scene, shapes=shapes + tuple(added))
+            picks = tuple(k for k, s in enumerate(scene.shapes) if s.kind == kind)
+            if str(rng.choice(["remove", "recolour"])) == "remove":
+                target = replace(scene, shapes=tuple(s for k, s in enumerate(scene.shapes) if k not in picks))
+                return Edit(f"remove all the {kind}s", scene, target, picks, "understanding", category, "background")
+            colour = str(rng.choice([c for c in COLOURS if all(scene.shapes[k].colour != c for k in picks)]))
+            target = replace(scene, shapes=tuple(replace(s, colour=colour) if k in picks else s
+                                                 for k, s in enumerate(scene.shapes)))
+            return Edit(f"make every {kind} {colour}", scene, target, picks, "understanding", category,
+                        f"{colour} {kind}s")
+        else:
+            raise ValueError(f"unknown understanding category {category!r}")
+        instruction, target, phrase = _op(rng, scene, pick, ref)
+        return Edit(instruction, scene, target, (pick,), "understanding", category, phrase)
+    raise RuntimeError(f"could not place a {category} scene")
+
+
+def reasoning_edit(rng, facts: dict[str, list[str]] | None = None) -> Edit:
+    """The target shape is named only through a fact about its kind; a recolour may name the colour by a fact."""
+    facts = facts or KIND_FACTS
+    for _ in range(100):
+        scene = random_scene(rng, 2, 4)
+        kinds = [s.kind for s in scene.shapes]
+        unique = [k for k, s in enumerate(scene.shapes) if kinds.count(s.kind) == 1 and facts.get(s.kind)]
+        if unique:
+            break
+    else:
+        raise RuntimeError("could not sample a scene with a uniquely identifiable shape")
+    i = int(rng.choice(unique))
+    shape = scene.shapes[i]
+    ref = str(rng.choice(facts[shape.kind]))
+    op = str(rng.choice(["remove", "recolour"]))
+    if op == "remove":
+        return Edit(f"remove {ref}", scene, _with(scene, i, None), (i,), "reasoning", "6-Reasoning", "background")
+    colour = str(rng.choice([c for c in COLOURS if c != shape.colour]))
+    colour_ref = str(rng.choice(COLOUR_FACTS[colour])) if rng.random() < 0.5 else colour
+    return Edit(f"paint {ref} {colour_ref}", scene, _with(scene, i, replace(shape, colour=colour)), (i,),
+                "reasoning", "6-Reasoning", f"{colour} {shape.kind}")
+
+
+def held_out_facts(seed: int = 0, fraction: float = 0.25) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Split (kind, fact) pairs into train and held-out sets: held-out reasoning edits use facts whose
+    edit-instruction form was never trained on (the fact itself is still taught through chat)."""
+    rng = sample_rng(seed, 0, 0, stream=7)
+    train: dict[str, list[str]] = {}
+    test: dict[str, list[str]] = {}
+    for kind, phrases in KIND_FACTS.items():
+        order = list(rng.permutation(len(phrases)))
+        n_test = max(1, int(round(fraction * len(phrases))))
+        test[kind] = [phrases[j] for j in order[:n_test]]
+        train[kind] = [phrases[j] for j in order[n_test:]] or test[kind]
+    return train, test
+
+
+def caption(scene: Scene) -> str:
+    """A caption of the scene, left to right."""
+    ordered = sorted(scene.shapes, key=lambda s: s.x)
+    parts = [f"a {s.size} {s.colour} {s.kind}" for s in ordered]
+    text = ", ".join(parts[:-1]) + f" and {parts[-1]}" if len(parts) > 1 else parts[0]
+    return f"{text} on a {scene.texture if scene.texture != 'plain' else 'plain'} background"
+
+
+def knowledge_chat(rng) -> list[list[str]]:
+    """A Q&A turn teaching one fact (kind or colour) — the knowledge the reasoning edits need."""
+    if rng.random() < 0.6:
+        kind = str(rng.choice(KINDS))
+        fact = str(rng.choice(KIND_FACTS[kind]))
+        return [[f"Which shape is {fact}?", f"It is the {kind}."]]
+    colour = str(rng.choice(list(COLOURS)))
+    fact = str(rng.choice(COLOUR_FACTS[colour]))
+    return [[f"What is {fact}?", f"It is {colour}."]]
+
+
+def vqa_chat(rng, scene: Scene) -> list[list[str]]:
+    """Questions about the scene (the LLaVA-Instruct analogue)."""
+    shapes = sorted(scene.shapes, key=lambda s: s.x)
+    q = int(rng.integers(3))
+    if q == 0:
+        return [["How many shapes are in the image?", f"There are {len(shapes)} shapes."]]
+    if q == 1:
+        return [["Which shape is on the far left?", f"The {shapes[0].colour} {shapes[0].kind}."]]
+    s = shapes[int(rng.integers(len(shapes)))]
+    return [[f"What colour is the {s.kind}?", f"The {s.kind} is {s.colour}."]] if \
+        sum(t.kind == s.kind for t in shapes) == 1 else [["Describe the image.", caption(scene).capitalize() + "."]]
