@@ -72,3 +72,25 @@ def test_captions_and_chat():
     chat = knowledge_chat(sample_rng(0, 0, 1))
     assert chat[0][0].endswith("?") and chat[0][1].startswith("It is")
     assert vqa_chat(sample_rng(0, 0, 2), scene)[0][1]
+
+
+def test_recipe_writes_training_shards_and_a_scorable_testset(tmp_path, capsys):
+    import json
+
+    from data_recipes.shapes_world import main
+    from smartedit.data.io import ParquetSampleDataset
+    from smartedit.eval.reason_edit import read_reason_edit
+
+    assert main(["--out", str(tmp_path), "--side", "32", "--simple", "6", "--perception", "3", "--understanding",
+                 "4", "--reasoning", "3", "--caption", "5", "--chat", "4", "--test-per-category", "2",
+                 "--test-simple", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["simple"]["samples"] == 6 and summary["test"]["6-Reasoning"] == 2
+    data = ParquetSampleDataset(str(tmp_path / "train"))
+    assert len(data) == 25
+    tasks = {s.dataset: s.task for s in data}
+    assert tasks["shapes_perception"] == "perception" and tasks["shapes_captions"] == "caption"
+    assert all(not s.problems() for s in data)
+    samples, problems = read_reason_edit(str(tmp_path / "test" / "reason_edit"))
+    assert len(samples) == 12 and not problems and all(s.problem is None for s in samples)
+    assert (tmp_path / "test" / "targets" / "3-Mirror" / "001.png").exists()

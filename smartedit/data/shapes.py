@@ -292,7 +292,7 @@ def understanding_edit(rng, category: str) -> Edit:
                                         (base.kind, base.colour) else ())
             scene = replace(scene, shapes=items, mirror=True)
             pick = int(rng.integers(2))
-            ref = f"the {base.kind} in the mirror" if pick == 1 else f"the real {base.kind}, not its reflection"
+            ref = f"the {base.kind} in the mirror" if pick == 1 else f"the {base.kind} in front of the mirror"
         elif category == "4-Color":
             kind = shapes[0].kind
             other = _place(rng, list(shapes), kind, str(rng.choice([c for c in COLOURS if c != shapes[0].colour])),
@@ -396,3 +396,97 @@ def vqa_chat(rng, scene: Scene) -> list[list[str]]:
     s = shapes[int(rng.integers(len(shapes)))]
     return [[f"What colour is the {s.kind}?", f"The {s.kind} is {s.colour}."]] if \
         sum(t.kind == s.kind for t in shapes) == 1 else [["Describe the image.", caption(scene).capitalize() + "."]]
+
+
+# ---- datasets ----------------------------------------------------------------------------------------------
+
+def _png(array: np.ndarray) -> bytes:
+    from .schema import encode_png
+
+    return encode_png(Image.fromarray(array))
+
+
+def _edit_for(family: str, rng, facts: dict[str, list[str]]) -> Edit:
+    if family == "simple":
+        return simple_edit(rng)
+    if family == "perception":
+        return perception_edit(rng)
+    if family == "reasoning":
+        return reasoning_edit(rng, facts)
+    if family == "understanding":
+        return understanding_edit(rng, str(rng.choice(CATEGORIES[:5])))
+    raise ValueError(f"unknown edit family {family!r}")
+
+
+TRAIN_FAMILIES = {
+    # family → (dataset name, sample task)
+    "simple": ("shapes_simple", "edit"),
+    "perception": ("shapes_perception", "perception"),
+    "understanding": ("shapes_understanding", "reasoning"),
+    "reasoning": ("shapes_reasoning", "reasoning"),
+}
+
+
+def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
+    """``count`` uniform-schema samples of one ShapesWorld family (``simple``, ``perception``, ``understanding``,
+    ``reasoning``, ``caption``, ``chat``). Sample i is generated from ``(seed, 0, i)`` alone; reasoning uses only
+    the training facts (see :func:`held_out_facts`)."""
+    from .schema import Sample
+
+    train_facts, _ = held_out_facts(seed)
+    for i in range(count):
+        rng = sample_rng(seed, 0, i, stream=10)
+        if family in TRAIN_FAMILIES:
+            name, task = TRAIN_FAMILIES[family]
+            edit = _edit_for(family, rng, train_facts)
+            src, tgt, mask = edit.images(side)
+            yield Sample(f"{name}/{i}", name, task, instruction=edit.instruction, source_image=_png(src),
+                         target_image=_png(tgt), mask_image=_png((mask * 255).astype(np.uint8)))
+        elif family == "caption":
+            scene = random_scene(rng)
+            yield Sample(f"shapes_captions/{i}", "shapes_captions", "caption", caption=caption(scene))
+        elif family == "chat":
+            scene = random_scene(rng)
+            turns = knowledge_chat(rng) if rng.random() < 0.5 else vqa_chat(rng, scene)
+            yield Sample(f"shapes_chat/{i}", "shapes_chat", "chat", conversation=turns,
+                         source_image=_png(render(scene, side)))
+        else:
+            raise ValueError(f"unknown ShapesWorld family {family!r}")
+
+
+def write_reason_edit_testset(out_dir: str, per_category: int = 20, seed: int = 0, side: int = 64,
+                              simple: int = 0) -> dict[str, int]:
+    """A held-out test set in the Reason-Edit layout (``out_dir/reason_edit/<category>/NNN.png``,
+    ``NNN_mask.jpg``, ``instructions.txt``) plus exact targets (``out_dir/targets/<category>/NNN.png``), scored by
+    ``eval/reason_edit.py`` unchanged. Test scenes come from a different seed stream than training, and reasoning
+    instructions use the held-out facts only. ``simple`` > 0 adds a ``7-Simple`` folder of plain edits."""
+    import os
+
+    _, test_facts = held_out_facts(seed)
+    counts = {}
+    folders = list(CATEGORIES) + (["7-Simple"] if simple else [])
+    for category in folders:
+        n = simple if category == "7-Simple" else per_category
+        inputs = os.path.join(out_dir, "reason_edit", category)
+        targets = os.path.join(out_dir, "targets", category)
+        os.makedirs(inputs, exist_ok=True)
+        os.makedirs(targets, exist_ok=True)
+        lines = []
+        for i in range(n):
+            rng = sample_rng(seed, 1, i, stream=20 + folders.index(category))
+            if category == "6-Reasoning":
+                edit = reasoning_edit(rng, test_facts)
+            elif category == "7-Simple":
+                edit = simple_edit(rng)
+            else:
+                edit = understanding_edit(rng, category)
+            src, tgt, mask = edit.images(side)
+            stem = f"{i:03d}"
+            Image.fromarray(src).save(os.path.join(inputs, f"{stem}.png"))
+            Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(inputs, f"{stem}_mask.jpg"), quality=100)
+            Image.fromarray(tgt).save(os.path.join(targets, f"{stem}.png"))
+            lines.append(f"{edit.instruction} CLIP: {edit.phrase}")
+        with open(os.path.join(inputs, "instructions.txt"), "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        counts[category] = n
+    return counts
