@@ -189,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="cpu")
     demo.set_defaults(func=cmd_demo)
 
+    from .data.cli import register as register_data
+
+    register_data(sub)
+
     info = sub.add_parser("info", help="parameter counts of a preset (built on the meta device)")
     info.add_argument("--preset", default="7b", choices=["tiny", "7b", "13b"])
     info.add_argument("--json", action="store_true")

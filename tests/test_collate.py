@@ -62,3 +62,17 @@ def test_row_round_trip_and_rgba_on_white(samples):
     assert Sample.from_row(row) == samples[1]
     rgba = decode_image(_png((10, 20, 30, 0), mode="RGBA"))
     assert np.asarray(rgba)[0, 0].tolist() == [255, 255, 255]
+
+
+def test_long_chats_are_fitted_not_fatal(tiny_model):
+    collate = SampleCollator(tiny_model.config, tiny_model.tokenizer)
+    limit = tiny_model.config.mllm.max_position_embeddings
+    long_answer = "blue green red " * 300
+    turns = [["what colour is it?", "blue"], ["and now?", long_answer]]
+    sample = Sample("c2", "llava", "chat", conversation=turns, source_image=_png((0, 0, 255)))
+    batch = collate([sample], [(0, 0, 0)])
+    assert batch["input_ids"].shape[1] < limit  # the over-long second turn was dropped
+    solo = Sample("c3", "llava", "chat", conversation=[["describe it", long_answer]], source_image=_png((1, 2, 3)))
+    batch = collate([solo], [(0, 0, 1)])
+    assert batch["input_ids"].shape[1] == limit
+    assert (batch["input_ids"] == tiny_model.mllm.token_ids.image).sum() == tiny_model.config.vision.num_patches

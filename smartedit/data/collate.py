@@ -65,7 +65,11 @@ class SampleCollator:
             segments = chat_conversation([tuple(t) for t in sample.conversation], patches)
         else:  # caption
             segments = [caption_conversation(sample.caption, n_img)]
-        item = tokenize_conversation(self.tokenizer, segments, max_length=cfg.mllm.max_position_embeddings)
+        limit = cfg.mllm.max_position_embeddings
+        if sample.task == "chat":
+            item = self._fit_chat(segments, limit)
+        else:
+            item = tokenize_conversation(self.tokenizer, segments, max_length=limit)
         r = self.resolution
         zeros = torch.zeros(3, r, r)
         item["source"] = image_tensor(sample.source_image, r) if sample.source_image is not None else zeros
@@ -74,6 +78,19 @@ class SampleCollator:
         item["is_edit"] = float(sample.task in EDIT_TASKS)
         item["caption"] = sample.caption
         item["id"] = sample.id
+        return item
+
+    def _fit_chat(self, segments: list[tuple[str, str]], limit: int) -> dict:
+        """Long chats keep as many whole turns as fit; a first turn that alone is too long is cut at the limit
+        (its answer truncated, the image placeholders always kept, as they precede the question)."""
+        while len(segments) > 1:
+            item = tokenize_conversation(self.tokenizer, segments)
+            if len(item["input_ids"]) <= limit:
+                return item
+            segments = segments[:-1]
+        item = tokenize_conversation(self.tokenizer, segments)
+        if len(item["input_ids"]) > limit:
+            item = {k: v[:limit] for k, v in item.items()}
         return item
 
     def __call__(self, samples: list[Sample], keys: list[tuple[int, int, int]]) -> dict:

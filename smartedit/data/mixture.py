@@ -1,7 +1,7 @@
 """Deterministic mixture of datasets, sampled with replacement.
 
 Draw ``index`` of ``epoch`` picks a source with probability proportional to its ratio and then one of that
-source's samples uniformly, both from ``numpy.random.default_rng([seed, epoch, index])``: the sequence is a pure
+source's samples uniformly, both from ``sample_rng(seed, epoch, index, stream=0)`` (``numpy.random.default_rng([seed, epoch, index, 0])``): the sequence is a pure
 function of (seed, epoch, index), so a run resumed at draw k continues with exactly the same samples.
 """
 

@@ -1,0 +1,21 @@
+"""RefCOCO / RefCOCO+ / RefCOCOg (refs pickle + instances.json + COCO images) → perception samples.
+
+Thin wrapper over ``smartedit.data.recipes`` (recipe ``refcoco``; the logic lives in the library).
+Usage::
+
+    python -m data_recipes.refcoco --root refer/refcoco --images coco/train2014 --out data/refcoco
+
+``--help`` lists every option; the input layout is described in docs/data.md.
+"""
+
+from __future__ import annotations
+
+from smartedit.data.recipes import run_recipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_recipe("refcoco", argv, prog="python -m data_recipes.refcoco")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
