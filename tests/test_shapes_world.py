@@ -38,7 +38,7 @@ def test_perception_target_is_the_half_blend():
     edit = perception_edit(sample_rng(3, 0, 1))
     src, tgt, mask = edit.images(64)
     colour = np.asarray(COLOURS[edit.mark_colour], dtype=np.float64)
-    expected = np.round(0.5 * src[mask].astype(np.float64) + 0.5 * colour)
+    expected = np.floor(0.5 * src[mask].astype(np.float64) + 0.5 * colour + 0.5)  # 0.5·x + 0.5·c, halves up
     assert np.array_equal(tgt[mask], expected.astype(np.uint8))
 
 

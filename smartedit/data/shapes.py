@@ -192,11 +192,11 @@ class Edit:
         mask = np.zeros((side, side), dtype=bool)
         for i in self.changed:
             mask |= shape_mask(self.source.shapes[i], side)
-        if self.target is None:  # perception: 0.5·pixel + 0.5·colour inside the mask, exact in float then rounded
-            colour = np.asarray(COLOURS[self.mark_colour], dtype=np.float64)
-            tgt = src.astype(np.float64)
-            tgt[mask] = 0.5 * tgt[mask] + 0.5 * colour
-            return src, np.round(tgt).astype(np.uint8), mask
+        if self.target is None:  # perception: 0.5·pixel + 0.5·colour inside the mask (halves rounded up, as
+            colour = np.asarray(COLOURS[self.mark_colour], dtype=np.int32)  # smartedit.data.perception does)
+            tgt = src.astype(np.int32)
+            tgt[mask] = (tgt[mask] + colour + 1) // 2
+            return src, tgt.astype(np.uint8), mask
         tgt = render(self.target, side)
         for shape in self.target.shapes:  # new or recoloured shapes also belong to the edit region
             if shape not in self.source.shapes:
