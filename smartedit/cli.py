@@ -189,9 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="cpu")
     demo.set_defaults(func=cmd_demo)
 
+    from .convert_cli import register as register_convert
     from .data.cli import register as register_data
 
     register_data(sub)
+    register_convert(sub)
 
     info = sub.add_parser("info", help="parameter counts of a preset (built on the meta device)")
     info.add_argument("--preset", default="7b", choices=["tiny", "7b", "13b"])
