@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "peft==0.21.2",
     "safetensors==0.8.0",
     "datasets==5.2.0",
+    "pyarrow==26.0.1",
     "torchmetrics==1.9.0",
     "einops==0.8.2",
     "numpy==2.4.6",
