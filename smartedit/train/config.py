@@ -1,0 +1,368 @@
+"""Typed experiment configuration of one training stage (what to train on, how long, how fast, where to write).
+
+The *model* is described by :class:`smartedit.config.SmartEditConfig` (saved with the weights); an
+:class:`ExperimentConfig` describes a *run*: the stage, the initial weights, the batch sizes, the optimiser and its
+learning-rate schedule, the data mixture, checkpointing and logging. It is a tree of dataclasses with validation
+that reports every problem at once (:class:`smartedit.config.ConfigError`), a JSON round trip and dotted overrides
+(``cfg.replace(**{"optim.lr": 1e-4})``), so ``train/configs/*.json`` and ``--set key=value`` on the command line
+use the same names.
+
+Batch size: ``micro_batch_size`` samples per process and forward; either ``gradient_accumulation_steps`` is given,
+or ``global_batch_size`` is and the accumulation is derived from the world size (the paper presets fix the global
+batch at 128, so 8 GPUs × 16 × 1 and 4 GPUs × 16 × 2 train the same thing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..config import ConfigError, _Section
+from ..stages import STAGES
+
+__all__ = ["OptimConfig", "DataConfig", "CheckpointConfig", "LogConfig", "AlignConfig", "ExperimentConfig",
+           "parse_override", "EXPERIMENT_NAME"]
+
+EXPERIMENT_NAME = "experiment.json"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+@dataclass
+class OptimConfig(_Section):
+    """AdamW and its learning-rate schedule (linear warm-up, then cosine decay to ``min_lr_ratio · lr``)."""
+
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    """Decoupled weight decay; never applied to the embedding / LM-head matrices (their base rows are frozen)."""
+    betas: tuple[float, ...] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    """Global gradient-norm clipping (DeepSpeed ``gradient_clipping``); 0 disables it."""
+    schedule: str = "cosine"
+    warmup_ratio: float = 0.0
+    """Warm-up length as a fraction of ``max_steps`` (rounded up), used when ``warmup_steps`` is null."""
+    warmup_steps: int | None = None
+    min_lr_ratio: float = 0.0
+    impl: str = "auto"
+    """``torch`` (torch.optim.AdamW: builds nothing), ``deepspeed_cpu_adam`` (for optimizer offload on GPUs; JIT
+    compiled on first use) or ``auto`` (the CPU Adam when the DeepSpeed config offloads the optimizer on a GPU
+    machine, torch otherwise)."""
+
+    SCHEDULES: ClassVar[tuple[str, ...]] = ("cosine", "constant")
+    IMPLS: ClassVar[tuple[str, ...]] = ("auto", "torch", "deepspeed_cpu_adam")
+
+    def problems(self, prefix: str = "optim.") -> list[str]:
+        p: list[str] = []
+        if not (_number(self.lr) and self.lr > 0):
+            p.append(f"{prefix}lr must be a number > 0, got {self.lr!r}")
+        if not (_number(self.weight_decay) and self.weight_decay >= 0):
+            p.append(f"{prefix}weight_decay must be >= 0")
+        if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
+                and all(_number(b) and 0 <= b < 1 for b in self.betas)):
+            p.append(f"{prefix}betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not (_number(self.eps) and self.eps > 0):
+            p.append(f"{prefix}eps must be > 0")
+        if not (_number(self.grad_clip) and self.grad_clip >= 0):
+            p.append(f"{prefix}grad_clip must be >= 0 (0 = no clipping)")
+        if self.schedule not in self.SCHEDULES:
+            p.append(f"{prefix}schedule must be one of {list(self.SCHEDULES)}, got {self.schedule!r}")
+        if not (_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
+            p.append(f"{prefix}warmup_ratio must lie in [0, 1)")
+        if self.warmup_steps is not None and not _int(self.warmup_steps, 0):
+            p.append(f"{prefix}warmup_steps must be null or an integer >= 0, got {self.warmup_steps!r}")
+        if not (_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1):
+            p.append(f"{prefix}min_lr_ratio must lie in [0, 1]")
+        if self.impl not in self.IMPLS:
+            p.append(f"{prefix}impl must be one of {list(self.IMPLS)}, got {self.impl!r}")
+        return p
+
+
+@dataclass
+class DataConfig(_Section):
+    """The data mixture: named sources and their sampling ratios (normalised; 0 switches a source off).
+
+    A source is a folder of parquet shards in the uniform sample schema (:mod:`smartedit.data.schema`), a shard
+    file or glob, ``shapes:FAMILY:N`` (N generated ShapesWorld samples) or ``python:MODULE:FUNCTION`` (a function
+    of no arguments returning a sequence of ``Sample``); see :mod:`smartedit.train.sources`.
+    """
+
+    ratios: dict[str, float] = field(default_factory=dict)
+    """Sampling weight of each source (normalised); defaults come from :mod:`smartedit.data.mixture_config`."""
+    root: str | None = None
+    """Data root with one folder of shards per source (``root/<name>/*.parquet``, docs/data.md)."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """Explicit spec per source name; overrides ``root/<name>``."""
+    samples_per_epoch: int | None = None
+    """Draws per epoch (only names epochs in the logs and the collator keys); null = the sources' total size."""
+    num_workers: int = 0
+    prefetch_factor: int = 2
+    resolution: int | None = None
+    """Diffusion image size; null = the model's ``resolution``."""
+
+    def problems(self, prefix: str = "data.") -> list[str]:
+        p: list[str] = []
+        if not isinstance(self.sources, dict) or not all(isinstance(k, str) and isinstance(v, str) and v
+                                                          for k, v in self.sources.items()):
+            p.append(f"{prefix}sources must map names to paths (non-empty strings)")
+            return p
+        if not isinstance(self.ratios, dict):
+            p.append(f"{prefix}ratios must map source names to numbers")
+            return p
+        if self.root is not None and not (isinstance(self.root, str) and self.root):
+            p.append(f"{prefix}root must be null or a folder path")
+        unknown = sorted(n for n, r in self.ratios.items() if n not in self.sources and _number(r) and r > 0)
+        if unknown and not self.root:
+            p.append(f"{prefix}ratios name sources without a path: {unknown} (set {prefix}root, the data root "
+                     f"with one folder per source, or {prefix}sources.NAME)")
+        for name, r in self.ratios.items():
+            if not (_number(r) and r >= 0):
+                p.append(f"{prefix}ratios.{name} must be a number >= 0, got {r!r}")
+        if (self.sources or self.root) and not any(_number(r) and r > 0 for r in self.ratios.values()):
+            p.append(f"{prefix}ratios must give at least one source a ratio > 0")
+        if self.samples_per_epoch is not None and not _int(self.samples_per_epoch, 1):
+            p.append(f"{prefix}samples_per_epoch must be null or a positive integer")
+        if not _int(self.num_workers, 0):
+            p.append(f"{prefix}num_workers must be an integer >= 0")
+        if not _int(self.prefetch_factor, 1):
+            p.append(f"{prefix}prefetch_factor must be a positive integer")
+        if self.resolution is not None and not _int(self.resolution, 1):
+            p.append(f"{prefix}resolution must be null or a positive integer")
+        return p
+
+
+@dataclass
+class CheckpointConfig(_Section):
+    """Training checkpoints (atomic; model, optimizer, scheduler, RNG and data position) and the final export."""
+
+    every: int = 1000
+    """Save every N optimizer steps (and always after the last step)."""
+    keep_last: int = 3
+    export_dtype: str = "auto"
+    """dtype of the exported model: ``auto`` (the training precision), ``float32`` or ``bfloat16``."""
+
+    DTYPES: ClassVar[tuple[str, ...]] = ("auto", "float32", "bfloat16")
+
+    def problems(self, prefix: str = "checkpoint.") -> list[str]:
+        p: list[str] = []
+        if not _int(self.every, 1):
+            p.append(f"{prefix}every must be a positive integer")
+        if not _int(self.keep_last, 1):
+            p.append(f"{prefix}keep_last must be a positive integer")
+        if self.export_dtype not in self.DTYPES:
+            p.append(f"{prefix}export_dtype must be one of {list(self.DTYPES)}")
+        return p
+
+
+@dataclass
+class LogConfig(_Section):
+    """Every loss term is written to ``metrics.jsonl`` (always), TensorBoard and W&B (optional)."""
+
+    every: int = 1
+    tensorboard: str | bool = "auto"
+    """``auto``: use TensorBoard when it is installed; true: require it; false: off."""
+    wandb: bool = False
+    wandb_project: str = "smartedit"
+    sample_ids: bool = False
+    """Also write the ids of every micro-batch, per process, to ``samples-rank{R}.jsonl``."""
+    progress: bool = True
+
+    def problems(self, prefix: str = "log.") -> list[str]:
+        p: list[str] = []
+        if not _int(self.every, 1):
+            p.append(f"{prefix}every must be a positive integer")
+        if self.tensorboard not in ("auto", True, False):
+            p.append(f"{prefix}tensorboard must be 'auto', true or false")
+        for name in ("wandb", "sample_ids", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                p.append(f"{prefix}{name} must be true or false")
+        return p
+
+
+@dataclass
+class AlignConfig(_Section):
+    """Stage 1: LM cross-entropy + MSE(Q-Former output, CLIP-text last hidden state of the caption)."""
+
+    clip_text: str | None = None
+    """Folder with a transformers ``CLIPTextModel`` and its tokenizer, or a Stable Diffusion folder holding
+    ``text_encoder/`` and ``tokenizer/`` (SD-1.5 for the paper)."""
+    lm_weight: float = 1.0
+    mse_weight: float = 1.0
+
+    def problems(self, prefix: str = "align.") -> list[str]:
+        p: list[str] = []
+        if self.clip_text is not None and not (isinstance(self.clip_text, str) and self.clip_text):
+            p.append(f"{prefix}clip_text must be null or a folder path")
+        for name in ("lm_weight", "mse_weight"):
+            if not (_number(getattr(self, name)) and getattr(self, name) >= 0):
+                p.append(f"{prefix}{name} must be a number >= 0")
+        return p
+
+
+@dataclass
+class ExperimentConfig(_Section):
+    """One training run of one stage."""
+
+    stage: str = "stage1"
+    preset: str = "custom"
+    """Which model preset this experiment was written for (informational)."""
+    init: str | None = None
+    """Initial weights: a ``save_pretrained`` folder, the previous stage's output folder, or ``random:tiny``."""
+    output_dir: str | None = None
+    seed: int = 0
+    max_steps: int = 1000
+    micro_batch_size: int = 1
+    gradient_accumulation_steps: int | None = None
+    global_batch_size: int | None = None
+    precision: str = "auto"
+    """``auto`` (bf16 on GPUs that support it, fp32 otherwise), ``fp32`` or ``bf16``. fp16 is not supported."""
+    tf32: bool = True
+    gradient_checkpointing: bool = False
+    deepspeed: str = "zero2"
+    """``zero2``, ``zero3``, ``zero3_offload`` or a path to a DeepSpeed JSON (without scheduler/optimizer)."""
+    max_nonfinite_in_a_row: int = 3
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+
+    PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32", "bf16")
+
+    # ---- derived values ----------------------------------------------------------------------------------
+    def accumulation_steps(self, world_size: int) -> int:
+        """Micro-batches per optimizer step and process."""
+        if self.global_batch_size is None:
+            return self.gradient_accumulation_steps or 1
+        per_step = self.micro_batch_size * world_size
+        accum, rest = divmod(self.global_batch_size, per_step)
+        if rest or accum < 1:
+            raise ConfigError([f"global_batch_size ({self.global_batch_size}) must be a multiple of "
+                               f"micro_batch_size × processes ({self.micro_batch_size} × {world_size})"])
+        if self.gradient_accumulation_steps is not None and self.gradient_accumulation_steps != accum:
+            raise ConfigError([f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) contradicts "
+                               f"global_batch_size {self.global_batch_size} with {world_size} process(es) × "
+                               f"micro batch {self.micro_batch_size} (= {accum}); set one of them to null"])
+        return accum
+
+    @property
+    def warmup_steps(self) -> int:
+        if self.optim.warmup_steps is not None:
+            return self.optim.warmup_steps
+        return math.ceil(self.optim.warmup_ratio * self.max_steps)
+
+    # ---- validation --------------------------------------------------------------------------------------
+    def problems(self, prefix: str = "") -> list[str]:
+        p: list[str] = []
+        if self.stage not in STAGES:
+            p.append(f"{prefix}stage must be one of {list(STAGES)}, got {self.stage!r}")
+        for name in ("init", "output_dir"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value):
+                p.append(f"{prefix}{name} must be null or a path")
+        if not _int(self.seed, 0):
+            p.append(f"{prefix}seed must be an integer >= 0")
+        for name in ("max_steps", "micro_batch_size", "max_nonfinite_in_a_row"):
+            if not _int(getattr(self, name), 1):
+                p.append(f"{prefix}{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("gradient_accumulation_steps", "global_batch_size"):
+            value = getattr(self, name)
+            if value is not None and not _int(value, 1):
+                p.append(f"{prefix}{name} must be null or a positive integer, got {value!r}")
+        if self.precision not in self.PRECISIONS:
+            hint = " (fp16 is not supported: use bf16)" if self.precision == "fp16" else ""
+            p.append(f"{prefix}precision must be one of {list(self.PRECISIONS)}, got {self.precision!r}{hint}")
+        for name in ("tf32", "gradient_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                p.append(f"{prefix}{name} must be true or false")
+        if not (isinstance(self.deepspeed, str) and self.deepspeed):
+            p.append(f"{prefix}deepspeed must name a config (zero2, zero3, zero3_offload) or a JSON path")
+        for name in ("optim", "data", "checkpoint", "log", "align"):
+            p += getattr(self, name).problems(f"{prefix}{name}.")
+        if not p and self.warmup_steps > self.max_steps:
+            p.append(f"{prefix}optim.warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
+        return p
+
+    def validate(self) -> "ExperimentConfig":
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems, "experiment config")
+        return self
+
+    # ---- serialisation -----------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
+        problems: list[str] = []
+        cfg = cls._from_dict(data, "", problems)
+        if not problems:
+            try:
+                problems += cfg.problems()
+            except TypeError as exc:
+                problems.append(f"a value has the wrong type: {exc}")
+        if problems:
+            raise ConfigError(problems, "experiment config")
+        return cfg
+
+    def save(self, path: str | os.PathLike) -> str:
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, EXPERIMENT_NAME)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ExperimentConfig":
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, EXPERIMENT_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no experiment config at {path!r}: give a JSON file such as "
+                                    f"train/configs/tiny/stage1_align.json")
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ConfigError([f"{path} is not valid JSON: {exc}"]) from None
+        return cls.from_dict(data)
+
+    def replace(self, **overrides: Any) -> "ExperimentConfig":
+        """A validated copy with dotted-key overrides, e.g. ``replace(**{"optim.lr": 1e-4})``; mapping fields
+        take dotted keys too (``data.sources.cc12m``)."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    child = node[part] = {}
+                node = child
+            node[leaf] = value
+        return ExperimentConfig.from_dict(data)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` from the command line; the value is read as JSON when it parses (numbers, true/false, null,
+    lists, objects), as a plain string otherwise."""
+    if "=" not in text:
+        raise ConfigError([f"override {text!r} must look like key=value, e.g. optim.lr=1e-4"])
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError([f"override {text!r} has an empty key"])
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value

@@ -1,0 +1,137 @@
+"""The model of each stage and the module DeepSpeed trains.
+
+Stages chain through ``save_pretrained`` folders (``SmartEditModel.from_pretrained``):
+
+* stage 1 and stage 2a train the MLLM-SD model, which has **no BIM**: a BIM in the initial weights (e.g. released
+  SmartEdit weights used to start stage 2a) is dropped, with a warning;
+* stage 2b adds a BIM whose output heads are zero-initialised, so its first forward computes exactly what the
+  stage-2a model computed (a BIM already present is kept and trained);
+* stage 2 adds LoRA (r 8, α 16, dropout 0.05, q/v) when the model has none (:func:`smartedit.stages.configure_stage`).
+
+:class:`StageModule` wraps the model for DeepSpeed; its ``forward`` returns every loss term:
+stage 1 ``{"lm_loss", "align_mse", "loss"}``, stage 2 ``{"lm_loss", "diffusion_loss", "loss"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..bim import BidirectionalInteraction
+from ..config import CONFIG_NAME, preset
+from ..model import SmartEditModel
+from ..stages import configure_stage, optimizer_param_groups
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RANDOM_PREFIX", "EXPORT_DIR", "resolve_init", "load_init_model", "set_bim", "prepare_stage_model",
+           "StageModule", "enable_gradient_checkpointing"]
+
+RANDOM_PREFIX = "random:"
+EXPORT_DIR = "model"
+"""Sub-folder of a run's output folder that holds the exported model (``save_pretrained`` format)."""
+
+
+def resolve_init(path: str) -> str:
+    """A model folder from ``path``: the folder itself when it has ``config.json``, else a previous stage's run
+    folder's ``model/``."""
+    if os.path.isfile(os.path.join(path, CONFIG_NAME)):
+        return path
+    exported = os.path.join(path, EXPORT_DIR)
+    if os.path.isfile(os.path.join(exported, CONFIG_NAME)):
+        return exported
+    raise FileNotFoundError(f"--init {path!r} is neither a model folder (config.json + model*.safetensors + "
+                            f"tokenizer/, written by save_pretrained or the released-weight converter) nor a finished "
+                            f"training run (whose model is in {EXPORT_DIR}/)")
+
+
+def load_init_model(spec: str, seed: int = 0) -> SmartEditModel:
+    """``random:PRESET`` (only ``tiny``: a random model for tests and smoke runs) or a model / run folder."""
+    if spec.startswith(RANDOM_PREFIX):
+        name = spec[len(RANDOM_PREFIX):]
+        if name != "tiny":
+            raise ValueError(f"only random:tiny can be trained from scratch here (got {spec!r}); 7b/13b start from "
+                             f"real weights assembled with smartedit.loading (see docs/training.md)")
+        logger.warning("starting from a RANDOMLY INITIALISED tiny model")
+        return SmartEditModel.from_config(preset(name, **{"bim.enabled": False}), seed=seed)
+    return SmartEditModel.from_pretrained(resolve_init(spec))
+
+
+def set_bim(model: SmartEditModel, enabled: bool, seed: int = 0) -> SmartEditModel:
+    """Add a fresh BIM (zero-init output heads: the model's outputs do not change) or drop the BIM, in place."""
+    if enabled == (model.bim is not None):
+        return model
+    model.config = model.config.replace(**{"bim.enabled": enabled})
+    if not enabled:
+        model.bim = None
+        return model
+    cfg = model.config
+    ref = model.null_text_embedding
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        bim = BidirectionalInteraction(cfg.bim, cfg.qformer.hidden_size, cfg.vision.grid_size,
+                                       cfg.unet.block_out_channels[0])
+    model.bim = bim.to(device=ref.device, dtype=next(model.qformer.parameters()).dtype)
+    return model
+
+
+def prepare_stage_model(model: SmartEditModel, stage: str, seed: int = 0) -> SmartEditModel:
+    """Give ``model`` the architecture of ``stage`` (BIM, LoRA) and freeze / unfreeze what it trains."""
+    if stage in ("stage1", "stage2a") and model.bim is not None:
+        logger.warning("%s trains the MLLM-SD model, which has no BIM: dropping the BIM of the initial weights",
+                       stage)
+        set_bim(model, False)
+    if stage == "stage2b" and model.bim is None:
+        logger.info("stage2b: adding a BIM with zero-initialised output heads")
+        set_bim(model, True, seed=seed)
+    configure_stage(model, stage)
+    return model
+
+
+def enable_gradient_checkpointing(model: SmartEditModel) -> None:
+    """Recompute activations in backward for the LLM, the Q-Former and the UNet (non-reentrant checkpoints)."""
+    from transformers.utils import logging as hf_logging
+
+    kwargs = {"use_reentrant": False}
+    model.mllm.llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # (it warns that the Q-Former has no token embeddings: it needs none)
+    try:
+        model.qformer.qformer.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.unet.enable_gradient_checkpointing()
+
+
+class StageModule(nn.Module):
+    """What DeepSpeed wraps: the model plus the stage's loss. Only ``model`` holds parameters."""
+
+    def __init__(self, model: SmartEditModel, stage: str, lm_weight: float = 1.0, mse_weight: float = 1.0):
+        super().__init__()
+        self.model = model
+        self.stage = stage
+        self.lm_weight = lm_weight
+        self.mse_weight = mse_weight
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups of the stage (re-applies the freezing; the token matrices go in a no-decay group)."""
+        return optimizer_param_groups(self.model, self.stage, weight_decay)
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None,
+                text_target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self.stage != "stage1":
+            return self.model(batch, generator=generator)
+        if text_target is None:
+            raise ValueError("stage 1 needs the CLIP text encoder's hidden states of the captions (text_target)")
+        out = self.model.mllm(batch["input_ids"], batch.get("attention_mask"), labels=batch.get("labels"))
+        if out.img_hidden is None:
+            raise ValueError(f"every stage-1 sample must end in the {self.model.config.mllm.num_image_tokens} "
+                             f"<img_i> tokens (caption samples do)")
+        context = self.model.qformer(out.img_hidden)  # [B, Q, D]
+        align = F.mse_loss(context.float(), text_target.float())
+        lm = out.lm_loss if out.lm_loss is not None else context.sum() * 0.0
+        return {"lm_loss": lm, "align_mse": align, "loss": self.lm_weight * lm + self.mse_weight * align}

@@ -1,0 +1,389 @@
+"""The training loop shared by the three stages (``train/stage1_align.py``, ``stage2_mllmsd.py``,
+``stage2_smartedit.py`` are thin wrappers around :class:`Trainer`).
+
+One optimizer step = ``A`` micro-batches per process (gradient accumulation inside DeepSpeed), each
+``engine(batch) → engine.backward(loss) → engine.step()``. Per step, every loss term is averaged over micro-batches
+and processes and logged with the learning rate, gradient norm, throughput and data-loader wait.
+
+Non-finite loss: when any process sees a non-finite loss term in any micro-batch of a step, that micro-batch is
+back-propagated as NaN, so ZeRO's invalid-gradient-norm check drops the whole accumulated step (no parameter,
+optimizer-state or learning-rate-schedule change) on every process; the step is counted as skipped and training
+continues. ``max_nonfinite_in_a_row`` (3) consecutive skipped steps abort the run with :class:`NonFiniteLossError`,
+whose message names the step and its loss terms. A step DeepSpeed skipped for a non-finite *gradient* (with a finite
+loss) counts the same way.
+
+Exact resume: the data of micro-batch ``k`` and the diffusion noise / CFG dropout of micro-batch ``k`` are pure
+functions of (seed, process, k) (:mod:`smartedit.train.data`, :func:`smartedit.train.rng.step_generator`); the global
+random state (dropout) is saved per process with each checkpoint and restored after everything is built; model,
+optimizer and scheduler come from DeepSpeed's checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..config import ConfigError
+from ..data.collate import SampleCollator
+from ..data.schema import Sample
+from .checkpoint import (CHECKPOINTS_DIR, TRAINER_STATE_NAME, checkpoint_name, finalize, find_checkpoint,
+                         list_checkpoints, prune, read_json, staging_dir, write_json, write_manifest)
+from .clip_text import ClipTextTarget
+from .config import ExperimentConfig
+from .data import StepBatches, build_loader
+from .distributed import DistInfo, all_reduce, barrier, init_distributed
+from .engine import (build_optimizer, initialize_engine, load_ds_config, prepare_ds_config, resolve_optimizer_impl,
+                     resolve_precision)
+from .export import export_dtype, export_from_engine
+from .metrics import MetricsLogger, truncate_jsonl
+from .rng import derive_seed, load_rng, restore_rng, save_rng, seed_everything, step_generator
+from .schedule import build_scheduler
+from .sources import open_sources, source_specs
+from .stage_model import EXPORT_DIR, StageModule, enable_gradient_checkpointing, load_init_model, \
+    prepare_stage_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "LOSS_TERMS"]
+
+LOSS_TERMS = {"stage1": ("lm_loss", "align_mse", "loss"),
+              "stage2a": ("lm_loss", "diffusion_loss", "loss"),
+              "stage2b": ("lm_loss", "diffusion_loss", "loss")}
+_RESUME_KEYS = ("stage", "seed", "world_size", "micro_batch_size", "accumulation_steps", "data")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss (or gradient)."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    model_dir: str
+    steps: int
+    skipped_steps: int
+    metrics_path: str
+    resumed_from: str | None = None
+
+
+class Trainer:
+    """``Trainer(config, sources=None).run(resume=None)``.
+
+    ``sources`` (name → ``Sequence[Sample]``) replaces the config's data paths (its ratios still apply);
+    ``ds_search_dirs`` are folders where a DeepSpeed config name (``zero2``) is looked up as ``NAME.json`` before
+    the built-in copy; ``base_dir`` resolves relative data paths.
+    """
+
+    def __init__(self, config: ExperimentConfig, sources: Mapping[str, Sequence[Sample]] | None = None,
+                 ds_search_dirs: tuple[str, ...] = (), base_dir: str = "."):
+        self.config = config.validate()
+        if config.output_dir is None:
+            raise ConfigError(["output_dir is required (--output DIR)"], "experiment config")
+        if config.init is None:
+            raise ConfigError(["init is required: the initial weights (--init DIR, the previous stage's output, "
+                               "or random:tiny)"], "experiment config")
+        if config.stage == "stage1" and not config.align.clip_text:
+            raise ConfigError(["stage 1 needs the CLIP text encoder (align.clip_text / --clip-text DIR): a Stable "
+                               "Diffusion folder with text_encoder/ and tokenizer/, or a CLIPTextModel folder"],
+                              "experiment config")
+        self.sources = sources
+        self.ds_search_dirs = ds_search_dirs
+        self.base_dir = base_dir
+        self.output_dir = config.output_dir
+        self.ckpt_root = os.path.join(self.output_dir, CHECKPOINTS_DIR)
+        self.model_dir = os.path.join(self.output_dir, EXPORT_DIR)
+        self.engine = None
+
+    # ---- set-up ------------------------------------------------------------------------------------------
+    def _find_resume(self, resume: str | None, dist: DistInfo) -> str | None:
+        import torch.distributed as tdist
+
+        found: list = [None, None]
+        if dist.is_main:
+            try:
+                if resume:
+                    found[0] = find_checkpoint(self.ckpt_root, resume)
+                    if found[0] is None:
+                        logger.warning("--resume %s: no complete checkpoint under %s, starting from step 0", resume,
+                                       self.ckpt_root)
+                elif list_checkpoints(self.ckpt_root):
+                    raise FileExistsError(f"{self.output_dir} already holds checkpoints: pass --resume latest to "
+                                          f"continue that run, or choose another --output")
+            except (FileNotFoundError, FileExistsError, ValueError) as exc:
+                found[1] = (type(exc).__name__, str(exc))
+        if dist.world_size > 1:
+            tdist.broadcast_object_list(found, src=0)
+        if found[1]:
+            kind, message = found[1]
+            raise {"FileNotFoundError": FileNotFoundError, "FileExistsError": FileExistsError}.get(kind, ValueError)(
+                message)
+        return found[0]
+
+    def _layout(self) -> dict:
+        cfg = self.config
+        return {"stage": cfg.stage, "seed": cfg.seed, "world_size": self.dist.world_size,
+                "micro_batch_size": cfg.micro_batch_size, "accumulation_steps": self.accum,
+                "data": {"sources": source_specs(cfg.data) if self.sources is None else sorted(self.sources),
+                         "ratios": dict(cfg.data.ratios), "samples_per_epoch": cfg.data.samples_per_epoch}}
+
+    def setup(self, resume: str | None = None) -> "Trainer":
+        cfg = self.config
+        self.dist = dist = init_distributed()
+        self.device = dist.device
+        self.precision = resolve_precision(cfg.precision, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+            torch.backends.cudnn.allow_tf32 = cfg.tf32
+        self.accum = cfg.accumulation_steps(dist.world_size)
+        self.global_batch = cfg.micro_batch_size * self.accum * dist.world_size
+        if dist.is_main:
+            os.makedirs(self.ckpt_root, exist_ok=True)
+        barrier()
+        self.resumed_from = self._find_resume(resume, dist)
+        sources = self.sources if self.sources is not None else open_sources(cfg.data, self.base_dir)
+
+        # model: identical on every process (same seed), then the stage's architecture and freezing
+        seed_everything(cfg.seed)
+        model = load_init_model(cfg.init, seed=cfg.seed)
+        prepare_stage_model(model, cfg.stage, seed=cfg.seed)
+        self.clip = None
+        if cfg.stage == "stage1":
+            self.clip = ClipTextTarget(cfg.align.clip_text, device=self.device)
+            self.clip.check_model(model.config)
+            with torch.no_grad():
+                model.null_text_embedding.copy_(self.clip.null_embedding().to(model.null_text_embedding.dtype))
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        self.module = StageModule(model, cfg.stage, lm_weight=cfg.align.lm_weight, mse_weight=cfg.align.mse_weight)
+        groups = self.module.param_groups(cfg.optim.weight_decay)
+        n_train = sum(p.numel() for g in groups for p in g["params"])
+        logger.info("%s: %s trainable parameters of %s", cfg.stage, f"{n_train:,}",
+                    f"{sum(p.numel() for p in model.parameters()):,}")
+
+        raw = load_ds_config(cfg.deepspeed, self.ds_search_dirs)
+        impl = resolve_optimizer_impl(cfg.optim.impl, raw, self.device)
+        self.ds_config = prepare_ds_config(raw, micro_batch_size=cfg.micro_batch_size,
+                                           accumulation_steps=self.accum, world_size=dist.world_size,
+                                           grad_clip=cfg.optim.grad_clip, precision=self.precision,
+                                           torch_optimizer=impl == "torch")
+        optimizer = build_optimizer(groups, cfg.optim, impl)
+        self.scheduler = build_scheduler(optimizer, cfg.max_steps, cfg.warmup_steps, cfg.optim.schedule,
+                                         cfg.optim.min_lr_ratio)
+        self.engine = initialize_engine(self.module, optimizer, self.scheduler, self.ds_config)
+
+        self.step = 0
+        self.skipped_total = 0
+        self.consecutive_bad = 0
+        if self.resumed_from is not None:
+            self._load_checkpoint(self.resumed_from)
+
+        # data
+        ratios = {n: cfg.data.ratios.get(n, 0) for n in sources}
+        collator = SampleCollator(model.config, model.tokenizer, resolution=cfg.data.resolution)
+        self.batches = StepBatches(sources, ratios, collator, cfg.micro_batch_size, rank=dist.rank,
+                                   world_size=dist.world_size, seed=cfg.seed,
+                                   samples_per_epoch=cfg.data.samples_per_epoch)
+
+        # logs
+        resume_step = self.step if self.resumed_from is not None else None
+        self.metrics = MetricsLogger(self.output_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
+                                     run_config=cfg.to_dict(), resume_step=resume_step, enabled=dist.is_main)
+        self.ids_path = os.path.join(self.output_dir, f"samples-rank{dist.rank:05d}.jsonl")
+        if cfg.log.sample_ids:
+            if resume_step is not None:
+                truncate_jsonl(self.ids_path, resume_step)
+            elif os.path.exists(self.ids_path):
+                os.remove(self.ids_path)
+        if dist.is_main:
+            cfg.save(os.path.join(self.output_dir, "experiment.json"))
+
+        # the global random state last: nothing after this point draws from it before the first step
+        if self.resumed_from is not None:
+            restore_rng(load_rng(os.path.join(self.resumed_from, "rng", f"rank-{dist.rank:05d}.json")))
+        else:
+            seed_everything(derive_seed(cfg.seed, 2, dist.rank))
+        return self
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+    def _load_checkpoint(self, path: str) -> None:
+        state = read_json(os.path.join(path, TRAINER_STATE_NAME))
+        expected = self._layout()
+        wrong = [f"{k}: checkpoint {state['layout'].get(k)!r} vs now {expected[k]!r}" for k in _RESUME_KEYS
+                 if state["layout"].get(k) != expected[k]]
+        if wrong:
+            raise ValueError(f"cannot resume exactly from {path}: the run layout changed ({'; '.join(wrong)}). "
+                             f"Resume with the same number of processes, batch sizes, seed and data")
+        load_path, _ = self.engine.load_checkpoint(os.path.join(path, "deepspeed"), tag="ds",
+                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path}")
+        self.step = int(state["step"])
+        self.skipped_total = int(state["skipped_total"])
+        self.consecutive_bad = int(state["consecutive_bad"])
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    def save_checkpoint(self) -> str:
+        """Write the checkpoint of the current step atomically (collective)."""
+        dist, step = self.dist, self.step
+        staging = staging_dir(self.ckpt_root, step)
+        final = os.path.join(self.ckpt_root, checkpoint_name(step))
+        if dist.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+            os.makedirs(os.path.join(staging, "rng"))
+        barrier()
+        self.engine.save_checkpoint(os.path.join(staging, "deepspeed"), tag="ds", client_state={},
+                                    save_latest=False)
+        save_rng(os.path.join(staging, "rng", f"rank-{dist.rank:05d}.json"))
+        if dist.is_main:
+            model = self.module.model
+            write_json(os.path.join(staging, TRAINER_STATE_NAME),
+                       {"step": step, "skipped_total": self.skipped_total, "consecutive_bad": self.consecutive_bad,
+                        "next_micro_batch": step * self.accum, "layout": self._layout()})
+            self.config.save(os.path.join(staging, "experiment.json"))
+            os.makedirs(os.path.join(staging, "model"))
+            model.config.save(os.path.join(staging, "model"))
+            if model.tokenizer is not None:
+                model.tokenizer.save_pretrained(os.path.join(staging, "model", "tokenizer"))
+        barrier()
+        if dist.is_main:
+            write_manifest(staging, {"step": step, "stage": self.config.stage, "world_size": dist.world_size})
+            finalize(staging, final)
+            prune(self.ckpt_root, self.config.checkpoint.keep_last, keep=(final,))
+            logger.info("checkpoint %s", final)
+        barrier()
+        return final
+
+    # ---- training ----------------------------------------------------------------------------------------
+    def _micro_step(self, batch: dict, names: tuple[str, ...]) -> tuple[torch.Tensor, bool]:
+        tensors = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        kwargs = {}
+        if self.clip is not None:
+            if not all(isinstance(c, str) and c for c in batch["captions"]):
+                raise ValueError(f"stage 1 trains on captions only; batch {batch['ids']} holds samples without one")
+            kwargs["text_target"] = self.clip(batch["captions"])
+        generator = step_generator(self.config.seed, self.dist.rank, int(batch["micro_index"]), self.device)
+        out = self.engine(tensors, generator=generator, **kwargs)
+        terms = torch.stack([out[n].detach().float() for n in names])
+        finite = bool(torch.isfinite(terms).all())
+        # a NaN factor makes every gradient of this step NaN, so ZeRO drops the whole accumulated step
+        self.engine.backward(out["loss"] if finite else out["loss"] * float("nan"))
+        self.engine.step()
+        return terms, finite
+
+    def _accumulate(self, it, names: tuple[str, ...]) -> tuple[list[float], bool, list, int, float]:
+        """The micro-batches of one optimizer step: (loss terms averaged over micro-batches and processes, whether
+        any process saw a non-finite term, this process's sample ids, epoch, seconds spent waiting for data)."""
+        sums = torch.zeros(len(names), dtype=torch.float64)
+        bad, wait, ids, epoch = 0.0, 0.0, [], 0
+        for m in range(self.accum):
+            t = time.perf_counter()
+            batch = next(it)
+            wait += time.perf_counter() - t
+            expected = self.step * self.accum + m
+            if int(batch["micro_index"]) != expected:
+                raise RuntimeError(f"data loader out of order: got micro-batch {batch['micro_index']}, "
+                                   f"expected {expected}")
+            ids.append(list(batch["ids"]))
+            epoch = int(batch["epoch"])
+            terms, finite = self._micro_step(batch, names)
+            sums += terms.double().cpu()
+            bad = max(bad, 0.0 if finite else 1.0)
+        packed = torch.cat([sums / self.accum, torch.tensor([bad], dtype=torch.float64)]).to(self.device)
+        reduced = all_reduce(packed, "sum").cpu()
+        values = (reduced[:-1] / self.dist.world_size).tolist()
+        return values, bool(reduced[-1].item() > 0), ids, epoch, wait
+
+    def train(self) -> TrainResult:
+        from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        cfg, dist, engine = self.config, self.dist, self.engine
+        names = LOSS_TERMS[cfg.stage]
+        loader = build_loader(self.batches, self.step * self.accum, cfg.max_steps * self.accum,
+                              num_workers=cfg.data.num_workers, prefetch_factor=cfg.data.prefetch_factor,
+                              pin_memory=self.device.type == "cuda")
+        it = iter(loader)
+        engine.train()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (dist.is_main and cfg.log.progress),
+                   desc=cfg.stage, dynamic_ncols=True)
+        ids_file = open(self.ids_path, "a", encoding="utf-8") if cfg.log.sample_ids else None
+        stack = contextlib.ExitStack()
+        try:
+            if not bar.disable:  # log lines above the progress bar instead of through it
+                stack.enter_context(logging_redirect_tqdm())
+            while self.step < cfg.max_steps:
+                start = time.perf_counter()
+                lr = float(self.scheduler.get_last_lr()[0])
+                values, nonfinite_loss, ids, epoch, wait = self._accumulate(it, names)
+                applied = engine.was_step_applied()
+                self.step += 1
+                terms_text = ", ".join(f"{n}={v:.6g}" for n, v in zip(names, values))
+                if nonfinite_loss and applied:
+                    raise RuntimeError(f"step {self.step}: the loss was not finite ({terms_text}) but DeepSpeed "
+                                       f"applied the step: use ZeRO stage 1-3 with bf16.check_grad_overflow true")
+                if nonfinite_loss or not applied:
+                    self.skipped_total += 1
+                    self.consecutive_bad += 1
+                    what = "loss" if nonfinite_loss else "gradient norm"
+                    logger.warning("step %d: non-finite %s (%s): step skipped (%d in a row, %d in total)",
+                                   self.step, what, terms_text, self.consecutive_bad, self.skipped_total)
+                else:
+                    self.consecutive_bad = 0
+                elapsed = time.perf_counter() - start
+                grad_norm = engine.get_global_grad_norm()
+                record = {"step": self.step, **dict(zip(names, values)), "lr": lr,
+                          "grad_norm": None if grad_norm is None else float(grad_norm), "skipped": not applied,
+                          "skipped_total": self.skipped_total, "epoch": epoch,
+                          "samples": self.step * self.global_batch,
+                          "samples_per_s": self.global_batch / elapsed, "data_wait_s": wait, "step_s": elapsed}
+                if self.step % cfg.log.every == 0 or self.step == cfg.max_steps or not applied:
+                    self.metrics.log(record)
+                if ids_file is not None:
+                    ids_file.write(json.dumps({"step": self.step, "ids": ids}) + "\n")
+                    ids_file.flush()
+                if self.consecutive_bad >= cfg.max_nonfinite_in_a_row:
+                    what = "loss" if nonfinite_loss else "gradient norm"
+                    raise NonFiniteLossError(
+                        f"step {self.step}: non-finite {what} in {self.consecutive_bad} consecutive steps "
+                        f"(steps {self.step - self.consecutive_bad + 1}..{self.step}); loss terms at step "
+                        f"{self.step}: {terms_text}; samples of this process's first micro-batch: {ids[0]}. "
+                        f"Lower optim.lr, check the data and the initial weights.")
+                bar.update(1)
+                bar.set_postfix({n: f"{v:.4g}" for n, v in zip(names, values)} | {"lr": f"{lr:.3g}"})
+                if self.step % cfg.checkpoint.every == 0 or self.step == cfg.max_steps:
+                    self.save_checkpoint()
+        finally:
+            stack.close()
+            bar.close()
+            if ids_file is not None:
+                ids_file.close()
+            self.metrics.close()
+            del it
+
+        info = {"stage": cfg.stage, "steps": self.step, "skipped_steps": self.skipped_total,
+                "experiment": cfg.to_dict()}
+        export_from_engine(engine, self.module, self.model_dir, self.precision,
+                           export_dtype(cfg.checkpoint.export_dtype, self.precision), dist.is_main, info=info)
+        return TrainResult(output_dir=self.output_dir, model_dir=self.model_dir, steps=self.step,
+                           skipped_steps=self.skipped_total, metrics_path=self.metrics.path,
+                           resumed_from=self.resumed_from)
+
+    def close(self) -> None:
+        """Release DeepSpeed's hooks and buffers (lets one process run several trainings, e.g. in tests)."""
+        if self.engine is not None and hasattr(self.engine, "destroy"):
+            self.engine.destroy()
+        self.engine = None
+
+    def run(self, resume: str | None = None) -> TrainResult:
+        try:
+            return self.setup(resume).train()
+        finally:
+            self.close()

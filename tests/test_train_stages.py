@@ -1,0 +1,241 @@
+"""The three training stages in this process (1 process, DeepSpeed ZeRO-2 and ZeRO-3 on CPU, fp32):
+stage 1 → 2a → 2b → an edit, what each stage changes, the LR schedule really applied, ZeRO → safetensors
+consolidation, non-finite steps, and a tiny overfit run."""
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from smartedit.config import preset
+from smartedit.model import SmartEditModel, load_weights
+from smartedit.pipeline import SmartEditPipeline
+from smartedit.train.checkpoint import checkpoint_name
+from smartedit.train.consolidate import consolidate
+from smartedit.train.metrics import read_jsonl
+from smartedit.train.presets import experiment_preset
+from smartedit.train.schedule import lr_factor
+from smartedit.train.trainer import NonFiniteLossError, Trainer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads competing with other processes run a tiny
+    model ~10x slower than one (spin-waiting); the subprocesses below get OMP_NUM_THREADS=1 for the same reason."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKEN_MATRICES = ("mllm.llm.model.embed_tokens.weight", "mllm.llm.lm_head.weight")
+TRAINS = {"stage1": ("qformer.",), "stage2a": ("qformer.", "unet.", "lora_"),
+          "stage2b": ("qformer.", "unet.", "lora_", "bim.")}
+
+
+@pytest.fixture(scope="module")
+def zero3_json(tmp_path_factory):
+    """train/ds/zero3.json with stage3_max_reuse_distance 0: DeepSpeed's first complete-trace step walks the whole
+    module order for every module when the model is smaller than the reuse window (~10 s for the tiny model)."""
+    path = tmp_path_factory.mktemp("ds") / "zero3.json"
+    cfg = json.loads(open(os.path.join(REPO, "train", "ds", "zero3.json")).read())
+    cfg["zero_optimization"]["stage3_max_reuse_distance"] = 0
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+@pytest.fixture
+def ds(request, zero3_json):
+    return {"zero2": "zero2", "zero3": zero3_json}[request.param]
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    from smartedit.train.clip_text import build_tiny_clip_text
+
+    return build_tiny_clip_text(str(tmp_path_factory.mktemp("clip")), hidden_size=64)
+
+
+def run(stage, init, output, zero="zero2", steps=3, **overrides):
+    over = {"log.progress": False, "checkpoint.every": steps, **overrides}
+    cfg = experiment_preset("tiny", stage, init=init, output_dir=str(output), max_steps=steps, deepspeed=zero,
+                            **over)
+    return Trainer(cfg).run()
+
+
+def assert_only_stage_parameters_changed(before: dict, after: dict, stage: str, base_vocab: int) -> None:
+    """Frozen tensors bit-identical; the new token rows change and the base rows do not; every trained part moves.
+    (LoRA layers rename ``q_proj.weight`` to ``q_proj.base_layer.weight``; the BIM of stage 2b is new.)"""
+    moved = set()
+    for key, new in after.items():
+        if key in TOKEN_MATRICES:
+            assert torch.equal(before[key][:base_vocab], new[:base_vocab]), f"{stage}: base rows of {key} changed"
+            assert not torch.equal(before[key][base_vocab:], new[base_vocab:]), f"{stage}: new rows of {key} frozen"
+            continue
+        trained = any(part in key for part in TRAINS[stage]) and "base_layer" not in key \
+            and "pos_encoding" not in key
+        old = before.get(key, before.get(key.replace("base_layer.", "")))
+        if old is None:  # created by this stage: LoRA (2a) or the BIM (2b)
+            assert "lora_" in key or (stage == "stage2b" and key.startswith("bim.")), f"{stage}: new tensor {key}"
+        elif trained:
+            if not torch.equal(old, new):
+                moved.add(next(p for p in TRAINS[stage] if p in key))
+        else:
+            assert torch.equal(old, new), f"{stage}: frozen tensor {key} changed"
+    expected = set(TRAINS[stage]) - {"bim."} - ({"lora_"} if stage == "stage2a" else set())
+    assert moved == expected, (stage, moved)
+    if stage == "stage2b":  # the zero-initialised BIM heads trained away from zero
+        assert after["bim.text_out.weight"].abs().sum() > 0 and after["bim.image_out.weight"].abs().sum() > 0
+    if stage == "stage2a":  # LoRA B starts at zero and trained
+        assert all(v.abs().sum() > 0 for k, v in after.items() if "lora_B" in k)
+
+
+@pytest.mark.parametrize("ds", ["zero2", "zero3"], indirect=True)
+def test_stage1_to_2a_to_2b_to_an_edit(ds, tmp_path, clip_dir):
+    zero = ds
+    base_vocab = preset("tiny").mllm.vocab_size
+    # stage 1 from a random tiny model; a checkpoint after every step
+    r1 = run("stage1", "random:tiny", tmp_path / "s1", zero, **{"align.clip_text": clip_dir, "checkpoint.every": 1,
+                                                                "checkpoint.keep_last": 5})
+    init = SmartEditModel.from_config(preset("tiny", **{"bim.enabled": False}), seed=0).state_dict()
+    from smartedit.train.clip_text import ClipTextTarget
+
+    init["null_text_embedding"] = ClipTextTarget(clip_dir).null_embedding()
+    s1 = load_weights(r1.model_dir)
+    assert_only_stage_parameters_changed(init, s1, "stage1", base_vocab)
+    assert torch.equal(s1["null_text_embedding"], init["null_text_embedding"])
+
+    # the LR schedule really applies: logged lr and the size of the first Adam update (|Δ| = lr on step 1)
+    cfg = experiment_preset("tiny", "stage1")
+    metrics = read_jsonl(r1.metrics_path)
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert [m["lr"] for m in metrics] == pytest.approx([cfg.optim.lr * lr_factor(s, 3, 2) for s in range(3)])
+    assert metrics[0]["lr"] == pytest.approx(cfg.optim.lr / 2)
+    step1 = consolidate(os.path.join(r1.output_dir, "checkpoints", checkpoint_name(1)), str(tmp_path / "c1"))
+    delta = (load_weights(step1)["qformer.query_tokens"] - init["qformer.query_tokens"]).abs().max().item()
+    assert delta == pytest.approx(metrics[0]["lr"], rel=1e-3)
+    # ZeRO checkpoint → safetensors gives exactly the exported model
+    last = consolidate(os.path.join(r1.output_dir, "checkpoints", checkpoint_name(3)), str(tmp_path / "c3"))
+    consolidated = load_weights(last)
+    assert consolidated.keys() == s1.keys() and all(torch.equal(consolidated[k], s1[k]) for k in s1)
+
+    # stage 2a reads stage 1's run folder; stage 2b reads stage 2a's
+    checkpointing = zero != "zero2"  # activation checkpointing under ZeRO-3 (its gradients: test_train_config)
+    r2a = run("stage2a", r1.output_dir, tmp_path / "s2a", zero, gradient_checkpointing=checkpointing)
+    s2a = load_weights(r2a.model_dir)
+    assert_only_stage_parameters_changed(s1, s2a, "stage2a", base_vocab)
+    r2b = run("stage2b", r2a.output_dir, tmp_path / "s2b", zero, gradient_checkpointing=checkpointing)
+    s2b = load_weights(r2b.model_dir)
+    assert_only_stage_parameters_changed(s2a, s2b, "stage2b", base_vocab)
+    assert any(k.startswith("bim.") for k in s2b) and not any(k.startswith("bim.") for k in s2a)
+    for m in read_jsonl(r2b.metrics_path):
+        assert set(m) >= {"lm_loss", "diffusion_loss", "loss", "lr", "grad_norm", "samples_per_s", "data_wait_s"}
+        assert m["skipped"] is False
+
+    model = SmartEditModel.from_pretrained(r2b.model_dir)
+    assert model.config.bim.enabled and model.config.lora.r == 8
+    pipe = SmartEditPipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.new("RGB", (48, 40), (20, 40, 200))
+    edited = pipe(image, "make it red", num_inference_steps=2, seed=0).images[0]
+    assert edited.size == (48, 40)
+
+
+@pytest.mark.parametrize("ds", ["zero2", "zero3"], indirect=True)
+def test_non_finite_steps_are_skipped_then_abort(ds, tmp_path, clip_dir):
+    zero = ds
+    cfg = experiment_preset("tiny", "stage1", init="random:tiny", output_dir=str(tmp_path / "run"), max_steps=6,
+                            deepspeed=zero, **{"align.clip_text": clip_dir, "log.progress": False,
+                                               "checkpoint.every": 1, "checkpoint.keep_last": 6})
+    trainer = Trainer(cfg).setup()
+    forward = trainer.module.forward
+    calls = {"n": 0}
+
+    def poisoned(batch, generator=None, text_target=None):
+        out = dict(forward(batch, generator=generator, text_target=text_target))
+        calls["n"] += 1
+        if calls["n"] in (2, 4, 5, 6):  # step 2 alone, then three in a row
+            out["lm_loss"] = out["lm_loss"] * float("nan")
+            out["loss"] = out["lm_loss"] + out["align_mse"]
+        return out
+
+    trainer.module.forward = poisoned
+    try:
+        with pytest.raises(NonFiniteLossError) as err:
+            trainer.train()
+    finally:
+        trainer.close()
+    message = str(err.value)
+    assert "step 6" in message and "3 consecutive" in message and "lm_loss=nan" in message and "align_mse=" in message
+    metrics = read_jsonl(os.path.join(str(tmp_path / "run"), "metrics.jsonl"))
+    assert [m["skipped"] for m in metrics] == [False, True, False, True, True, True]
+    assert [m["skipped_total"] for m in metrics] == [0, 1, 1, 2, 3, 4]
+    # a skipped step changes nothing: not the weights, and not the learning-rate schedule
+    assert metrics[2]["lr"] == metrics[1]["lr"]
+    ckpts = os.path.join(str(tmp_path / "run"), "checkpoints")
+    w1 = load_weights(consolidate(os.path.join(ckpts, checkpoint_name(1)), str(tmp_path / "c1")))
+    w2 = load_weights(consolidate(os.path.join(ckpts, checkpoint_name(2)), str(tmp_path / "c2")))
+    w3 = load_weights(consolidate(os.path.join(ckpts, checkpoint_name(3)), str(tmp_path / "c3")))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert not torch.equal(w2["qformer.query_tokens"], w3["qformer.query_tokens"])
+
+
+def _pretrained_tiny_llm(directory: str) -> str:
+    """A tiny model whose LLM already answers the caption template ("Here is the picture"), as Vicuna does: its base
+    parameters are trained on the template tokens, the new token rows stay as initialised. (A random LLM cannot
+    learn those tokens in stage 1, which freezes it, so they would put a floor under the loss.)"""
+    from smartedit.data.collate import SampleCollator
+    from smartedit.prompt import IGNORE_INDEX
+    from smartedit.train.sources import open_source
+
+    model = SmartEditModel.from_config(preset("tiny", **{"bim.enabled": False}), seed=0)
+    base = model.config.mllm.vocab_size
+    collate = SampleCollator(model.config, model.tokenizer)
+    batch = collate([open_source("shapes:caption:1")[0]], [(0, 0, 0)])
+    labels = batch["labels"].clone()
+    labels[labels >= base] = IGNORE_INDEX
+    labels[:, -1] = IGNORE_INDEX  # </s> after <img_31>
+    hooks = [w.register_hook(lambda g: torch.cat([g[:base], torch.zeros_like(g[base:])]))
+             for w in model.mllm._token_matrices()]
+    opt = torch.optim.Adam(model.mllm.llm.parameters(), lr=3e-3)
+    for _ in range(40):
+        out = model.mllm(batch["input_ids"], batch["attention_mask"], labels=labels)
+        opt.zero_grad()
+        out.lm_loss.backward()
+        opt.step()
+    for h in hooks:
+        h.remove()
+    assert out.lm_loss.item() < 0.2
+    model.save_pretrained(directory)
+    return directory
+
+
+def test_tiny_overfit_drives_the_loss_down_tenfold(tmp_path, clip_dir):
+    init = _pretrained_tiny_llm(str(tmp_path / "init"))
+    result = run("stage1", init, tmp_path / "run", steps=60,
+                 **{"align.clip_text": clip_dir, "data.sources.cc12m": "shapes:caption:1", "optim.lr": 1e-2,
+                    "optim.schedule": "constant", "optim.warmup_steps": 0, "checkpoint.every": 1000})
+    losses = [m["loss"] for m in read_jsonl(result.metrics_path)]
+    assert len(losses) == 60
+    assert losses[0] / losses[-1] >= 10, losses
+
+
+def test_bf16_run_exports_fp32_master_weights(tmp_path):
+    init = str(tmp_path / "init")
+    SmartEditModel.from_config(preset("tiny", **{"bim.enabled": False}), seed=0).save_pretrained(init)
+    result = run("stage2a", init, tmp_path / "run", steps=2, precision="bf16",
+                 **{"checkpoint.export_dtype": "float32"})
+    weights = load_weights(result.model_dir)
+    assert all(v.dtype == torch.float32 for v in weights.values())
+
+    def bf16_exact(t):
+        return torch.equal(t.to(torch.bfloat16).float(), t)
+
+    # frozen weights went through the bf16 engine; trained ones come from the fp32 master copies
+    assert bf16_exact(weights["mllm.projector.weight"]) and bf16_exact(weights["vae.encoder.conv_in.weight"])
+    assert not bf16_exact(weights["qformer.query_tokens"]) and not bf16_exact(weights["unet.conv_in.weight"])
+    assert all(m["skipped"] is False for m in read_jsonl(result.metrics_path))
