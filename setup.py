@@ -33,6 +33,7 @@ EXTRAS = {
     "dev": ["pytest==9.2.0", "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"],
     "gpu": ["flash-attn"],
     "demo": ["gradio", "jupyter"],
+    "train": ["tensorboard"],
 }
 
 setup(
