@@ -90,6 +90,74 @@ class _Section:
         return cls(**kwargs)
 
 
+class _RootConfig(_Section):
+    """A top-level config saved as its own JSON file: validation, dict/JSON round trip and dotted overrides.
+
+    Subclasses set ``FILE_NAME`` (the JSON name inside a folder), ``WHAT`` (for error messages) and ``LOAD_HINT``
+    (what to give when the file is missing)."""
+
+    FILE_NAME: ClassVar[str] = "config.json"
+    WHAT: ClassVar[str] = "config"
+    LOAD_HINT: ClassVar[str] = ""
+
+    def validate(self):
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems, self.WHAT)
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """Build and validate; unknown keys and invalid values are reported together in one ConfigError."""
+        problems: list[str] = []
+        cfg = cls._from_dict(data, "", problems)
+        try:
+            problems += cfg.problems()
+        except TypeError as exc:  # a value of the wrong type broke a comparison
+            problems.append(f"a value has the wrong type: {exc}")
+        if problems:
+            raise ConfigError(problems, cls.WHAT)
+        return cfg
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the JSON to ``path`` (a folder: ``path/FILE_NAME``); returns the file written."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, self.FILE_NAME)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, cls.FILE_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no {cls.WHAT} at {path!r}: {cls.LOAD_HINT}")
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ConfigError([f"{path} is not valid JSON: {exc}"]) from None
+        return cls.from_dict(data)
+
+    def replace(self, **overrides: Any):
+        """A validated copy with dotted-key overrides, e.g. ``replace(**{"bim.enabled": False})``."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    child = node[part] = {}
+                node = child
+            node[leaf] = value
+        return type(self).from_dict(data)
+
+
 @dataclass
 class VisionConfig(_Section):
     """CLIP ViT vision tower (LLaVA's image encoder). Its penultimate layer's patch tokens are used."""
@@ -365,8 +433,13 @@ class SchedulerConfig(_Section):
 
 
 @dataclass
-class SmartEditConfig(_Section):
+class SmartEditConfig(_RootConfig):
     """The whole SmartEdit model: MLLM → Q-Former → BIM → InstructPix2Pix UNet."""
+
+    FILE_NAME: ClassVar[str] = CONFIG_NAME
+    WHAT: ClassVar[str] = "SmartEdit config"
+    LOAD_HINT: ClassVar[str] = (f"a model folder holds {CONFIG_NAME} (written by SmartEditModel.save_pretrained) "
+                                f"next to its weights")
 
     preset: str = "custom"
     resolution: int = 256
@@ -415,58 +488,6 @@ class SmartEditConfig(_Section):
                      f"({self.vae.downsample_factor}) times the UNet's downsampling "
                      f"({2 ** (len(self.unet.block_out_channels) - 1)})")
         return p
-
-    def validate(self) -> "SmartEditConfig":
-        problems = self.problems()
-        if problems:
-            raise ConfigError(problems, "SmartEdit config")
-        return self
-
-    # ---- serialisation -------------------------------------------------------------------------------
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SmartEditConfig":
-        problems: list[str] = []
-        cfg = cls._from_dict(data, "", problems)
-        try:
-            problems += cfg.problems()
-        except TypeError as exc:  # a value of the wrong type broke a comparison
-            problems.append(f"a value has the wrong type: {exc}")
-        if problems:
-            raise ConfigError(problems, "SmartEdit config")
-        return cfg
-
-    def save(self, directory: str | os.PathLike) -> str:
-        path = os.path.join(directory, CONFIG_NAME)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=False)
-            f.write("\n")
-        return path
-
-    @classmethod
-    def load(cls, directory_or_file: str | os.PathLike) -> "SmartEditConfig":
-        path = str(directory_or_file)
-        if os.path.isdir(path):
-            path = os.path.join(path, CONFIG_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no SmartEdit config at {path}: a model folder holds {CONFIG_NAME} "
-                                    f"(written by SmartEditModel.save_pretrained) next to its weights")
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise ConfigError([f"{path} is not valid JSON: {exc}"]) from None
-        return cls.from_dict(data)
-
-    def replace(self, **overrides: Any) -> "SmartEditConfig":
-        """A copy with dotted-key overrides, e.g. ``replace(**{"bim.enabled": False})``; validated."""
-        data = self.to_dict()
-        for key, value in overrides.items():
-            node = data
-            *parents, leaf = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
-        return SmartEditConfig.from_dict(data)
 
 
 # ---- presets ---------------------------------------------------------------------------------------------

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..config import ConfigError, _Section
+from ..config import ConfigError, _RootConfig, _Section
 from ..stages import STAGES
 
 __all__ = ["OptimConfig", "DataConfig", "CheckpointConfig", "LogConfig", "AlignConfig", "ExperimentConfig",
@@ -209,8 +208,12 @@ class AlignConfig(_Section):
 
 
 @dataclass
-class ExperimentConfig(_Section):
+class ExperimentConfig(_RootConfig):
     """One training run of one stage."""
+
+    FILE_NAME: ClassVar[str] = EXPERIMENT_NAME
+    WHAT: ClassVar[str] = "experiment config"
+    LOAD_HINT: ClassVar[str] = "give a JSON file such as train/configs/tiny/stage1_align.json"
 
     stage: str = "stage1"
     preset: str = "custom"
@@ -291,65 +294,6 @@ class ExperimentConfig(_Section):
         if not p and self.warmup_steps > self.max_steps:
             p.append(f"{prefix}optim.warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
         return p
-
-    def validate(self) -> "ExperimentConfig":
-        problems = self.problems()
-        if problems:
-            raise ConfigError(problems, "experiment config")
-        return self
-
-    # ---- serialisation -----------------------------------------------------------------------------------
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
-        problems: list[str] = []
-        cfg = cls._from_dict(data, "", problems)
-        if not problems:
-            try:
-                problems += cfg.problems()
-            except TypeError as exc:
-                problems.append(f"a value has the wrong type: {exc}")
-        if problems:
-            raise ConfigError(problems, "experiment config")
-        return cfg
-
-    def save(self, path: str | os.PathLike) -> str:
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, EXPERIMENT_NAME)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "ExperimentConfig":
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, EXPERIMENT_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no experiment config at {path!r}: give a JSON file such as "
-                                    f"train/configs/tiny/stage1_align.json")
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise ConfigError([f"{path} is not valid JSON: {exc}"]) from None
-        return cls.from_dict(data)
-
-    def replace(self, **overrides: Any) -> "ExperimentConfig":
-        """A validated copy with dotted-key overrides, e.g. ``replace(**{"optim.lr": 1e-4})``; mapping fields
-        take dotted keys too (``data.sources.cc12m``)."""
-        data = self.to_dict()
-        for key, value in overrides.items():
-            node = data
-            *parents, leaf = key.split(".")
-            for part in parents:
-                child = node.get(part)
-                if not isinstance(child, dict):
-                    child = node[part] = {}
-                node = child
-            node[leaf] = value
-        return ExperimentConfig.from_dict(data)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
