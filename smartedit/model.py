@@ -37,6 +37,8 @@ WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 TOKENIZER_DIR = "tokenizer"
 TINY_TOKENIZER = os.path.join(os.path.dirname(__file__), "assets", "tiny_tokenizer")
+TINY_VOCAB_SIZE = 1024
+"""Base vocabulary of the shipped tiny tokenizer (``data_recipes/build_tiny_tokenizer.py``), the tiny preset's."""
 
 
 @dataclass
@@ -81,7 +83,7 @@ class SmartEditModel(nn.Module):
         """A randomly initialised model (new token rows mean-initialised). The ``tiny`` preset gets the shipped
         tiny tokenizer when none is given."""
         if tokenizer is None:
-            tokenizer = load_tokenizer(TINY_TOKENIZER) if config.mllm.vocab_size == 1024 else None
+            tokenizer = load_tokenizer(TINY_TOKENIZER) if config.mllm.vocab_size == TINY_VOCAB_SIZE else None
         if seed is not None:
             torch.manual_seed(seed)
         model = cls(config, tokenizer)
