@@ -41,7 +41,7 @@ from .images import ImageSource, check_size, describe_source, find_image, load_r
 from .pixel import l1
 from .report import slug, write_report
 from .results import (BAD_ANNOTATION, BAD_CAPTION, GENERATION_FAILED, MISSING_INPUT, MISSING_OUTPUT, Aggregate,
-                      BenchmarkError, MetricInfo, SampleResult)
+                      BenchmarkError, MetricInfo, SampleResult, read_parquet_table)
 from .runner import Backbones, EvalRun, score_samples
 
 logger = logging.getLogger(__name__)
@@ -118,19 +118,10 @@ def _rows(data: Path, split: str | None) -> list[tuple[dict[str, Any], Path]]:
     if not files:
         raise BenchmarkError(f"Emu Edit data {os.fspath(data)!r}: expected parquet files (facebook/emu_edit_test_set) "
                              f"or a folder with metadata.jsonl")
-    import pyarrow.parquet as pq
-
     needed = {"instruction", "image", "input_caption", "output_caption"}
     rows = []
     for file in files:
-        try:
-            table = pq.read_table(os.fspath(file))
-        except Exception as e:
-            raise BenchmarkError(f"cannot read parquet file {os.fspath(file)!r}: {e}") from e
-        missing = needed - set(table.column_names)
-        if missing:
-            raise BenchmarkError(f"{os.fspath(file)}: Emu Edit parquet needs columns {sorted(needed)}; "
-                                 f"missing {sorted(missing)}")
+        table = read_parquet_table(file, needed, "Emu Edit")
         if split is not None and "split" not in table.column_names and not file.name.startswith(split):
             continue
         rows += [(r, file.parent) for r in table.to_pylist() if split is None or r.get("split", split) == split]

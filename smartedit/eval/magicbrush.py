@@ -42,7 +42,7 @@ from .images import ImageSource, check_size, describe_source, find_image, load_r
 from .pixel import l1, l2
 from .report import write_report
 from .results import (BAD_ANNOTATION, GENERATION_FAILED, MISSING_OUTPUT, MISSING_TARGET, Aggregate,
-                      BenchmarkError, MetricInfo, SampleResult)
+                      BenchmarkError, MetricInfo, SampleResult, read_parquet_table)
 from .runner import Backbones, EvalRun, score_samples
 
 logger = logging.getLogger(__name__)
@@ -159,19 +159,10 @@ def _image_cell(value: Any, base: Path) -> ImageSource | None:
 
 
 def _read_parquet(files: list[Path], captions: dict[str, Any] | None) -> list[Session]:
-    import pyarrow.parquet as pq
-
     needed = {"img_id", "turn_index", "source_img", "instruction", "target_img"}
     rows: list[tuple[dict[str, Any], Path]] = []
     for file in files:
-        try:
-            table = pq.read_table(os.fspath(file))
-        except Exception as e:
-            raise BenchmarkError(f"cannot read parquet file {os.fspath(file)!r}: {e}") from e
-        missing = needed - set(table.column_names)
-        if missing:
-            raise BenchmarkError(f"{os.fspath(file)}: MagicBrush parquet needs columns {sorted(needed)} "
-                                 f"(+ optional mask_img); missing {sorted(missing)}")
+        table = read_parquet_table(file, needed, "MagicBrush", " (+ optional mask_img)")
         rows += [(r, file.parent) for r in table.to_pylist()]
     grouped: dict[str, list[tuple[dict[str, Any], Path]]] = {}
     for row, base in rows:

@@ -84,6 +84,24 @@ class BenchmarkError(ValueError):
     """The benchmark folder / file as a whole cannot be read (wrong path or layout); the message says what to fix."""
 
 
+def read_parquet_table(file, needed: set[str], what: str, hint: str = ""):
+    """A benchmark parquet file as a pyarrow table; an unreadable file or missing columns is a BenchmarkError
+    naming the file, the columns ``what`` needs (``hint`` adds optional ones) and the missing ones."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    path = os.fspath(file)
+    try:
+        table = pq.read_table(path)
+    except Exception as e:
+        raise BenchmarkError(f"cannot read parquet file {path!r}: {e}") from e
+    missing = needed - set(table.column_names)
+    if missing:
+        raise BenchmarkError(f"{path}: {what} parquet needs columns {sorted(needed)}{hint}; missing {sorted(missing)}")
+    return table
+
+
 @dataclass
 class MetricInfo:
     """What a metric is and which backbone (name + sha256) produced it; ``backbone`` is None for pixel metrics."""
