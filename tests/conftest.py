@@ -38,3 +38,13 @@ def tiny_model(tiny_config):
     from smartedit.model import SmartEditModel
 
     return SmartEditModel.from_config(tiny_config, seed=0)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads competing with other processes run a tiny
+    model ~10x slower than one (spin-waiting)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,13 +1,13 @@
 """``smartedit data …`` (wired through ``smartedit.data.cli.register``) and the data-throughput benchmark."""
 
 import argparse
-import importlib.util
 import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_script
 from PIL import Image
 
 from smartedit.data.cli import register
@@ -100,9 +100,7 @@ def test_convert_through_the_data_command(tmp_path, capsys):
 
 
 def test_throughput_bench_runs(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("data_throughput", ROOT / "bench" / "data_throughput.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/data_throughput.py")
     out = tmp_path / "bench.json"
     assert bench.main(["--workers", "0", "--per-source", "2", "--image-size", "64", "--batches", "2",
                        "--warmup", "1", "--batch-size", "4", "--json-out", str(out)]) == 0

@@ -2,7 +2,6 @@
 script, to uniform-schema shards; perception targets are checked to be exactly 0.5·source + 0.5·colour inside the
 mask and the source outside."""
 
-import importlib.util
 import io
 import json
 import pickle
@@ -12,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import load_script
 from PIL import Image
 
 from smartedit.data.choices import recipe_rng
@@ -25,10 +25,7 @@ IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 def run_script(name: str, argv: list[str]) -> int:
     """``main(argv)`` of ``data_recipes/<name>.py`` (loaded from its file: data_recipes is not installed)."""
-    spec = importlib.util.spec_from_file_location(f"data_recipes_{name}", ROOT / "data_recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
+    return load_script(f"data_recipes/{name}.py").main(argv)
 
 
 def noise(w: int, h: int, seed: int, mode: str = "RGB") -> Image.Image:

@@ -1,12 +1,13 @@
 """Emu Edit end to end: eval/emu_edit.py on tiny parquet / JSONL fixtures; bad captions dropped and counted."""
 
-import importlib.util
 import io
 import json
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from helpers import load_script
 
 from smartedit.eval import testing
 from smartedit.eval.emu_edit import caption_problem, read_emu_edit
@@ -15,10 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"eval_script_{name}", ROOT / "eval" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"eval/{name}.py")
 
 
 @pytest.fixture(scope="module")

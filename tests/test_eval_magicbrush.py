@@ -1,6 +1,5 @@
 """MagicBrush end to end: eval/magicbrush.py on tiny fixtures (test-zip folder and HF parquet layouts)."""
 
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -9,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import load_script
+
 from smartedit.eval import testing
 from smartedit.eval.magicbrush import MULTI, SINGLE, output_stem, read_magicbrush
 
@@ -16,10 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"eval_script_{name}", ROOT / "eval" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"eval/{name}.py")
 
 
 @pytest.fixture(scope="module")

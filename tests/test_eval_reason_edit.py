@@ -2,13 +2,14 @@
 
 import csv
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from helpers import load_script
 
 from smartedit.eval import testing
 from smartedit.eval.reason_edit import find_category_dirs, match_category, parse_line, read_reason_edit
@@ -17,10 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"eval_script_{name}", ROOT / "eval" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"eval/{name}.py")
 
 
 def _sha(path):

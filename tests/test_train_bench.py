@@ -1,10 +1,10 @@
 """bench/train_step.py runs end to end (a few steps) and writes its table's numbers as JSON."""
 
-import importlib.util
 import json
 import os
 
 import pytest
+from helpers import load_script
 
 pytestmark = pytest.mark.slow
 
@@ -12,9 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_train_step_bench_smoke(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("train_step_bench", os.path.join(REPO, "bench", "train_step.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/train_step.py")
     out = tmp_path / "bench.json"
     assert bench.main(["--steps", "1", "--warmup", "1", "--rounds", "1", "--batch-size", "2", "--threads", "1",
                        "--workers", "0", "--loader-batches", "2", "--output", str(out)]) == 0

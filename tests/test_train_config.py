@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import load_script
 import torch
 
 from smartedit.config import ConfigError, preset
@@ -310,12 +311,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, make_batch
 
 # ---- the stage scripts' command line -------------------------------------------------------------------------
 def _script(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "train", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"train/{name}.py")
 
 
 def test_scripts_reject_bad_runs_with_a_message(tmp_path, caplog):

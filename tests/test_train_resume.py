@@ -2,7 +2,6 @@
 SIGKILL at a random step and resumed with ``--resume latest`` logs the same per-step losses (fp32 CPU: ≤ 1e-6),
 sees the same samples in the same order and ends with the same weights (to 1e-4) as an uninterrupted run."""
 
-import importlib.util
 import os
 import random
 import signal
@@ -11,6 +10,7 @@ import sys
 import time
 
 import pytest
+from helpers import load_script
 import torch
 
 from smartedit.config import preset
@@ -22,13 +22,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads competing with other processes run a tiny
-    model ~10x slower than one (spin-waiting); the subprocesses below get OMP_NUM_THREADS=1 for the same reason."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """The subprocesses below get OMP_NUM_THREADS=1 for the same reason."""
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -37,10 +32,7 @@ STEPS = 8
 
 
 def _load_script(path):
-    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path)
 
 
 def _args(init, output):

@@ -23,13 +23,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 OpenMP threads competing with other processes run a tiny
-    model ~10x slower than one (spin-waiting); the subprocesses below get OMP_NUM_THREADS=1 for the same reason."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """The subprocesses below get OMP_NUM_THREADS=1 for the same reason."""
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN_MATRICES = ("mllm.llm.model.embed_tokens.weight", "mllm.llm.lm_head.weight")
