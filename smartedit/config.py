@@ -53,6 +53,23 @@ def _positive(obj: Any, names: list[str], problems: list[str], prefix: str) -> N
             problems.append(f"{prefix}{name} must be a positive integer, got {value!r}")
 
 
+def _check_numbers(obj: Any, prefix: str, *, positive_int: tuple[str, ...] = (), nonneg_int: tuple[str, ...] = (),
+                   positive: tuple[str, ...] = (), nonneg: tuple[str, ...] = ()) -> list[str]:
+    """Problems with numeric fields of ``obj``: positive / non-negative integers, positive / non-negative numbers."""
+    p: list[str] = []
+    _positive(obj, list(positive_int), p, prefix)
+    for name in nonneg_int:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            p.append(f"{prefix}{name} must be an integer >= 0, got {value!r}")
+    for names, ok, what in ((positive, lambda v: v > 0, "> 0"), (nonneg, lambda v: v >= 0, ">= 0")):
+        for name in names:
+            value = getattr(obj, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
+                p.append(f"{prefix}{name} must be a number {what}, got {value!r}")
+    return p
+
+
 class _Section:
     """Mixin for config sections: dict round trip and validation."""
 
@@ -416,9 +433,15 @@ class SchedulerConfig(_Section):
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"
     prediction_type: str = "epsilon"
+    sampler: str = "EulerAncestralDiscreteScheduler"
+    """diffusers scheduler class the pipeline samples with by default (the reference uses EulerAncestral; the
+    ShapesWorld models use deterministic DDIM)."""
 
     SCHEDULES: ClassVar[tuple[str, ...]] = ("linear", "scaled_linear", "squaredcos_cap_v2")
     PREDICTIONS: ClassVar[tuple[str, ...]] = ("epsilon", "v_prediction", "sample")
+    SAMPLERS: ClassVar[tuple[str, ...]] = ("EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
+                                           "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler",
+                                           "UniPCMultistepScheduler", "PNDMScheduler", "LMSDiscreteScheduler")
 
     def problems(self, prefix: str = "scheduler.") -> list[str]:
         p: list[str] = []
@@ -427,6 +450,8 @@ class SchedulerConfig(_Section):
             p.append(f"{prefix}beta_schedule must be one of {list(self.SCHEDULES)}, got {self.beta_schedule!r}")
         if self.prediction_type not in self.PREDICTIONS:
             p.append(f"{prefix}prediction_type must be one of {list(self.PREDICTIONS)}, got {self.prediction_type!r}")
+        if self.sampler not in self.SAMPLERS:
+            p.append(f"{prefix}sampler must be one of {list(self.SAMPLERS)}, got {self.sampler!r}")
         if not (0 < self.beta_start < self.beta_end < 1):
             p.append(f"{prefix}need 0 < beta_start < beta_end < 1")
         return p

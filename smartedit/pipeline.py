@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline, EulerAncestralDiscreteScheduler
+from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from .cfg import combine_guidance, guidance_branches
+from .config import SchedulerConfig
 from .image_io import ImageInputError, load_image, load_mask, to_unit_tensor
 from .model import Condition, SmartEditModel
 
@@ -44,9 +45,19 @@ class SmartEditOutput(BaseOutput):
     replies: list[str] | None = None
 
 
-def default_scheduler(model: SmartEditModel) -> EulerAncestralDiscreteScheduler:
-    """EulerAncestral (the reference's inference sampler) on the model's training noise schedule."""
-    return EulerAncestralDiscreteScheduler.from_config(model.noise_scheduler.config)
+def inference_scheduler(cfg: SchedulerConfig):
+    """The sampler named by ``cfg.sampler`` (EulerAncestral, the reference's, unless the model says otherwise) on
+    the training noise schedule of ``cfg``."""
+    import diffusers
+
+    from .unet import build_noise_scheduler
+
+    return getattr(diffusers, cfg.sampler).from_config(build_noise_scheduler(cfg).config)
+
+
+def default_scheduler(model: SmartEditModel):
+    """The model's default sampler (:func:`inference_scheduler` of its scheduler config)."""
+    return inference_scheduler(model.config.scheduler)
 
 
 def prepare_image(image, name: str = "image") -> torch.Tensor:

@@ -429,7 +429,8 @@ TRAIN_FAMILIES = {
 
 def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
     """``count`` uniform-schema samples of one ShapesWorld family (``simple``, ``perception``, ``understanding``,
-    ``reasoning``, ``caption``, ``chat``). Sample i is generated from ``(seed, 0, i)`` alone; reasoning uses only
+    ``reasoning``, ``caption``, ``chat``, ``instruction`` — an edit instruction of any family as a stage-1 caption).
+    Sample i is generated from ``(seed, 0, i)`` alone; reasoning uses only
     the training facts (see :func:`held_out_facts`)."""
     from .schema import Sample
 
@@ -442,6 +443,9 @@ def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
             src, tgt, mask = edit.images(side)
             yield Sample(f"{name}/{i}", name, task, instruction=edit.instruction, source_image=_png(src),
                          target_image=_png(tgt), mask_image=_png((mask * 255).astype(np.uint8)))
+        elif family == "instruction":  # stage 1 of ShapesWorld: align to the CLIP text encoder of IP2P-tiny,
+            edit = _edit_for(str(rng.choice(list(TRAIN_FAMILIES))), rng, train_facts)  # which read instructions
+            yield Sample(f"shapes_instructions/{i}", "shapes_instructions", "caption", caption=edit.instruction)
         elif family == "caption":
             scene = random_scene(rng)
             yield Sample(f"shapes_captions/{i}", "shapes_captions", "caption", caption=caption(scene))

@@ -25,7 +25,7 @@ from .results import MISSING_INPUT, SampleProblem
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GenerationSettings", "EditJob", "Editor", "sample_seed"]
+__all__ = ["GenerationSettings", "EditJob", "Editor", "IP2PEditor", "RegressionEditor", "sample_seed"]
 
 
 def sample_seed(base_seed: int, sample_id: str) -> int:
@@ -134,3 +134,68 @@ class Editor:
         job.output_path.parent.mkdir(parents=True, exist_ok=True)
         image.save(job.output_path)
         self.failures.pop(job.sample_id, None)
+
+
+class IP2PEditor(Editor):
+    """A CLIP-text InstructPix2Pix editor (diffusers' ``StableDiffusionInstructPix2PixPipeline`` folder, e.g. the
+    ShapesWorld IP2P-tiny baseline) run with the same per-sample seeds, steps and guidance as :class:`Editor`."""
+
+    def __init__(self, pipeline_dir: str | os.PathLike, settings: GenerationSettings,
+                 device: str | torch.device = "cpu", skip_existing: bool = False):
+        from diffusers import StableDiffusionInstructPix2PixPipeline
+
+        self.model_dir = os.fspath(pipeline_dir)
+        self.settings = settings
+        self.skip_existing = skip_existing
+        self.pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+            self.model_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.info = self._describe(device)
+        self.failures: dict[str, str] = {}
+        self.seeds: dict[str, int] = {}
+
+    def _describe(self, device) -> dict[str, Any]:
+        weights = sorted(Path(self.model_dir).glob("*/*.safetensors"))
+        hashes = {os.path.relpath(w, self.model_dir): sha256_file(w) for w in weights}
+        return {"model_dir": self.model_dir, "kind": type(self).__name__, "weights": hashes,
+                "sha256": combined_sha256(hashes) if hashes else None, "device": str(device),
+                "scheduler": type(self.pipe.scheduler).__name__, **self.settings.to_dict()}
+
+    def _resize(self, images: list[Image.Image]) -> list[Image.Image]:
+        r = self.settings.resolution
+        return [im.convert("RGB").resize((r, r), Image.Resampling.BICUBIC) if r else im.convert("RGB")
+                for im in images]
+
+    def _edit(self, images: list[Image.Image], jobs: list[EditJob]) -> list[Image.Image]:
+        s = self.settings
+        gens = [torch.Generator().manual_seed(self.seeds[j.sample_id]) for j in jobs]
+        out = self.pipe(prompt=[j.instruction for j in jobs], image=self._resize(images),
+                        num_inference_steps=s.num_inference_steps, guidance_scale=s.text_guidance_scale,
+                        image_guidance_scale=s.image_guidance_scale, generator=gens).images
+        return [o.resize(im.size, Image.Resampling.BICUBIC) if o.size != im.size else o
+                for o, im in zip(out, images)]
+
+
+class RegressionEditor(IP2PEditor):
+    """The one-step regression control (``smartedit.train.pretrain.pretrain_ip2p(objective="regression")``): the
+    UNet maps (zero latent, source latent, instruction) at the last timestep straight to the target latent; no
+    sampling, no guidance, no seed."""
+
+    @torch.no_grad()
+    def _edit(self, images: list[Image.Image], jobs: list[EditJob]) -> list[Image.Image]:
+        import numpy as np
+
+        pipe = self.pipe
+        ims = self._resize(images)
+        x = torch.from_numpy(np.stack([np.asarray(im) for im in ims])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x = x.to(pipe.device)
+        source = pipe.vae.encode(x).latent_dist.mode()  # [B, 4, h, w]
+        ids = pipe.tokenizer([j.instruction for j in jobs], padding="max_length", max_length=77, truncation=True,
+                             return_tensors="pt")["input_ids"].to(pipe.device)
+        context = pipe.text_encoder(ids).last_hidden_state  # [B, 77, D]
+        last = torch.full((len(jobs),), pipe.scheduler.config.num_train_timesteps - 1, device=pipe.device)
+        latent = pipe.unet(torch.cat([torch.zeros_like(source), source], 1), last, encoder_hidden_states=context).sample
+        image = pipe.vae.decode(latent / pipe.vae.config.scaling_factor).sample  # [B, 3, H, W]
+        arr = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(a).resize(im.size, Image.Resampling.BICUBIC) if a.shape[:2] != im.size[::-1]
+                else Image.fromarray(a) for a, im in zip(arr, images)]

@@ -49,6 +49,9 @@ __all__ = ["CATEGORIES", "UNDERSTANDING", "REASONING", "METRIC_SIZE", "MASK_THRE
 CATEGORIES = ("1-Left-Right", "2-Relative-Size", "3-Mirror", "4-Color", "5-Multiple-Objects", "6-Reasoning")
 UNDERSTANDING = CATEGORIES[:5]
 REASONING = CATEGORIES[5:]
+EXTRA_CATEGORIES = ("7-Simple",)
+"""Optional categories outside the benchmark, scored when present: ``7-Simple`` holds plain edits (recolour /
+remove / replace a shape named outright) in synthetic sets such as ShapesWorld's; never in the totals."""
 METRIC_SIZE = 256
 MASK_THRESHOLD = 127
 DEFAULT_CHANGE_THRESHOLD = 0.1
@@ -72,7 +75,7 @@ class ReasonEditSample:
 
 def match_category(name: str) -> str | None:
     """The canonical category of a folder name (exact, or starting / ending with the category's words)."""
-    if name in CATEGORIES:
+    if name in CATEGORIES + EXTRA_CATEGORIES:
         return name
     low = name.lower()
     for cat in CATEGORIES:
@@ -103,7 +106,7 @@ def find_category_dirs(root: Path, max_depth: int = 2) -> dict[str, Path]:
                                  f"{ambiguous}")
         found.update({c: ps[0] for c, ps in matched.items()})
         level = next_level
-    return {c: found[c] for c in CATEGORIES if c in found}
+    return {c: found[c] for c in CATEGORIES + EXTRA_CATEGORIES if c in found}
 
 
 def parse_line(line: str) -> tuple[str, str] | None:
@@ -251,10 +254,13 @@ def evaluate(data: str | os.PathLike, *, out: str | os.PathLike, outputs: str | 
              lpips: str | os.PathLike | None = None, targets: str | os.PathLike | None = None,
              settings: GenerationSettings | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
              skip_existing: bool = False, change_threshold: float = DEFAULT_CHANGE_THRESHOLD,
-             allow_size_mismatch: bool = False, limit: int | None = None, max_visual: int = 16) -> EvalRun:
-    """Score Reason-Edit (running ``model`` first, or reading ``outputs``) and write the report into ``out``."""
-    if (outputs is None) == (model is None):
-        raise ValueError("give exactly one of outputs= (score existing edits) or model= (run a model)")
+             allow_size_mismatch: bool = False, limit: int | None = None, max_visual: int = 16,
+             editor: Editor | None = None) -> EvalRun:
+    """Score Reason-Edit (running ``model`` or a ready ``editor`` first, or reading ``outputs``) and write the
+    report into ``out``."""
+    if sum(x is not None for x in (outputs, model, editor)) != 1:
+        raise ValueError("give exactly one of outputs= (score existing edits), model= (run a SmartEdit model) or "
+                         "editor= (run any Editor, e.g. smartedit.eval.generate.IP2PEditor)")
     if outputs is not None and not Path(outputs).is_dir():
         raise BenchmarkError(f"outputs folder {os.fspath(outputs)!r} does not exist; expected "
                              f"OUTPUTS/<category>/<stem>.png")
@@ -271,11 +277,11 @@ def evaluate(data: str | os.PathLike, *, out: str | os.PathLike, outputs: str | 
     notes += variant_note(backbones.clip, "ViT-L/14", "Reason-Edit")
     out = Path(out)
     run_info: dict = {"data": os.fspath(data), "metric_size": METRIC_SIZE, "mask_threshold": MASK_THRESHOLD}
-    editor = None
     if model is not None:
-        outputs = out / "outputs"
         editor = Editor(model, settings or GenerationSettings(), device=device, dtype=dtype,
                         skip_existing=skip_existing)
+    if editor is not None:
+        outputs = out / "outputs"
         jobs = [EditJob(s.id, s.input_path, s.instruction or "", Path(outputs) / s.category / f"{s.stem}.png")
                 for s in samples if s.problem is None]
         editor.run(jobs, desc="Reason-Edit: editing")
@@ -322,7 +328,8 @@ def evaluate(data: str | os.PathLike, *, out: str | os.PathLike, outputs: str | 
         return metrics
 
     score_samples(results, fn, desc="Reason-Edit: scoring")
-    aggregates = [Aggregate(c, (c,)) for c in CATEGORIES]
+    present = {s.category for s in samples}
+    aggregates = [Aggregate(c, (c,)) for c in CATEGORIES + tuple(c for c in EXTRA_CATEGORIES if c in present)]
     aggregates += [Aggregate("understanding", UNDERSTANDING), Aggregate("reasoning", REASONING)]
     summary = write_report(out, benchmark="reason-edit", title="Reason-Edit", results=results,
                            metrics=metric_infos(backbones, targets is not None, change_threshold),

@@ -1,0 +1,115 @@
+"""Pretraining the ShapesWorld components from scratch (smartedit.train.pretrain): each loop runs, resumes
+exactly, and writes what the next recipe step reads (diffusers folders, the MLLM state)."""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from smartedit.config import ConfigError
+from smartedit.train.pretrain import PretrainSettings, edit_batch, pretrain_ip2p, pretrain_llava, pretrain_vae
+from smartedit.train.recipe import shapes_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _settings(steps, **kw):
+    return PretrainSettings(steps=steps, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=2, log_every=1, **kw)
+
+
+def test_settings_report_every_bad_value():
+    with pytest.raises(ConfigError) as e:
+        PretrainSettings(steps=0, batch_size=-1, lr=0, warmup_steps=-2).validate()
+    text = str(e.value)
+    for name in ("steps", "batch_size", "lr", "warmup_steps"):
+        assert name in text
+
+
+def test_edit_batch_is_a_pure_function_of_its_arguments():
+    a = edit_batch("any", 0, 3, 4, 64)
+    b = edit_batch("any", 0, 3, 4, 64)
+    c = edit_batch("any", 0, 4, 4, 64)
+    assert torch.equal(a[0], b[0]) and a[2] == b[2]
+    assert not torch.equal(a[0], c[0])
+    assert a[0].shape == (4, 3, 64, 64) and a[0].min() >= -1 and a[0].max() <= 1
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vae")
+    torch.set_num_threads(1)
+    return pretrain_vae(shapes_config(), str(out), _settings(2))
+
+
+def test_vae_writes_a_diffusers_folder_with_its_scaling_factor(vae_dir):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    assert vae.config.scaling_factor > 0 and vae.config.scaling_factor != 0.18215
+    quality = os.path.join(os.path.dirname(vae_dir), "vae_quality.json")
+    assert os.path.isfile(quality)
+
+
+def test_vae_resume_equals_uninterrupted(tmp_path):
+    full = tmp_path / "full"
+    pretrain_vae(shapes_config(), str(full), _settings(4))
+    part = tmp_path / "part"
+    pretrain_vae(shapes_config(), str(part), _settings(4))
+    # interrupt: drop the last checkpoint, keep step 2, and resume
+    import shutil
+
+    shutil.rmtree(part / "checkpoints" / "step-00000004")
+    pretrain_vae(shapes_config(), str(part), _settings(4))
+    a = load_file(str(full / "checkpoints" / "step-00000004" / "vae.safetensors"))
+    b = load_file(str(part / "checkpoints" / "step-00000004" / "vae.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    pretrain_vae(shapes_config(), str(tmp_path), _settings(2))
+    with pytest.raises(ValueError, match="different vae settings"):
+        pretrain_vae(shapes_config(), str(tmp_path), _settings(2, seed=5))
+
+
+@pytest.mark.parametrize("objective", ["diffusion", "regression"])
+def test_ip2p_folder_loads_with_load_sd_and_edits(vae_dir, tmp_path, objective):
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from smartedit.eval.generate import EditJob, GenerationSettings, IP2PEditor, RegressionEditor
+    from smartedit.loading import load_sd
+
+    scale = AutoencoderKL.from_pretrained(vae_dir).config.scaling_factor
+    cfg = shapes_config(**{"vae.scaling_factor": scale})
+    out = pretrain_ip2p(cfg, vae_dir, str(tmp_path), _settings(2), objective=objective)
+    sd = load_sd(out)
+    assert sd.unet.conv_in.in_channels == 8
+    assert sd.scheduler["prediction_type"] == "v_prediction"
+    assert tuple(sd.null_text_embedding.shape) == (1, 77, cfg.qformer.hidden_size)
+    editor_cls = IP2PEditor if objective == "diffusion" else RegressionEditor
+    editor = editor_cls(out, GenerationSettings(num_inference_steps=2, batch_size=2))
+    src, _, texts = edit_batch("simple", 0, 0, 2, 64)
+    images = [Image.fromarray(((x.permute(1, 2, 0) + 1) * 127.5).byte().numpy()) for x in src]
+    paths = []
+    for i, im in enumerate(images):
+        p = tmp_path / f"in{i}.png"
+        im.save(p)
+        paths.append(p)
+    jobs = [EditJob(f"s{i}", p, t, tmp_path / "out" / f"{i}.png") for i, (p, t) in enumerate(zip(paths, texts))]
+    editor.run(jobs)
+    assert not editor.failures
+    assert all(j.output_path.is_file() and Image.open(j.output_path).size == (64, 64) for j in jobs)
+
+
+def test_llava_trains_and_saves_the_mllm(tmp_path):
+    from smartedit.model import SmartEditModel
+
+    out = pretrain_llava(shapes_config(), str(tmp_path), _settings(2))
+    state = load_file(os.path.join(out, "mllm.safetensors"))
+    model = SmartEditModel.from_config(shapes_config(), seed=1)
+    before = model.mllm.state_dict()["llm.model.embed_tokens.weight"].clone()
+    model.mllm.load_state_dict(state, strict=True)
+    assert not torch.equal(before, model.mllm.state_dict()["llm.model.embed_tokens.weight"])
+    lines = open(os.path.join(out, "metrics.jsonl")).read().splitlines()
+    assert len(lines) == 2
