@@ -434,11 +434,17 @@ class SchedulerConfig(_Section):
     beta_schedule: str = "scaled_linear"
     prediction_type: str = "epsilon"
     sampler: str = "EulerAncestralDiscreteScheduler"
+    diffuse: str = "target"
+    """What the diffusion process generates: ``target`` — the edited image's latent (InstructPix2Pix, the
+    reference); ``change`` — the latent change from the source, (target − source latent) · scaling factor, added back
+    to the source latent before decoding: where nothing is edited the model only has to predict zero (the issue's
+    "predict the change relative to the source"; the ShapesWorld models use it)."""
     """diffusers scheduler class the pipeline samples with by default (the reference uses EulerAncestral; the
     ShapesWorld models use deterministic DDIM)."""
 
     SCHEDULES: ClassVar[tuple[str, ...]] = ("linear", "scaled_linear", "squaredcos_cap_v2")
     PREDICTIONS: ClassVar[tuple[str, ...]] = ("epsilon", "v_prediction", "sample")
+    DIFFUSE: ClassVar[tuple[str, ...]] = ("target", "change")
     SAMPLERS: ClassVar[tuple[str, ...]] = ("EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
                                            "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler",
                                            "UniPCMultistepScheduler", "PNDMScheduler", "LMSDiscreteScheduler")
@@ -450,6 +456,8 @@ class SchedulerConfig(_Section):
             p.append(f"{prefix}beta_schedule must be one of {list(self.SCHEDULES)}, got {self.beta_schedule!r}")
         if self.prediction_type not in self.PREDICTIONS:
             p.append(f"{prefix}prediction_type must be one of {list(self.PREDICTIONS)}, got {self.prediction_type!r}")
+        if self.diffuse not in self.DIFFUSE:
+            p.append(f"{prefix}diffuse must be one of {list(self.DIFFUSE)}, got {self.diffuse!r}")
         if self.sampler not in self.SAMPLERS:
             p.append(f"{prefix}sampler must be one of {list(self.SAMPLERS)}, got {self.sampler!r}")
         if not (0 < self.beta_start < self.beta_end < 1):

@@ -875,6 +875,10 @@ def load_sd(path: str | os.PathLike, in_channels: int | None = None,
     scheduler = {name: sched_raw.get(name, getattr(defaults, name))
                  for name in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")}
 
+    info = os.path.join(path, "smartedit.json")  # written by smartedit.train.pretrain for ShapesWorld folders
+    if os.path.isfile(info):
+        diffuse = _read_json(info, "smartedit.json", SD_LAYOUT).get("diffuse", "target")
+        scheduler["diffuse"] = diffuse
     null = _null_text_embedding(path, max_length)
     logger.info("loaded Stable Diffusion from %s: UNet %s (conv_in %d → %d ch), VAE %s, scheduler %s",
                 path, tuple(unet_fields["block_out_channels"]), original, unet.conv_in.in_channels,

@@ -254,9 +254,12 @@ class SmartEditModel(nn.Module):
         context, spatial = self.context_from_states(states, features, latent_size)  # [b,Q,D], [b,C0,h,w]
 
         with torch.no_grad():
-            latents = self.vae.encode(target.to(self.vae.dtype)).latent_dist.sample(generator)
-            latents = latents * self.config.vae.scaling_factor  # [b, 4, h, w]
             source_latent = self.encode_latent(source)  # [b, 4, h, w]
+            if self.config.scheduler.diffuse == "change":
+                latents = (self.encode_latent(target) - source_latent) * self.config.vae.scaling_factor
+            else:
+                latents = self.vae.encode(target.to(self.vae.dtype)).latent_dist.sample(generator)
+                latents = latents * self.config.vae.scaling_factor  # [b, 4, h, w]
             mask_latent = None
             if self.config.unet.mask_channels:
                 m = masks[idx] if masks is not None else None

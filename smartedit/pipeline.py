@@ -220,7 +220,7 @@ class SmartEditPipeline(DiffusionPipeline):
                                negative_prompt_embeds)
         if output_type == "latent":
             return SmartEditOutput(images=latents, seeds=seeds, replies=cond.replies)
-        decoded = self.decode(latents)  # [B, 3, R, R] in [0, 1]
+        decoded = self.decode(latents, cond.source_latent)  # [B, 3, R, R] in [0, 1]
         if not keep_model_size:
             decoded = [self._resize(d, s) for d, s in zip(decoded, sizes)]
         arrays = [d.permute(1, 2, 0).float().cpu().numpy() for d in decoded]
@@ -283,11 +283,17 @@ class SmartEditPipeline(DiffusionPipeline):
                 latents = self.scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
         return latents
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents → images [B, 3, H, W] in [0, 1]."""
+    def decode(self, latents: torch.Tensor, source_latent: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled latents → images [B, 3, H, W] in [0, 1]. For a model that diffuses the latent change
+        (``scheduler.diffuse = "change"``) the (unscaled) source latent is added back first."""
         vae = self.model.vae
+        latents = latents.to(vae.device, vae.dtype) / self.model.config.vae.scaling_factor  # [B, 4, h, w]
+        if self.model.config.scheduler.diffuse == "change":
+            if source_latent is None:
+                raise ValueError("this model diffuses the latent change from the source: decode needs source_latent")
+            latents = latents + source_latent.to(latents.device, latents.dtype)
         with self._running(vae):
-            image = vae.decode(latents.to(vae.device, vae.dtype) / self.model.config.vae.scaling_factor).sample
+            image = vae.decode(latents).sample
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
     # ---- multi-turn ----------------------------------------------------------------------------------

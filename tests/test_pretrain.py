@@ -51,6 +51,17 @@ def test_vae_writes_a_diffusers_folder_with_its_scaling_factor(vae_dir):
     assert os.path.isfile(quality)
 
 
+def test_decoder_fine_tune_keeps_the_encoder_and_scaling(vae_dir, tmp_path):
+    from diffusers import AutoencoderKL
+
+    out = pretrain_vae(shapes_config(), str(tmp_path), _settings(2), init=vae_dir)
+    base, tuned = AutoencoderKL.from_pretrained(vae_dir), AutoencoderKL.from_pretrained(out)
+    a, b = base.state_dict(), tuned.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    assert tuned.config.scaling_factor == base.config.scaling_factor
+
+
 def test_vae_resume_equals_uninterrupted(tmp_path):
     full = tmp_path / "full"
     pretrain_vae(shapes_config(), str(full), _settings(4))
@@ -84,7 +95,8 @@ def test_ip2p_folder_loads_with_load_sd_and_edits(vae_dir, tmp_path, objective):
     cfg = shapes_config(**{"vae.scaling_factor": scale})
     out = pretrain_ip2p(cfg, vae_dir, str(tmp_path), _settings(2), objective=objective)
     sd = load_sd(out)
-    assert sd.unet.conv_in.in_channels == 8
+    assert sd.unet.conv_in.in_channels == 2 * cfg.unet.latent_channels
+    assert sd.scheduler["diffuse"] == "change"
     assert sd.scheduler["prediction_type"] == "v_prediction"
     assert tuple(sd.null_text_embedding.shape) == (1, 77, cfg.qformer.hidden_size)
     editor_cls = IP2PEditor if objective == "diffusion" else RegressionEditor

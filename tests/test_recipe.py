@@ -17,7 +17,7 @@ def toy_config() -> RecipeConfig:
     pre = {"steps": 2, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 1, "log_every": 1}
     stage = {"steps": 2, "batch_size": 2, "warmup_steps": 1, "samples_per_source": 4}
     return RecipeConfig.from_dict({
-        "vae": pre, "llava": pre, "ip2p": pre, "control": pre,
+        "vae": pre, "decoder": pre, "llava": pre, "ip2p": pre, "control": pre,
         "stage1": stage, "stage2a": stage, "stage2b": stage,
         "eval": {"per_category": 1, "simple": 2, "steps": 2}})
 

@@ -8,6 +8,7 @@ its neighbours down; the failing sample is recorded and later reported as ``gene
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import zlib
@@ -150,6 +151,9 @@ class IP2PEditor(Editor):
         self.pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
             self.model_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False).to(device)
         self.pipe.set_progress_bar_config(disable=True)
+        info = Path(self.model_dir) / "smartedit.json"  # smartedit.train.pretrain: what the UNet diffuses
+        self.diffuse = json.loads(info.read_text(encoding="utf-8")).get("diffuse", "target") if info.is_file() \
+            else "target"
         self.info = self._describe(device)
         self.failures: dict[str, str] = {}
         self.seeds: dict[str, int] = {}
@@ -159,21 +163,41 @@ class IP2PEditor(Editor):
         hashes = {os.path.relpath(w, self.model_dir): sha256_file(w) for w in weights}
         return {"model_dir": self.model_dir, "kind": type(self).__name__, "weights": hashes,
                 "sha256": combined_sha256(hashes) if hashes else None, "device": str(device),
-                "scheduler": type(self.pipe.scheduler).__name__, **self.settings.to_dict()}
+                "scheduler": type(self.pipe.scheduler).__name__, "diffuse": self.diffuse,
+                **self.settings.to_dict()}
 
     def _resize(self, images: list[Image.Image]) -> list[Image.Image]:
         r = self.settings.resolution
         return [im.convert("RGB").resize((r, r), Image.Resampling.BICUBIC) if r else im.convert("RGB")
                 for im in images]
 
+    def _tensor(self, images: list[Image.Image]) -> torch.Tensor:
+        import numpy as np
+
+        x = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return x.to(self.pipe.device)  # [B, 3, H, W] in [-1, 1]
+
+    @torch.no_grad()
+    def _decode(self, latents: torch.Tensor, images: list[Image.Image], ims: list[Image.Image]) -> list[Image.Image]:
+        """Scaled latents (of the target, or of the change from the source) → PIL images at the inputs' sizes."""
+        vae = self.pipe.vae
+        latents = latents / vae.config.scaling_factor
+        if self.diffuse == "change":
+            latents = latents + vae.encode(self._tensor(ims)).latent_dist.mode()
+        image = vae.decode(latents).sample  # [B, 3, H, W]
+        arr = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        out = [Image.fromarray(a) for a in arr]
+        return [o.resize(im.size, Image.Resampling.BICUBIC) if o.size != im.size else o
+                for o, im in zip(out, images)]
+
     def _edit(self, images: list[Image.Image], jobs: list[EditJob]) -> list[Image.Image]:
         s = self.settings
         gens = [torch.Generator().manual_seed(self.seeds[j.sample_id]) for j in jobs]
-        out = self.pipe(prompt=[j.instruction for j in jobs], image=self._resize(images),
-                        num_inference_steps=s.num_inference_steps, guidance_scale=s.text_guidance_scale,
-                        image_guidance_scale=s.image_guidance_scale, generator=gens).images
-        return [o.resize(im.size, Image.Resampling.BICUBIC) if o.size != im.size else o
-                for o, im in zip(out, images)]
+        ims = self._resize(images)
+        latents = self.pipe(prompt=[j.instruction for j in jobs], image=ims,
+                            num_inference_steps=s.num_inference_steps, guidance_scale=s.text_guidance_scale,
+                            image_guidance_scale=s.image_guidance_scale, generator=gens, output_type="latent").images
+        return self._decode(latents, images, ims)
 
 
 class RegressionEditor(IP2PEditor):
@@ -183,19 +207,12 @@ class RegressionEditor(IP2PEditor):
 
     @torch.no_grad()
     def _edit(self, images: list[Image.Image], jobs: list[EditJob]) -> list[Image.Image]:
-        import numpy as np
-
         pipe = self.pipe
         ims = self._resize(images)
-        x = torch.from_numpy(np.stack([np.asarray(im) for im in ims])).permute(0, 3, 1, 2).float() / 127.5 - 1
-        x = x.to(pipe.device)
-        source = pipe.vae.encode(x).latent_dist.mode()  # [B, 4, h, w]
+        source = pipe.vae.encode(self._tensor(ims)).latent_dist.mode()  # [B, C, h, w]
         ids = pipe.tokenizer([j.instruction for j in jobs], padding="max_length", max_length=77, truncation=True,
                              return_tensors="pt")["input_ids"].to(pipe.device)
         context = pipe.text_encoder(ids).last_hidden_state  # [B, 77, D]
         last = torch.full((len(jobs),), pipe.scheduler.config.num_train_timesteps - 1, device=pipe.device)
         latent = pipe.unet(torch.cat([torch.zeros_like(source), source], 1), last, encoder_hidden_states=context).sample
-        image = pipe.vae.decode(latent / pipe.vae.config.scaling_factor).sample  # [B, 3, H, W]
-        arr = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(a).resize(im.size, Image.Resampling.BICUBIC) if a.shape[:2] != im.size[::-1]
-                else Image.fromarray(a) for a, im in zip(arr, images)]
+        return self._decode(latent, images, ims)

@@ -39,6 +39,10 @@ from .schedule import lr_factor
 
 logger = logging.getLogger(__name__)
 
+PIPELINE_INFO = "smartedit.json"
+"""Written into the InstructPix2Pix folders made here: objective, and ``diffuse`` (``target`` or ``change``, see
+:class:`smartedit.config.SchedulerConfig`) — read by :func:`smartedit.loading.load_sd` and the IP2P editors."""
+
 __all__ = ["PretrainSettings", "pretrain_vae", "pretrain_ip2p", "pretrain_llava", "vae_psnr", "edit_batch",
            "build_text_encoder"]
 
@@ -81,6 +85,9 @@ class _Loop:
         params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.seconds_before = 0.0
+        """training seconds spent before the resumed checkpoint (kept across resumes)"""
+        self.t0 = time.time()
 
     def resume(self) -> int:
         found = list_checkpoints(self.root)
@@ -93,6 +100,7 @@ class _Loop:
             module.load_state_dict(load_file(os.path.join(path, f"{name}.safetensors")), strict=True)
         self.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=True))
         info = read_json(os.path.join(path, "state.json"))
+        self.seconds_before = float(info.get("seconds", 0.0))
         if info.get("settings") != self.s.to_dict():
             raise ValueError(f"{path} was written with different {self.what} settings ({info.get('settings')}); "
                              f"resume with the same settings or start in a new output folder")
@@ -113,7 +121,9 @@ class _Loop:
             state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
             save_file(state, os.path.join(stage, f"{name}.safetensors"))
         torch.save(self.optimizer.state_dict(), os.path.join(stage, "optimizer.pt"))
-        write_json(os.path.join(stage, "state.json"), {"step": step, "settings": self.s.to_dict()})
+        seconds = self.seconds_before + time.time() - self.t0
+        write_json(os.path.join(stage, "state.json"), {"step": step, "settings": self.s.to_dict(), "seconds": seconds})
+        write_json(os.path.join(self.output, "train_time.json"), {"step": step, "seconds": round(seconds, 1)})
         write_manifest(stage, {"step": step, "what": self.what})
         from .checkpoint import checkpoint_name
 
@@ -127,7 +137,7 @@ class _Loop:
         start = self.resume() if resume else 0
         metrics = MetricsLogger(self.output, tensorboard=False, resume_step=start if start else None)
         s = self.s
-        t0 = time.time()
+        t0 = self.t0 = time.time()
         for m in self.modules.values():
             m.train()
         with tqdm(total=s.steps, initial=start, desc=self.what, disable=None) as bar:
@@ -189,31 +199,46 @@ def edit_batch(family: str, seed: int, step: int, batch_size: int, side: int, st
 # ---- VAE -----------------------------------------------------------------------------------------------------
 
 def pretrain_vae(config: SmartEditConfig, output: str, settings: PretrainSettings, kl_weight: float = 1e-6,
-                 resume: bool = True):
+                 resume: bool = True, init: str | None = None):
     """Train the config's VAE on ShapesWorld sources and targets of every edit family; write ``output/vae``
-    (diffusers folder, ``scaling_factor`` = 1 / latent std) and return it."""
+    (diffusers folder, ``scaling_factor`` = 1 / latent std) and return it.
+
+    ``init``: a trained VAE folder whose ENCODER is kept frozen while the decoder goes on training (SD's
+    fine-tuned-decoder recipe): the latents, hence the scaling factor and everything trained on them, do not change,
+    so the decoder can improve while the UNets train."""
+    from diffusers import AutoencoderKL
+
     from ..unet import build_vae
 
     torch.manual_seed(settings.seed)
-    vae = build_vae(config.vae)
     side = config.resolution
+    if init is None:
+        vae = build_vae(config.vae)
+    else:
+        vae = AutoencoderKL.from_pretrained(init, local_files_only=True)
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
 
     def step_fn(step: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        src, tgt, _ = edit_batch("any", settings.seed, step, settings.batch_size, side, stream=41)
+        src, tgt, _ = edit_batch("any", settings.seed, step, settings.batch_size, side,
+                                 stream=41 if init is None else 47)
         pick = torch.rand(src.shape[0], generator=g) < 0.5
         images = torch.where(pick.view(-1, 1, 1, 1), src, tgt)  # [B, 3, H, W]
-        posterior = vae.encode(images).latent_dist
+        with torch.set_grad_enabled(init is None):
+            posterior = vae.encode(images).latent_dist
         recon = vae.decode(posterior.sample(g)).sample  # [B, 3, H, W]
         rec = F.l1_loss(recon, images) + F.mse_loss(recon, images)
         kl = posterior.kl().mean()
-        return {"loss": rec + kl_weight * kl, "recon": rec.detach(), "kl": kl.detach()}
+        loss = rec + kl_weight * kl if init is None else rec
+        return {"loss": loss, "recon": rec.detach(), "kl": kl.detach()}
 
-    _Loop(output, {"vae": vae}, settings, "vae").run(step_fn, resume=resume)
-    with torch.no_grad():
-        src, tgt, _ = edit_batch("any", settings.seed + 1, 0, 128, side, stream=42)
-        latents = torch.cat([vae.encode(x).latent_dist.mode() for x in (src, tgt)])
-    scale = float(1.0 / latents.std())
-    vae.register_to_config(scaling_factor=scale)
+    _Loop(output, {"vae": vae}, settings, "vae" if init is None else "vae-decoder").run(step_fn, resume=resume)
+    if init is None:
+        with torch.no_grad():
+            src, tgt, _ = edit_batch("any", settings.seed + 1, 0, 128, side, stream=42)
+            latents = torch.cat([vae.encode(x).latent_dist.mode() for x in (src, tgt)])
+        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    scale = float(vae.config.scaling_factor)
     out = os.path.join(output, "vae")
     vae.save_pretrained(out)
     quality = vae_psnr(vae, settings.seed + 2, side)
@@ -261,8 +286,8 @@ def pretrain_ip2p(config: SmartEditConfig, vae_dir: str, output: str, settings: 
     """Train a CLIP text encoder + the config's InstructPix2Pix UNet on ShapesWorld ``family`` edits with the
     frozen VAE from ``vae_dir``; write a diffusers InstructPix2Pix folder ``output/pipeline`` and return it.
 
-    ``objective="diffusion"``: the config's noise schedule and prediction type, with InstructPix2Pix's CFG
-    dropout. ``objective="regression"``: the UNet sees a zero latent at the last timestep and regresses the target
+    ``objective="diffusion"``: the config's noise schedule, prediction type and diffused latent (``target``, or
+    the ``change`` from the source), with InstructPix2Pix's CFG dropout. ``objective="regression"``: the UNet sees a zero latent at the last timestep and regresses the target
     latent in one step (the non-diffusion control)."""
     from diffusers import AutoencoderKL, StableDiffusionInstructPix2PixPipeline
 
@@ -288,8 +313,11 @@ def pretrain_ip2p(config: SmartEditConfig, vae_dir: str, output: str, settings: 
         src, tgt, texts = edit_batch(family, settings.seed, step, settings.batch_size, side, stream=44)
         b = src.shape[0]
         with torch.no_grad():
-            latents = vae.encode(tgt).latent_dist.sample(g) * scale  # [B, 4, h, w]
-            source_latent = vae.encode(src).latent_dist.mode()  # [B, 4, h, w]
+            source_latent = vae.encode(src).latent_dist.mode()  # [B, C, h, w]
+            if config.scheduler.diffuse == "change":
+                latents = (vae.encode(tgt).latent_dist.mode() - source_latent) * scale  # [B, C, h, w]
+            else:
+                latents = vae.encode(tgt).latent_dist.sample(g) * scale  # [B, C, h, w]
         encoded = _encode_text(text_encoder, tokenizer, texts + [""])  # [B+1, 77, D]
         context, null = encoded[:b], encoded[b:]
         if objective == "regression":
@@ -315,8 +343,8 @@ def pretrain_ip2p(config: SmartEditConfig, vae_dir: str, output: str, settings: 
                                                   requires_safety_checker=False)
     out = os.path.join(output, "pipeline")
     pipe.save_pretrained(out)
-    write_json(os.path.join(out, "smartedit_pretrain.json"), {"objective": objective, "family": family,
-                                                                "settings": settings.to_dict()})
+    write_json(os.path.join(out, PIPELINE_INFO), {"objective": objective, "family": family,
+                                                  "diffuse": config.scheduler.diffuse, "settings": settings.to_dict()})
     return out
 
 

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["shapes_config", "RecipeConfig", "STEPS", "run_recipe", "ship"]
 
-STEPS = ("vae", "llava", "ip2p", "control", "assemble", "stage1", "stage2a", "stage2b", "testset", "evaluate",
+STEPS = ("vae", "decoder", "llava", "ip2p", "control", "assemble", "stage1", "stage2a", "stage2b", "testset", "evaluate",
          "report")
 MODELS = ("identity", "ip2p", "control", "mllmsd", "smartedit")
 MODEL_NAMES = {"identity": "identity (input copied)", "ip2p": "IP2P-tiny (CLIP text)",
@@ -54,7 +54,9 @@ def shapes_config(**overrides) -> SmartEditConfig:
     shapes stay recognisable), 8 latent channels (a 4-channel ×4 VAE learns sharp shape edges far slower: 22.9 dB
     after 400 steps vs the 28 dB the background must keep), UNet attention at the 8×8 level only (self-attention over 16×16 latents with 8-dim
     heads costs half the step on a CPU), v-prediction on the cosine schedule (made for 32–64 px images: the
-    linear schedule leaves too much signal at t = T on 16×16 latents) and deterministic DDIM sampling."""
+    linear schedule leaves too much signal at t = T on 16×16 latents), diffusion of the latent CHANGE from the source
+    (with the target latent, IP2P-tiny still painted washed-out noise after 500 steps: every background pixel had to
+    be regenerated; with the change, the background is a predicted zero) and deterministic DDIM sampling."""
     base = {
         "vision.image_size": 64,
         "vae.latent_channels": 8,
@@ -64,6 +66,7 @@ def shapes_config(**overrides) -> SmartEditConfig:
         "scheduler.prediction_type": "v_prediction",
         "scheduler.beta_schedule": "squaredcos_cap_v2",
         "scheduler.sampler": "DDIMScheduler",
+        "scheduler.diffuse": "change",
     }
     base.update(overrides)
     return preset("tiny", **base)
@@ -89,8 +92,8 @@ class StageSettings(_Section):
 class EvalSettings(_Section):
     """The held-out test set and how every model is sampled on it."""
 
-    per_category: int = 24
-    simple: int = 48
+    per_category: int = 40
+    simple: int = 60
     steps: int = 20
     text_guidance: float = 5.0
     image_guidance: float = 1.5
@@ -119,9 +122,10 @@ class RecipeConfig(_RootConfig):
 
     seed: int = 0
     vae: PretrainSettings = _pre(steps=1200, lr=1e-3, warmup_steps=50, checkpoint_every=100)
+    decoder: PretrainSettings = _pre(steps=1500, lr=5e-4, warmup_steps=50)
     llava: PretrainSettings = _pre(steps=1500, lr=1e-3, warmup_steps=100)
     ip2p: PretrainSettings = _pre(steps=2000, lr=1e-3, warmup_steps=100)
-    control: PretrainSettings = _pre(steps=1000, lr=1e-3, warmup_steps=100)
+    control: PretrainSettings = _pre(steps=800, lr=1e-3, warmup_steps=100)
     stage1: StageSettings = _stage(steps=400, lr=1e-3, samples_per_source=6000)
     stage2a: StageSettings = _stage(steps=1200, lr=3e-4)
     stage2b: StageSettings = _stage(steps=1200, lr=3e-4)
@@ -131,7 +135,7 @@ class RecipeConfig(_RootConfig):
         p = []
         if not isinstance(self.seed, int):
             p.append(f"{prefix}seed must be an integer, got {self.seed!r}")
-        for name in ("vae", "llava", "ip2p", "control", "stage1", "stage2a", "stage2b", "eval"):
+        for name in ("vae", "decoder", "llava", "ip2p", "control", "stage1", "stage2a", "stage2b", "eval"):
             p += getattr(self, name).problems(f"{prefix}{name}.")
         return p
 
@@ -142,6 +146,7 @@ class _Paths:
     def __init__(self, root: str):
         self.root = root
         self.vae = os.path.join(root, "vae")
+        self.decoder = os.path.join(root, "decoder")
         self.llava = os.path.join(root, "llava")
         self.ip2p = os.path.join(root, "ip2p")
         self.control = os.path.join(root, "control")
@@ -171,6 +176,14 @@ def _step_vae(cfg: RecipeConfig, paths: _Paths) -> dict:
 
     pretrain_vae(shapes_config(), paths.vae, _settings(cfg.vae, cfg.seed))
     with open(os.path.join(paths.vae, "vae_quality.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _step_decoder(cfg: RecipeConfig, paths: _Paths) -> dict:
+    from .pretrain import pretrain_vae
+
+    pretrain_vae(shapes_config(), paths.decoder, _settings(cfg.decoder, cfg.seed), init=os.path.join(paths.vae, "vae"))
+    with open(os.path.join(paths.decoder, "vae_quality.json"), encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -205,6 +218,23 @@ def _step_assemble(cfg: RecipeConfig, paths: _Paths) -> dict:
     from ..loading import load_sd
     from ..model import SmartEditModel
 
+    from diffusers import AutoencoderKL
+
+    # the final VAE: the pretrained encoder + the decoder fine-tuned on its (unchanged) latents, written into both
+    # InstructPix2Pix folders too, so every model decodes with the same decoder
+    base = AutoencoderKL.from_pretrained(os.path.join(paths.vae, "vae"), local_files_only=True)
+    final = AutoencoderKL.from_pretrained(os.path.join(paths.decoder, "vae"), local_files_only=True)
+    def encoder_state(vae) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}
+
+    mine, theirs = encoder_state(base), encoder_state(final)
+    changed = [k for k in mine if k not in theirs or not torch.equal(mine[k], theirs[k])]
+    if changed:
+        raise RuntimeError(f"{paths.decoder} holds another VAE encoder than {paths.vae} ({len(changed)} tensors "
+                           f"differ, e.g. {changed[0]}); re-run the decoder step (--steps decoder --force)")
+    for name in ("ip2p", "control"):
+        if os.path.isdir(paths.model(name)):
+            final.save_pretrained(os.path.join(paths.model(name), "vae"))
     sd = load_sd(paths.model("ip2p"))
     config = shapes_config(**{"vae.scaling_factor": sd.vae_config["scaling_factor"], "bim.enabled": False})
     model = SmartEditModel.from_config(config, seed=cfg.seed)
@@ -409,7 +439,7 @@ def run_recipe(cfg: RecipeConfig, output: str, steps: tuple[str, ...] | None = N
     cfg.save(saved)
     if threads:
         torch.set_num_threads(threads)
-    actions = {"vae": _step_vae, "llava": _step_llava, "ip2p": _step_ip2p,
+    actions = {"vae": _step_vae, "decoder": _step_decoder, "llava": _step_llava, "ip2p": _step_ip2p,
                "control": lambda c, p: _step_ip2p(c, p, "regression"), "assemble": _step_assemble,
                "stage1": lambda c, p: _step_stage(c, p, "stage1"), "stage2a": lambda c, p: _step_stage(c, p, "stage2a"),
                "stage2b": lambda c, p: _step_stage(c, p, "stage2b"), "testset": _step_testset,
@@ -424,6 +454,10 @@ def run_recipe(cfg: RecipeConfig, output: str, steps: tuple[str, ...] | None = N
         t0 = time.time()
         info = actions[step](cfg, paths)
         results[step] = {"seconds": round(time.time() - t0, 1), **(info or {})}
+        trained = os.path.join(output, step, "train_time.json")
+        if os.path.isfile(trained):  # pretraining loops count their time across resumes
+            with open(trained, encoding="utf-8") as f:
+                results[step]["train_seconds"] = json.load(f)["seconds"]
         write_json(marker, results[step])
         logger.info("recipe step %s: done in %.0f s", step, results[step]["seconds"])
     return results
@@ -465,7 +499,7 @@ def model_card(output: str) -> str:
     paths = _Paths(output)
     cfg = RecipeConfig.load(os.path.join(output, RecipeConfig.FILE_NAME))
     done = _done(paths)
-    total = sum(d.get("seconds", 0) for d in done.values())
+    total = sum(d.get("train_seconds", d.get("seconds", 0)) for d in done.values())
     lines = ["# SmartEdit-tiny (ShapesWorld)", "",
              "A laptop-scale SmartEdit trained from scratch with this repository's recipe "
              "(`python train/shapes_recipe.py`) on ShapesWorld (`smartedit/data/shapes.py`): procedural 64×64 scenes "
@@ -476,9 +510,10 @@ def model_card(output: str) -> str:
              "`../ip2p-tiny` (a diffusers `StableDiffusionInstructPix2PixPipeline` folder).", "",
              "## Training", "",
              "| step | what | budget | seconds |", "|---|---|---|---|"]
-    budgets = {"vae": cfg.vae, "llava": cfg.llava, "ip2p": cfg.ip2p, "control": cfg.control,
+    budgets = {"vae": cfg.vae, "decoder": cfg.decoder, "llava": cfg.llava, "ip2p": cfg.ip2p, "control": cfg.control,
                "stage1": cfg.stage1, "stage2a": cfg.stage2a, "stage2b": cfg.stage2b}
     what = {"vae": "AutoencoderKL (16-32-32, 8 latent ch, ×4) on sources + targets of every edit family",
+            "decoder": "the VAE decoder alone on the frozen encoder's latents (SD's fine-tuned decoder)",
             "llava": "CLIP ViT + projector + LLaMA from scratch on descriptions, VQA chat and knowledge Q&A",
             "ip2p": "CLIP text + InstructPix2Pix UNet from scratch on simple edits (v-prediction, cosine)",
             "control": "the same network as a one-step regressor (non-diffusion control)",
@@ -491,14 +526,16 @@ def model_card(output: str) -> str:
     for step in STEPS:
         b = budgets.get(step)
         budget = f"{b.steps} steps × batch {b.batch_size}, lr {b.lr:g}" if b is not None else ""
-        secs = done.get(step, {}).get("seconds")
+        secs = done.get(step, {}).get("train_seconds", done.get(step, {}).get("seconds"))
         lines.append(f"| {step} | {what[step]} | {budget} | {'' if secs is None else f'{secs:.0f}'} |")
     lines += ["", f"Total {total / 60:.0f} min of step time on a 2-core CPU (some steps ran in two processes at once, "
                   "so the wall-clock time was shorter).", ""]
-    if "vae" in done:
-        v = done["vae"]
-        lines.append(f"VAE: held-out reconstruction PSNR {v.get('psnr_mean', float('nan')):.2f} dB "
-                     f"(min {v.get('psnr_min', float('nan')):.2f}), scaling factor {v.get('scaling_factor', 0):.4f}.")
+    for step, label in (("vae", "VAE"), ("decoder", "VAE after the decoder fine-tune")):
+        if step in done:
+            v = done[step]
+            lines.append(f"{label}: held-out reconstruction PSNR {v.get('psnr_mean', float('nan')):.2f} dB "
+                         f"(min {v.get('psnr_min', float('nan')):.2f}), scaling factor "
+                         f"{v.get('scaling_factor', 0):.4f}.")
     if "llava" in done and "knowledge_accuracy" in done["llava"]:
         p = done["llava"]
         lines.append(f"LLaVA-tiny probe (greedy replies): knowledge facts {p['knowledge_accuracy']:.0%} of "
