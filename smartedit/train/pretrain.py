@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -32,7 +33,8 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, SmartEditConfig, _check_numbers, _Section
 from ..data.collate import sample_rng
-from .checkpoint import (finalize, list_checkpoints, prune, read_json, staging_dir, write_json, write_manifest)
+from .checkpoint import (checkpoint_name, finalize, list_checkpoints, prune, read_json, staging_dir, write_json,
+                         write_manifest)
 from .metrics import MetricsLogger
 from .rng import derive_seed
 from .schedule import lr_factor
@@ -85,8 +87,7 @@ class _Loop:
         params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-        self.seconds_before = 0.0
-        """training seconds spent before the resumed checkpoint (kept across resumes)"""
+        self.seconds_before = 0.0  # training seconds before the resumed checkpoint (counted across resumes)
         self.t0 = time.time()
 
     def resume(self) -> int:
@@ -96,14 +97,14 @@ class _Loop:
         step, path = found[-1]
         from safetensors.torch import load_file
 
-        for name, module in self.modules.items():
-            module.load_state_dict(load_file(os.path.join(path, f"{name}.safetensors")), strict=True)
-        self.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=True))
         info = read_json(os.path.join(path, "state.json"))
-        self.seconds_before = float(info.get("seconds", 0.0))
         if info.get("settings") != self.s.to_dict():
             raise ValueError(f"{path} was written with different {self.what} settings ({info.get('settings')}); "
                              f"resume with the same settings or start in a new output folder")
+        for name, module in self.modules.items():
+            module.load_state_dict(load_file(os.path.join(path, f"{name}.safetensors")), strict=True)
+        self.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=True))
+        self.seconds_before = float(info.get("seconds", 0.0))
         logger.info("%s: resumed from %s (step %d)", self.what, path, step)
         return step
 
@@ -113,8 +114,6 @@ class _Loop:
         os.makedirs(self.root, exist_ok=True)
         stage = staging_dir(self.root, step)
         if os.path.isdir(stage):
-            import shutil
-
             shutil.rmtree(stage)
         os.makedirs(stage)
         for name, module in self.modules.items():
@@ -125,8 +124,6 @@ class _Loop:
         write_json(os.path.join(stage, "state.json"), {"step": step, "settings": self.s.to_dict(), "seconds": seconds})
         write_json(os.path.join(self.output, "train_time.json"), {"step": step, "seconds": round(seconds, 1)})
         write_manifest(stage, {"step": step, "what": self.what})
-        from .checkpoint import checkpoint_name
-
         finalize(stage, os.path.join(self.root, checkpoint_name(step)))
         prune(self.root, self.s.keep_last)
 

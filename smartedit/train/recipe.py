@@ -92,8 +92,8 @@ class StageSettings(_Section):
 class EvalSettings(_Section):
     """The held-out test set and how every model is sampled on it."""
 
-    per_category: int = 40
-    simple: int = 60
+    per_category: int = 30
+    simple: int = 40
     steps: int = 20
     text_guidance: float = 5.0
     image_guidance: float = 1.5
@@ -127,8 +127,8 @@ class RecipeConfig(_RootConfig):
     ip2p: PretrainSettings = _pre(steps=2000, lr=1e-3, warmup_steps=100)
     control: PretrainSettings = _pre(steps=800, lr=1e-3, warmup_steps=100)
     stage1: StageSettings = _stage(steps=400, lr=1e-3, samples_per_source=6000)
-    stage2a: StageSettings = _stage(steps=1200, lr=3e-4)
-    stage2b: StageSettings = _stage(steps=1200, lr=3e-4)
+    stage2a: StageSettings = _stage(steps=1200, lr=5e-4)
+    stage2b: StageSettings = _stage(steps=1200, lr=5e-4)
     eval: EvalSettings = field(default_factory=EvalSettings)
 
     def problems(self, prefix: str = "") -> list[str]:
@@ -303,6 +303,9 @@ def _step_evaluate(cfg: RecipeConfig, paths: _Paths, models: tuple[str, ...] = M
     out = {}
     for name in models:
         where = os.path.join(paths.eval, name)
+        if _fresh(os.path.join(where, "summary.json"), None if name == "identity" else paths.model(name)):
+            logger.info("evaluate: %s already scored after its weights were written (%s)", name, where)
+            continue
         t0 = time.time()
         if name == "identity":
             run = evaluate(data, out=where, outputs=data, targets=targets)
@@ -313,6 +316,18 @@ def _step_evaluate(cfg: RecipeConfig, paths: _Paths, models: tuple[str, ...] = M
             run = evaluate(data, out=where, model=paths.model(name), settings=settings, targets=targets)
         out[name] = {"seconds": round(time.time() - t0, 1), "samples": len(run.results)}
     return out
+
+
+def _fresh(summary: str, model_dir: str | None) -> bool:
+    """True when ``summary`` exists and is newer than every file of ``model_dir`` (so a model evaluated in an
+    earlier, interrupted run of the evaluate step is not scored again)."""
+    if not os.path.isfile(summary):
+        return False
+    if model_dir is None:
+        return True
+    newest = max((os.path.getmtime(os.path.join(base, f)) for base, _, files in os.walk(model_dir) for f in files),
+                 default=float("inf"))
+    return os.path.getmtime(summary) > newest
 
 
 METRICS = ("edit_iou", "psnr_fg_target", "psnr_bg")
