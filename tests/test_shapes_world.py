@@ -92,5 +92,7 @@ def test_recipe_writes_training_shards_and_a_scorable_testset(tmp_path, capsys):
     assert tasks["shapes_perception"] == "perception" and tasks["shapes_captions"] == "caption"
     assert all(not s.problems() for s in data)
     samples, problems = read_reason_edit(str(tmp_path / "test" / "reason_edit"))
-    assert len(samples) == 12 and not problems and all(s.problem is None for s in samples)
+    # six benchmark categories × 2, plus the optional 7-Simple folder of plain edits (scored, never in the totals)
+    assert len(samples) == 14 and not problems and all(s.problem is None for s in samples)
+    assert sum(s.category == "7-Simple" for s in samples) == 2
     assert (tmp_path / "test" / "targets" / "3-Mirror" / "001.png").exists()
