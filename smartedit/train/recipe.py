@@ -419,12 +419,7 @@ def _grid(paths: _Paths, models: tuple[str, ...], per_group: int = 2, scale: int
 def _step_report(cfg: RecipeConfig, paths: _Paths) -> dict:
     models = tuple(m for m in MODELS if os.path.isdir(os.path.join(paths.eval, m)))
     table = ablation(paths, models)
-    timings = {}
-    for step in STEPS:
-        marker = os.path.join(paths.done, f"{step}.json")
-        if os.path.isfile(marker):
-            with open(marker, encoding="utf-8") as f:
-                timings[step] = json.load(f).get("seconds")
+    timings = {step: d.get("train_seconds", d.get("seconds")) for step, d in _done(paths).items()}
     report = {"models": {m: MODEL_NAMES[m] for m in models}, "table": table, "step_seconds": timings,
               "eval": cfg.eval.to_dict(), "recipe": cfg.to_dict()}
     write_json(os.path.join(paths.root, "ablation.json"), report)
