@@ -28,8 +28,25 @@ def recipe_dir(tmp_path_factory):
 
     torch.set_num_threads(1)
     out = str(tmp_path_factory.mktemp("recipe"))
+    run_recipe(toy_config(), out, steps=STEPS[:STEPS.index("evaluate")])
+    # the baselines scored in a "second process" before stage 2's models exist in a finished state
+    run_recipe(toy_config(), out, steps=("evaluate",), eval_models=("identity", "ip2p"))
+    PARTIAL["marker"] = os.path.isfile(os.path.join(out, "done", "evaluate.json"))
+    PARTIAL["scored"] = sorted(os.listdir(os.path.join(out, "eval")))
+    PARTIAL["mtime"] = os.path.getmtime(os.path.join(out, "eval", "ip2p", "summary.json"))
     run_recipe(toy_config(), out)
     return out
+
+
+PARTIAL: dict = {}
+
+
+def test_evaluating_some_models_leaves_the_step_open_and_is_not_repeated(recipe_dir):
+    assert PARTIAL["scored"] == ["identity", "ip2p"] and not PARTIAL["marker"]
+    # the full evaluate step afterwards skipped IP2P-tiny (scored after its weights were written)
+    assert os.path.getmtime(os.path.join(recipe_dir, "eval", "ip2p", "summary.json")) == PARTIAL["mtime"]
+    with pytest.raises(ConfigError, match="unknown model 'smartedt'"):
+        run_recipe(toy_config(), recipe_dir, steps=("evaluate",), eval_models=("smartedt",))
 
 
 def test_every_step_done_and_the_ablation_covers_every_model(recipe_dir):

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a budget, e.g. ip2p.steps=3000 or eval.per_category=50; repeatable")
     p.add_argument("--steps", help=f"comma-separated subset of: {', '.join(STEPS)} (default: all, in order)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
+    p.add_argument("--eval-models", metavar="A,B",
+                   help="score only these models in the evaluate step (identity, ip2p, control, mllmsd, smartedit), "
+                        "e.g. the baselines in a second process while stage 2 trains; the step is not marked done")
     p.add_argument("--force", action="store_true", help="re-run steps already done")
     p.add_argument("--ship", metavar="DIR", help="after the steps, copy SmartEdit-tiny and IP2P-tiny into DIR")
     p.add_argument("--print-config", action="store_true", help="print the recipe config as JSON and exit")
@@ -54,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
         steps = tuple(s.strip() for s in args.steps.split(",") if s.strip()) if args.steps else None
-        run_recipe(cfg, args.output, steps=steps, force=args.force, threads=args.threads)
+        models = tuple(m.strip() for m in args.eval_models.split(",") if m.strip()) if args.eval_models else None
+        run_recipe(cfg, args.output, steps=steps, force=args.force, threads=args.threads, eval_models=models)
         if args.ship:
             for name, where in ship(args.output, args.ship).items():
                 logging.getLogger("shapes_recipe").info("shipped %s to %s", name, where)

@@ -63,6 +63,7 @@ def shapes_config(**overrides) -> SmartEditConfig:
         "unet.latent_channels": 8,
         "unet.down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
         "unet.up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+        "unet.attention_head_dim": 2,
         "scheduler.prediction_type": "v_prediction",
         "scheduler.beta_schedule": "squaredcos_cap_v2",
         "scheduler.sampler": "DDIMScheduler",
@@ -431,13 +432,18 @@ def _step_report(cfg: RecipeConfig, paths: _Paths) -> dict:
 # ---- driver ------------------------------------------------------------------------------------------------------
 
 def run_recipe(cfg: RecipeConfig, output: str, steps: tuple[str, ...] | None = None, force: bool = False,
-               threads: int | None = None) -> dict:
+               threads: int | None = None, eval_models: tuple[str, ...] | None = None) -> dict:
     """Run ``steps`` (default all) of the recipe into ``output``; finished steps are skipped unless ``force``.
-    ``threads``: torch intra-op threads of this process (default: leave torch's setting)."""
+    ``threads``: torch intra-op threads of this process (default: leave torch's setting). ``eval_models``: score
+    only these models in the ``evaluate`` step (e.g. the baselines while stage 2 still trains, in a second
+    process); the step is then not marked done, and a later full ``evaluate`` skips the models scored since their
+    weights were written."""
     cfg.validate()
-    unknown = [s for s in steps or () if s not in STEPS]
+    unknown = [f"unknown recipe step {s!r}; choose from {', '.join(STEPS)}" for s in steps or () if s not in STEPS]
+    unknown += [f"unknown model {m!r} to evaluate; choose from {', '.join(MODELS)}" for m in eval_models or ()
+                if m not in MODELS]
     if unknown:
-        raise ConfigError([f"unknown recipe step {s!r}; choose from {', '.join(STEPS)}" for s in unknown])
+        raise ConfigError(unknown)
     paths = _Paths(output)
     os.makedirs(paths.done, exist_ok=True)
     saved = os.path.join(output, RecipeConfig.FILE_NAME)
@@ -462,6 +468,10 @@ def run_recipe(cfg: RecipeConfig, output: str, steps: tuple[str, ...] | None = N
             continue
         logger.info("recipe step %s: starting", step)
         t0 = time.time()
+        if step == "evaluate" and eval_models and set(eval_models) != set(MODELS):
+            _step_evaluate(cfg, paths, tuple(eval_models))
+            logger.info("recipe step evaluate: scored %s only; not marked done", ", ".join(eval_models))
+            continue
         info = actions[step](cfg, paths)
         results[step] = {"seconds": round(time.time() - t0, 1), **(info or {})}
         trained = os.path.join(output, step, "train_time.json")
