@@ -96,3 +96,21 @@ def test_recipe_writes_training_shards_and_a_scorable_testset(tmp_path, capsys):
     assert len(samples) == 14 and not problems and all(s.problem is None for s in samples)
     assert sum(s.category == "7-Simple" for s in samples) == 2
     assert (tmp_path / "test" / "targets" / "3-Mirror" / "001.png").exists()
+
+
+def test_the_shipped_example_is_the_example_scene_with_exact_edits():
+    from PIL import Image
+
+    from smartedit.data.shapes import EXAMPLE_SCENE, example_edit, render
+
+    shipped = np.asarray(Image.open("checkpoints/examples/shapes.png").convert("RGB"))
+    assert np.array_equal(shipped, render(EXAMPLE_SCENE, 128))
+    src, tgt, mask = example_edit("remove the red circle").images(128)
+    assert np.array_equal(src, shipped) and mask.any() and not mask.all()
+    assert (tgt[mask] == EXAMPLE_SCENE.background).all() and np.array_equal(tgt[~mask], src[~mask])
+    _, tgt, mask = example_edit("make the blue square yellow").images(64)
+    assert (tgt[mask] == (235, 210, 40)).all()
+    with pytest.raises(ValueError, match="exactly one shape"):
+        example_edit("remove the red square")
+    with pytest.raises(ValueError, match="not a simple edit"):
+        example_edit("paint the red circle with stripes")

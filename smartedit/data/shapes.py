@@ -235,6 +235,34 @@ def simple_edit(rng) -> Edit:
     return Edit(instruction, scene, target, (i,), "simple", phrase=phrase)
 
 
+EXAMPLE_SCENE = Scene((Shape("circle", "red", "large", 0.27, 0.42), Shape("square", "blue", "large", 0.73, 0.33),
+                       Shape("triangle", "green", "medium", 0.62, 0.76)))
+"""The scene of ``checkpoints/examples/shapes.png`` (``render(EXAMPLE_SCENE, 128)``), the README's example input."""
+
+
+def example_edit(instruction: str, scene: Scene = EXAMPLE_SCENE) -> Edit:
+    """The exact ground truth of a simple edit (``remove the red circle``, ``make the blue square yellow``,
+    ``replace the green triangle with a star``) of ``scene``: what the shipped model's example output is checked
+    against."""
+    words = instruction.strip().lower().split()
+    found = [i for i, sh in enumerate(scene.shapes) if f"the {sh.colour} {sh.kind}" in " ".join(words)]
+    if len(found) != 1:
+        raise ValueError(f"{instruction!r} must name exactly one shape of the scene as 'the <colour> <kind>' "
+                         f"(shapes: {', '.join(sh.phrase() for sh in scene.shapes)})")
+    i = found[0]
+    shape = scene.shapes[i]
+    if words[0] == "remove":
+        return Edit(instruction, scene, _with(scene, i, None), (i,), "simple", phrase="background")
+    if words[0] == "make" and words[-1] in COLOURS:
+        return Edit(instruction, scene, _with(scene, i, replace(shape, colour=words[-1])), (i,), "simple",
+                    phrase=f"{words[-1]} {shape.kind}")
+    if words[0] == "replace" and words[-1] in KINDS:
+        return Edit(instruction, scene, _with(scene, i, replace(shape, kind=words[-1])), (i,), "simple",
+                    phrase=f"{shape.colour} {words[-1]}")
+    raise ValueError(f"{instruction!r} is not a simple edit: use 'remove the <colour> <kind>', "
+                     f"'make the <colour> <kind> <colour>' or 'replace the <colour> <kind> with a <kind>'")
+
+
 MARK_TEMPLATES = ("mark the pixels of the {obj} in {colour}", "highlight the {obj} with {colour}",
                   "paint a {colour} overlay on the {obj} and leave the rest unchanged")
 
