@@ -151,7 +151,9 @@ def _add_edit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-guidance", type=float, default=1.5)
     parser.add_argument("--seed", type=int, default=0, help="seed (batch: default seed = this + line number)")
     parser.add_argument("--resolution", type=int, default=None, help="model resolution (default: the model's)")
-    parser.add_argument("--scheduler", default=None, help="diffusers scheduler class (default EulerAncestral)")
+    parser.add_argument("--scheduler", default=None,
+                        help="diffusers scheduler class (default: the model config's scheduler.sampler, e.g. "
+                             "EulerAncestralDiscreteScheduler for the 7b/13b presets, DDIMScheduler for SmartEdit-tiny)")
     parser.add_argument("--device", default="cpu")
 
 

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _settings(steps, **kw):
-    return PretrainSettings(steps=steps, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=2, log_every=1, **kw)
+    return PretrainSettings(**{"steps": steps, "batch_size": 2, "lr": 1e-3, "warmup_steps": 1, "checkpoint_every": 2,
+                               "log_every": 1, **kw})
 
 
 def test_settings_report_every_bad_value():
@@ -81,6 +82,42 @@ def test_resume_refuses_other_settings(tmp_path):
     pretrain_vae(shapes_config(), str(tmp_path), _settings(2))
     with pytest.raises(ValueError, match="different vae settings"):
         pretrain_vae(shapes_config(), str(tmp_path), _settings(2, seed=5))
+
+
+def test_a_prefix_of_a_longer_schedule_equals_that_run_and_resumes_from_it(tmp_path):
+    """steps=2 on a 4-step schedule == the 4-step run's checkpoint at step 2; a shorter run resumes from the longer
+    run's checkpoints (same trajectory), another schedule length is refused."""
+    from smartedit.train.pretrain import _trajectory
+
+    long = tmp_path / "long"
+    pretrain_vae(shapes_config(), str(long), _settings(4, keep_last=4))
+    prefix = tmp_path / "prefix"
+    pretrain_vae(shapes_config(), str(prefix), _settings(2, schedule_steps=4))
+    a = load_file(str(long / "checkpoints" / "step-00000002" / "vae.safetensors"))
+    b = load_file(str(prefix / "checkpoints" / "step-00000002" / "vae.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _trajectory(_settings(2, schedule_steps=4).to_dict()) == _trajectory(_settings(4).to_dict())
+    assert _trajectory(_settings(2).to_dict()) != _trajectory(_settings(4).to_dict())
+    pretrain_vae(shapes_config(), str(long), _settings(2, schedule_steps=4))  # resumes step 2 of the long run
+    with pytest.raises(ValueError, match="different vae settings"):
+        pretrain_vae(shapes_config(), str(long), _settings(2, schedule_steps=6))
+    with pytest.raises(ConfigError, match="schedule_steps"):
+        _settings(4, schedule_steps=3).validate()
+
+
+def test_ip2p_starts_from_the_control(vae_dir, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    scale = {"vae.scaling_factor": 1.0}
+    control = pretrain_ip2p(shapes_config(**scale), vae_dir, str(tmp_path / "control"), _settings(2),
+                            objective="regression")
+    ip2p = pretrain_ip2p(shapes_config(**scale), vae_dir, str(tmp_path / "ip2p"), _settings(1, lr=1e-12),
+                         init=control)
+    a = UNet2DConditionModel.from_pretrained(os.path.join(control, "unet")).state_dict()
+    b = UNet2DConditionModel.from_pretrained(os.path.join(ip2p, "unet")).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # one step at a negligible learning rate
+    with pytest.raises(FileNotFoundError, match="InstructPix2Pix folder"):
+        pretrain_ip2p(shapes_config(**scale), vae_dir, str(tmp_path / "bad"), _settings(1), init=str(tmp_path))
 
 
 @pytest.mark.parametrize("objective", ["diffusion", "regression"])

@@ -63,17 +63,32 @@ class PretrainSettings(_Section):
     checkpoint_every: int = 250
     keep_last: int = 2
     log_every: int = 25
+    schedule_steps: int = 0
+    """Length of the warm-up + cosine learning-rate schedule; 0: ``steps``. Larger than ``steps`` trains the first
+    ``steps`` steps of a longer schedule (the result equals that longer run's checkpoint at ``steps``)."""
 
     def problems(self, prefix: str = "") -> list[str]:
-        return _check_numbers(self, prefix, positive_int=("steps", "batch_size", "checkpoint_every", "keep_last",
-                                                          "log_every"),
-                              nonneg_int=("warmup_steps",), positive=("lr",), nonneg=("grad_clip", "weight_decay"))
+        p = _check_numbers(self, prefix, positive_int=("steps", "batch_size", "checkpoint_every", "keep_last",
+                                                       "log_every"),
+                           nonneg_int=("warmup_steps", "schedule_steps"), positive=("lr",),
+                           nonneg=("grad_clip", "weight_decay"))
+        if not p and 0 < self.schedule_steps < self.steps:
+            p.append(f"{prefix}schedule_steps ({self.schedule_steps}) must be 0 or at least steps ({self.steps})")
+        return p
 
     def validate(self) -> "PretrainSettings":
         problems = self.problems()
         if problems:
             raise ConfigError(problems, "pretraining settings")
         return self
+
+
+def _trajectory(settings: dict) -> dict:
+    """The settings that decide the training trajectory (data, noise, learning rate at every step): a checkpoint
+    may be resumed by settings that agree on these, e.g. a shorter run on the same ``schedule_steps``."""
+    full = {**PretrainSettings().to_dict(), **settings}
+    full["schedule_steps"] = full["schedule_steps"] or full["steps"]
+    return {k: v for k, v in full.items() if k not in ("steps", "checkpoint_every", "keep_last", "log_every")}
 
 
 # ---- the resumable loop ----------------------------------------------------------------------------------------
@@ -91,16 +106,18 @@ class _Loop:
         self.t0 = time.time()
 
     def resume(self) -> int:
-        found = list_checkpoints(self.root)
-        if not found:
+        found = [(step, path) for step, path in list_checkpoints(self.root) if step <= self.s.steps]
+        if not found:  # (checkpoints past ``steps`` belong to a longer run on the same schedule)
             return 0
         step, path = found[-1]
         from safetensors.torch import load_file
 
         info = read_json(os.path.join(path, "state.json"))
-        if info.get("settings") != self.s.to_dict():
-            raise ValueError(f"{path} was written with different {self.what} settings ({info.get('settings')}); "
-                             f"resume with the same settings or start in a new output folder")
+        saved = info.get("settings") or {}
+        if _trajectory(saved) != _trajectory(self.s.to_dict()):
+            raise ValueError(f"{path} was written with different {self.what} settings ({saved}); resume with the "
+                             f"same settings (only steps, checkpointing and logging may differ, if the learning-rate "
+                             f"schedule keeps its length: see schedule_steps) or start in a new output folder")
         for name, module in self.modules.items():
             module.load_state_dict(load_file(os.path.join(path, f"{name}.safetensors")), strict=True)
         self.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), weights_only=True))
@@ -139,7 +156,7 @@ class _Loop:
             m.train()
         with tqdm(total=s.steps, initial=start, desc=self.what, disable=None) as bar:
             for step in range(start, s.steps):
-                lr = s.lr * lr_factor(step, s.steps, s.warmup_steps)
+                lr = s.lr * lr_factor(step, s.schedule_steps or s.steps, s.warmup_steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 generator = torch.Generator().manual_seed(derive_seed(s.seed, 2, step))
@@ -279,13 +296,19 @@ def _encode_text(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
 
 
 def pretrain_ip2p(config: SmartEditConfig, vae_dir: str, output: str, settings: PretrainSettings,
-                  objective: str = "diffusion", family: str = "simple", resume: bool = True) -> str:
+                  objective: str = "diffusion", family: str = "simple", resume: bool = True,
+                  init: str | None = None) -> str:
     """Train a CLIP text encoder + the config's InstructPix2Pix UNet on ShapesWorld ``family`` edits with the
     frozen VAE from ``vae_dir``; write a diffusers InstructPix2Pix folder ``output/pipeline`` and return it.
 
     ``objective="diffusion"``: the config's noise schedule, prediction type and diffused latent (``target``, or
     the ``change`` from the source), with InstructPix2Pix's CFG dropout. ``objective="regression"``: the UNet sees a zero latent at the last timestep and regresses the target
-    latent in one step (the non-diffusion control)."""
+    latent in one step (the non-diffusion control).
+
+    ``init``: an InstructPix2Pix folder written by this function (e.g. the regression control) whose text encoder
+    and UNet start the training: the diffusion model then begins with the control's grounding (which words pick
+    which shape) and only learns to denoise, as SD's UNet had text grounding from text-to-image pretraining before
+    InstructPix2Pix fine-tuned it."""
     from diffusers import AutoencoderKL, StableDiffusionInstructPix2PixPipeline
 
     from ..cfg import apply_dropout, sample_dropout
@@ -302,6 +325,17 @@ def pretrain_ip2p(config: SmartEditConfig, vae_dir: str, output: str, settings: 
     torch.manual_seed(settings.seed)
     text_encoder = build_text_encoder(tokenizer, config.unet.cross_attention_dim, seed=settings.seed)
     unet = widen_conv_in(build_unet(config.unet), config.unet.in_channels)
+    if init is not None:
+        from safetensors.torch import load_file
+
+        for name, module in (("text_encoder", text_encoder), ("unet", unet)):
+            weights = os.path.join(init, name, "model.safetensors" if name == "text_encoder"
+                                   else "diffusion_pytorch_model.safetensors")
+            if not os.path.isfile(weights):
+                raise FileNotFoundError(f"init {init!r} has no {weights}: give an InstructPix2Pix folder written by "
+                                        f"pretrain_ip2p (OUTPUT/pipeline)")
+            module.load_state_dict(load_file(weights), strict=True)
+        logger.info("ip2p-%s: text encoder and UNet start from %s", objective, init)
     noise_scheduler = build_noise_scheduler(config.scheduler)
     side = config.resolution
     last = noise_scheduler.config.num_train_timesteps - 1
@@ -340,7 +374,7 @@ def pretrain_ip2p(config: SmartEditConfig, vae_dir: str, output: str, settings: 
                                                   requires_safety_checker=False)
     out = os.path.join(output, "pipeline")
     pipe.save_pretrained(out)
-    write_json(os.path.join(out, PIPELINE_INFO), {"objective": objective, "family": family,
+    write_json(os.path.join(out, PIPELINE_INFO), {"objective": objective, "family": family, "init": init,
                                                   "diffuse": config.scheduler.diffuse, "settings": settings.to_dict()})
     return out
 

@@ -4,8 +4,9 @@ Steps (each resumable; a finished step leaves ``OUTPUT/done/<step>.json`` and is
 
 1. ``vae`` — pretrain the tiny VAE (:func:`smartedit.train.pretrain.pretrain_vae`);
 2. ``llava`` — pretrain the tiny LLaVA on captions, VQA chat and the knowledge Q&A;
-3. ``ip2p`` — pretrain CLIP text + InstructPix2Pix UNet on simple edits (the SD/IP2P of this world, and the
-   IP2P-tiny baseline); ``control`` — the same network as a one-step regressor (the non-diffusion control);
+3. ``control`` — CLIP text + the InstructPix2Pix UNet trained as a one-step regressor on simple edits (the
+   non-diffusion control, and where the text grounding is learnt); ``ip2p`` — the same network fine-tuned from it
+   as an InstructPix2Pix diffusion model (the SD/IP2P of this world, and the IP2P-tiny baseline);
 4. ``assemble`` — LLaVA-tiny + IP2P-tiny (read back with :func:`smartedit.loading.load_sd`) → the initial model;
 5. ``stage1`` → ``stage2a`` (MLLM-SD-tiny, no BIM) → ``stage2b`` (SmartEdit-tiny): the project's training
    scripts (:func:`smartedit.train.cli.run_stage`, DeepSpeed ZeRO-2, ``--resume latest``) on the DESIGN.md mixture
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["shapes_config", "RecipeConfig", "STEPS", "run_recipe", "ship"]
 
-STEPS = ("vae", "decoder", "llava", "ip2p", "control", "assemble", "stage1", "stage2a", "stage2b", "testset", "evaluate",
+STEPS = ("vae", "decoder", "llava", "control", "ip2p", "assemble", "stage1", "stage2a", "stage2b", "testset", "evaluate",
          "report")
 MODELS = ("identity", "ip2p", "control", "mllmsd", "smartedit")
 MODEL_NAMES = {"identity": "identity (input copied)", "ip2p": "IP2P-tiny (CLIP text)",
@@ -131,11 +132,17 @@ class RecipeConfig(_RootConfig):
     stage2a: StageSettings = _stage(steps=1200, lr=5e-4)
     stage2b: StageSettings = _stage(steps=1200, lr=5e-4)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    ip2p_from_control: bool = True
+    """Start IP2P-tiny's text encoder and UNet from the regression control (which learns the grounding, which
+    words pick which pixels, far faster: every sample is an edit to infer, not a denoising step that the noisy
+    latent half reveals); false: from scratch."""
 
     def problems(self, prefix: str = "") -> list[str]:
         p = []
         if not isinstance(self.seed, int):
             p.append(f"{prefix}seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.ip2p_from_control, bool):
+            p.append(f"{prefix}ip2p_from_control must be true or false, got {self.ip2p_from_control!r}")
         for name in ("vae", "decoder", "llava", "ip2p", "control", "stage1", "stage2a", "stage2b", "eval"):
             p += getattr(self, name).problems(f"{prefix}{name}.")
         return p
@@ -208,8 +215,15 @@ def _step_ip2p(cfg: RecipeConfig, paths: _Paths, objective: str = "diffusion") -
     out = paths.ip2p if objective == "diffusion" else paths.control
     settings = cfg.ip2p if objective == "diffusion" else cfg.control
     config = shapes_config(**{"vae.scaling_factor": _vae_scaling(paths)})
-    pretrain_ip2p(config, os.path.join(paths.vae, "vae"), out, _settings(settings, cfg.seed), objective=objective)
-    return {}
+    init = None
+    if objective == "diffusion" and cfg.ip2p_from_control:
+        init = paths.model("control")
+        if not os.path.isdir(init):
+            raise FileNotFoundError(f"{init} does not exist: run the recipe's control step before ip2p (or set "
+                                    f"ip2p_from_control=false)")
+    pretrain_ip2p(config, os.path.join(paths.vae, "vae"), out, _settings(settings, cfg.seed), objective=objective,
+                  init=init)
+    return {"init": init}
 
 
 def _step_assemble(cfg: RecipeConfig, paths: _Paths) -> dict:
