@@ -50,9 +50,13 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL:
 
 
 def build_noise_scheduler(cfg: SchedulerConfig) -> DDPMScheduler:
+    """The training noise schedule (and, through :func:`smartedit.pipeline.inference_scheduler`, every sampler's).
+    ``clip_sample=False`` as in Stable Diffusion's scheduler config: latents are not images in [-1, 1] (scaled
+    SD-style latents and latent changes reach ±5–8), and DDIM / DDPM's default x0 clipping to ±1 would flatten
+    every edit towards the source."""
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_start=cfg.beta_start,
                          beta_end=cfg.beta_end, beta_schedule=cfg.beta_schedule,
-                         prediction_type=cfg.prediction_type)
+                         prediction_type=cfg.prediction_type, clip_sample=False)
 
 
 @torch.no_grad()

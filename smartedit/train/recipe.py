@@ -97,7 +97,7 @@ class EvalSettings(_Section):
     per_category: int = 30
     simple: int = 40
     steps: int = 20
-    text_guidance: float = 5.0
+    text_guidance: float = 2.0
     image_guidance: float = 1.5
     seed: int = 0
 
@@ -126,11 +126,11 @@ class RecipeConfig(_RootConfig):
     vae: PretrainSettings = _pre(steps=1200, lr=1e-3, warmup_steps=50, checkpoint_every=100)
     decoder: PretrainSettings = _pre(steps=1500, lr=5e-4, warmup_steps=50)
     llava: PretrainSettings = _pre(steps=1500, lr=1e-3, warmup_steps=100)
-    ip2p: PretrainSettings = _pre(steps=2000, lr=1e-3, warmup_steps=100)
-    control: PretrainSettings = _pre(steps=800, lr=1e-3, warmup_steps=100)
-    stage1: StageSettings = _stage(steps=400, lr=1e-3, samples_per_source=6000)
-    stage2a: StageSettings = _stage(steps=1200, lr=5e-4)
-    stage2b: StageSettings = _stage(steps=1200, lr=5e-4)
+    control: PretrainSettings = _pre(steps=4000, schedule_steps=5000, lr=1e-3, warmup_steps=100)
+    ip2p: PretrainSettings = _pre(steps=1500, lr=5e-4, warmup_steps=50)
+    stage1: StageSettings = _stage(steps=800, lr=1e-3, samples_per_source=6000)
+    stage2a: StageSettings = _stage(steps=1000, lr=3e-4)
+    stage2b: StageSettings = _stage(steps=1000, lr=3e-4)
     eval: EvalSettings = field(default_factory=EvalSettings)
     ip2p_from_control: bool = True
     """Start IP2P-tiny's text encoder and UNet from the regression control (which learns the grounding, which
@@ -143,7 +143,7 @@ class RecipeConfig(_RootConfig):
             p.append(f"{prefix}seed must be an integer, got {self.seed!r}")
         if not isinstance(self.ip2p_from_control, bool):
             p.append(f"{prefix}ip2p_from_control must be true or false, got {self.ip2p_from_control!r}")
-        for name in ("vae", "decoder", "llava", "ip2p", "control", "stage1", "stage2a", "stage2b", "eval"):
+        for name in ("vae", "decoder", "llava", "control", "ip2p", "stage1", "stage2a", "stage2b", "eval"):
             p += getattr(self, name).problems(f"{prefix}{name}.")
         return p
 
