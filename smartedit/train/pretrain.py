@@ -326,15 +326,14 @@ def pretrain_ip2p(config: SmartEditConfig, vae_dir: str, output: str, settings: 
     text_encoder = build_text_encoder(tokenizer, config.unet.cross_attention_dim, seed=settings.seed)
     unet = widen_conv_in(build_unet(config.unet), config.unet.in_channels)
     if init is not None:
-        from safetensors.torch import load_file
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
 
-        for name, module in (("text_encoder", text_encoder), ("unet", unet)):
-            weights = os.path.join(init, name, "model.safetensors" if name == "text_encoder"
-                                   else "diffusion_pytorch_model.safetensors")
-            if not os.path.isfile(weights):
-                raise FileNotFoundError(f"init {init!r} has no {weights}: give an InstructPix2Pix folder written by "
-                                        f"pretrain_ip2p (OUTPUT/pipeline)")
-            module.load_state_dict(load_file(weights), strict=True)
+        if not os.path.isfile(os.path.join(init, "unet", "config.json")):
+            raise FileNotFoundError(f"init {init!r} has no unet/: give an InstructPix2Pix folder written by "
+                                    f"pretrain_ip2p (OUTPUT/pipeline)")
+        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(os.path.join(init, "text_encoder")).state_dict())
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(os.path.join(init, "unet")).state_dict())
         logger.info("ip2p-%s: text encoder and UNet start from %s", objective, init)
     noise_scheduler = build_noise_scheduler(config.scheduler)
     side = config.resolution
