@@ -877,8 +877,9 @@ def load_sd(path: str | os.PathLike, in_channels: int | None = None,
 
     info = os.path.join(path, "smartedit.json")  # written by smartedit.train.pretrain for ShapesWorld folders
     if os.path.isfile(info):
-        diffuse = _read_json(info, "smartedit.json", SD_LAYOUT).get("diffuse", "target")
-        scheduler["diffuse"] = diffuse
+        meta = _read_json(info, "smartedit.json", SD_LAYOUT)
+        scheduler["diffuse"] = meta.get("diffuse", "target")
+        scheduler["decode"] = meta.get("decode", "latent")
     null = _null_text_embedding(path, max_length)
     logger.info("loaded Stable Diffusion from %s: UNet %s (conv_in %d → %d ch), VAE %s, scheduler %s",
                 path, tuple(unet_fields["block_out_channels"]), original, unet.conv_in.in_channels,

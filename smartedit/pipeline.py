@@ -154,12 +154,13 @@ class SmartEditPipeline(DiffusionPipeline):
         return res
 
     @staticmethod
-    def _resize(t: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    def _resize(t: torch.Tensor, size: tuple[int, int], mode: str = "bicubic", clamp: bool = True) -> torch.Tensor:
         if tuple(t.shape[-2:]) == tuple(size):
             return t
         if mode == "nearest":
             return F.interpolate(t[None], size=size, mode="nearest")[0]
-        return F.interpolate(t[None], size=size, mode=mode, align_corners=False, antialias=True)[0].clamp(0, 1)
+        out = F.interpolate(t[None], size=size, mode=mode, align_corners=False, antialias=True)[0]
+        return out.clamp(0, 1) if clamp else out
 
     @staticmethod
     def _seeds_and_generators(n: int, generator, seed) -> tuple[list[int] | None, object]:
@@ -220,9 +221,16 @@ class SmartEditPipeline(DiffusionPipeline):
                                negative_prompt_embeds)
         if output_type == "latent":
             return SmartEditOutput(images=latents, seeds=seeds, replies=cond.replies)
-        decoded = self.decode(latents, cond.source_latent)  # [B, 3, R, R] in [0, 1]
-        if not keep_model_size:
-            decoded = [self._resize(d, s) for d, s in zip(decoded, sizes)]
+        if self.model.config.scheduler.decode == "residual":
+            # the change applied in pixel space, to the input itself (at its own size unless keep_model_size)
+            delta = self.decode_change(latents, cond.source_latent)  # [B, 3, R, R] in [-1, 1] units of [0, 1]
+            sources = [batch[i] for i in range(len(images))] if keep_model_size else tensors
+            decoded = [(src.to(d.device, d.dtype) + self._resize(d, tuple(src.shape[-2:]), clamp=False)).clamp(0, 1)
+                       for src, d in zip(sources, delta)]
+        else:
+            decoded = self.decode(latents, cond.source_latent)  # [B, 3, R, R] in [0, 1]
+            if not keep_model_size:
+                decoded = [self._resize(d, s) for d, s in zip(decoded, sizes)]
         arrays = [d.permute(1, 2, 0).float().cpu().numpy() for d in decoded]
         if output_type == "np":
             same = len({a.shape for a in arrays}) == 1
@@ -295,6 +303,21 @@ class SmartEditPipeline(DiffusionPipeline):
         with self._running(vae):
             image = vae.decode(latents).sample
         return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    def decode_change(self, latents: torch.Tensor, source_latent: torch.Tensor) -> torch.Tensor:
+        """Sampled latent changes (``scheduler.diffuse = "change"``) → the pixel change [B, 3, H, W] (in units of
+        [0, 1] images) they make: D(source latent + change) − D(source latent), so the VAE's reconstruction error
+        cancels where nothing changes (``scheduler.decode = "residual"``)."""
+        if self.model.config.scheduler.diffuse != "change":
+            raise ValueError("decode_change needs a model that diffuses the latent change (scheduler.diffuse = "
+                             f"'change'), this one diffuses {self.model.config.scheduler.diffuse!r}")
+        vae = self.model.vae
+        latents = latents.to(vae.device, vae.dtype) / self.model.config.vae.scaling_factor  # [B, C, h, w]
+        source_latent = source_latent.to(latents.device, latents.dtype)  # [B, C, h, w]
+        with self._running(vae):
+            pair = vae.decode(torch.cat([source_latent + latents, source_latent])).sample.float()  # [2B, 3, H, W]
+        edited, rebuilt = pair.chunk(2)
+        return (edited.clamp(-1, 1) - rebuilt.clamp(-1, 1)) / 2  # [B, 3, H, W]
 
     # ---- multi-turn ----------------------------------------------------------------------------------
     def session(self, image, seed: int = 0, **defaults) -> "EditSession":

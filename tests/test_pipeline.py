@@ -194,3 +194,37 @@ def test_bfloat16_pipeline_runs(tiny_model, tmp_path):
     pipe.set_progress_bar_config(disable=True)
     out = pipe(_image(), "make it red", num_inference_steps=2, seed=0, output_type="np").images
     assert np.isfinite(out).all()
+
+
+def test_residual_decode_keeps_the_input_where_nothing_changes():
+    """scheduler.decode = "residual": output = input + D(source + change) − D(source), so a zero change gives the
+    input back bit for bit at its own size (plain decoding gives the VAE's reconstruction instead)."""
+    import diffusers
+
+    from smartedit.config import preset
+    from smartedit.model import SmartEditModel
+
+    outputs = {}
+    for decode in ("residual", "latent"):
+        config = preset("tiny", **{"scheduler.diffuse": "change", "scheduler.decode": decode,
+                                   "scheduler.prediction_type": "sample", "scheduler.sampler": "DDIMScheduler"})
+        model = SmartEditModel.from_config(config, seed=0).eval()
+        with torch.no_grad():  # the UNet predicts x0 = 0: a zero latent change
+            model.unet.conv_out.weight.zero_()
+            model.unet.conv_out.bias.zero_()
+        pipe = SmartEditPipeline(model, scheduler=diffusers.DDIMScheduler.from_config(model.noise_scheduler.config))
+        pipe.set_progress_bar_config(disable=True)
+        outputs[decode] = pipe(_image(), "make it red", num_inference_steps=3, seed=0, output_type="np").images[0]
+    source = np.asarray(_image(), dtype=np.float32) / 255
+    assert outputs["residual"].shape == source.shape == (50, 70, 3)
+    assert np.abs(outputs["residual"] - source).max() <= 1e-6
+    assert np.abs(outputs["latent"] - source).max() > 0.05  # an untrained VAE's reconstruction
+
+
+def test_residual_decode_needs_a_change_model():
+    from smartedit.config import ConfigError, preset
+
+    with pytest.raises(ConfigError, match="decode 'residual'.*diffuse 'change'"):
+        preset("tiny", **{"scheduler.decode": "residual"})
+    with pytest.raises(ConfigError, match="decode must be one of"):
+        preset("tiny", **{"scheduler.diffuse": "change", "scheduler.decode": "pixels"})

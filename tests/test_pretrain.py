@@ -3,12 +3,14 @@ exactly, and writes what the next recipe step reads (diffusers folders, the MLLM
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from smartedit.config import ConfigError
-from smartedit.train.pretrain import PretrainSettings, edit_batch, pretrain_ip2p, pretrain_llava, pretrain_vae
+from smartedit.train.pretrain import (PretrainSettings, edit_batch, pretrain_ip2p, pretrain_llava, pretrain_vae,
+                                      vae_edit_ceiling)
 from smartedit.train.recipe import shapes_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -50,6 +52,43 @@ def test_vae_writes_a_diffusers_folder_with_its_scaling_factor(vae_dir):
     assert vae.config.scaling_factor > 0 and vae.config.scaling_factor != 0.18215
     quality = os.path.join(os.path.dirname(vae_dir), "vae_quality.json")
     assert os.path.isfile(quality)
+
+
+class _StubVAE:
+    """encode = identity; decode adds ``offset`` (in [-1, 1] units): a VAE whose reconstruction error is a constant."""
+
+    def __init__(self, offset: float):
+        self.offset = offset
+
+    def encode(self, x):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: x))
+
+    def decode(self, z):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sample=z + self.offset)
+
+
+def test_edit_ceiling_scores_exact_targets_through_the_vae():
+    perfect = vae_edit_ceiling(_StubVAE(0.0), 0, 64, count=6)
+    assert perfect["latent_iou"] == perfect["residual_iou"] == 1.0
+    assert perfect["latent_bg"] == perfect["residual_bg"] >= 99
+    # an error of 0.15 (> the 0.1 change threshold) everywhere: every pixel "changes" when the VAE decodes the target,
+    # none outside the edit when the change is applied in pixel space
+    biased = vae_edit_ceiling(_StubVAE(0.3), 0, 64, count=6)
+    assert biased["latent_iou"] < 0.5 and biased["latent_bg"] < 20
+    assert biased["residual_iou"] == 1.0 and biased["residual_bg"] >= 99
+
+
+def test_vae_quality_reports_the_edit_ceiling(vae_dir):
+    import json
+
+    with open(os.path.join(os.path.dirname(vae_dir), "vae_quality.json")) as f:
+        ceiling = json.load(f)["ceiling"]
+    assert set(ceiling) >= {"latent_iou", "latent_bg", "residual_iou", "residual_bg"}
+    assert all(0 <= ceiling[k] <= 1 for k in ("latent_iou", "residual_iou"))
 
 
 def test_decoder_fine_tune_keeps_the_encoder_and_scaling(vae_dir, tmp_path):
@@ -133,7 +172,7 @@ def test_ip2p_folder_loads_with_load_sd_and_edits(vae_dir, tmp_path, objective):
     out = pretrain_ip2p(cfg, vae_dir, str(tmp_path), _settings(2), objective=objective)
     sd = load_sd(out)
     assert sd.unet.conv_in.in_channels == 2 * cfg.unet.latent_channels
-    assert sd.scheduler["diffuse"] == "change"
+    assert sd.scheduler["diffuse"] == "change" and sd.scheduler["decode"] == "residual"
     assert sd.scheduler["prediction_type"] == "v_prediction"
     assert tuple(sd.null_text_embedding.shape) == (1, 77, cfg.qformer.hidden_size)
     editor_cls = IP2PEditor if objective == "diffusion" else RegressionEditor
@@ -149,6 +188,12 @@ def test_ip2p_folder_loads_with_load_sd_and_edits(vae_dir, tmp_path, objective):
     editor.run(jobs)
     assert not editor.failures
     assert all(j.output_path.is_file() and Image.open(j.output_path).size == (64, 64) for j in jobs)
+    assert editor.decode_mode == "residual"
+    # residual decoding: a zero latent change gives the input back exactly
+    ims = editor._resize(images)
+    zero = torch.zeros(2, cfg.unet.latent_channels, 16, 16)
+    back = editor._decode(zero, images, ims)
+    assert all(np.array_equal(np.asarray(b), np.asarray(im)) for b, im in zip(back, images))
 
 
 def test_llava_trains_and_saves_the_mllm(tmp_path):

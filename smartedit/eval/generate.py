@@ -152,8 +152,13 @@ class IP2PEditor(Editor):
             self.model_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         info = Path(self.model_dir) / "smartedit.json"  # smartedit.train.pretrain: what the UNet diffuses
-        self.diffuse = json.loads(info.read_text(encoding="utf-8")).get("diffuse", "target") if info.is_file() \
-            else "target"
+        meta = json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
+        self.diffuse = meta.get("diffuse", "target")
+        self.decode_mode = meta.get("decode", "latent")  # see smartedit.config.SchedulerConfig.decode
+        if self.decode_mode not in ("latent", "residual") or (self.decode_mode == "residual"
+                                                               and self.diffuse != "change"):
+            raise ValueError(f"{info}: decode must be 'latent' or 'residual' (residual only with diffuse 'change'), "
+                             f"got decode={self.decode_mode!r} diffuse={self.diffuse!r}; fix the file")
         self.info = self._describe(device)
         self.failures: dict[str, str] = {}
         self.seeds: dict[str, int] = {}
@@ -164,6 +169,7 @@ class IP2PEditor(Editor):
         return {"model_dir": self.model_dir, "kind": type(self).__name__, "weights": hashes,
                 "sha256": combined_sha256(hashes) if hashes else None, "device": str(device),
                 "scheduler": type(self.pipe.scheduler).__name__, "diffuse": self.diffuse,
+                "decode": self.decode_mode,
                 **self.settings.to_dict()}
 
     def _resize(self, images: list[Image.Image]) -> list[Image.Image]:
@@ -180,10 +186,25 @@ class IP2PEditor(Editor):
     @torch.no_grad()
     def _decode(self, latents: torch.Tensor, images: list[Image.Image], ims: list[Image.Image]) -> list[Image.Image]:
         """Scaled latents (of the target, or of the change from the source) → PIL images at the inputs' sizes."""
+        import numpy as np
+
         vae = self.pipe.vae
         latents = latents / vae.config.scaling_factor
         if self.diffuse == "change":
-            latents = latents + vae.encode(self._tensor(ims)).latent_dist.mode()
+            source = vae.encode(self._tensor(ims)).latent_dist.mode()  # [B, C, h, w]
+            latents = latents + source
+        if self.decode_mode == "residual":  # output = input + D(source + change) − D(source), at the input's size
+            pair = vae.decode(torch.cat([latents, source])).sample.clamp(-1, 1)  # [2B, 3, H, W]
+            edited, rebuilt = pair.chunk(2)
+            delta = ((edited - rebuilt) * 127.5).permute(0, 2, 3, 1).float().cpu().numpy()  # [B, H, W, 3] in 0..255
+            out = []
+            for d, im in zip(delta, images):
+                if d.shape[:2] != (im.size[1], im.size[0]):
+                    d = np.stack([np.asarray(Image.fromarray(c).resize(im.size, Image.Resampling.BICUBIC))
+                                  for c in d.transpose(2, 0, 1)], axis=-1)
+                base = np.asarray(im.convert("RGB"), dtype=np.float32)
+                out.append(Image.fromarray(np.clip(np.round(base + d), 0, 255).astype(np.uint8)))
+            return out
         image = vae.decode(latents).sample  # [B, 3, H, W]
         arr = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         out = [Image.fromarray(a) for a in arr]
