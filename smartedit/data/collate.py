@@ -63,7 +63,11 @@ class SampleCollator:
                                           answer=int(rng.integers(len(EDIT_ANSWERS))))]
         elif sample.task == "chat":
             segments = chat_conversation([tuple(t) for t in sample.conversation], patches)
-        else:  # caption
+        elif sample.source_image is not None:  # caption = an edit instruction, aligned in the edit prompt
+            segments = [edit_conversation(sample.caption, patches, n_img,
+                                          template=int(rng.integers(len(EDIT_TEMPLATES))),
+                                          answer=int(rng.integers(len(EDIT_ANSWERS))))]
+        else:  # caption (text only)
             segments = [caption_conversation(sample.caption, n_img)]
         limit = cfg.mllm.max_position_embeddings
         if sample.task == "chat":

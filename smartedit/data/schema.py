@@ -11,13 +11,16 @@ PNG/JPEG bytes and decoded on the fly, never re-encoded per epoch.
 | ``instruction``| string or null  | the editing instruction (edit / perception / reasoning tasks)               |
 | ``caption``    | string or null  | the caption (``caption`` task, stage 1)                                      |
 | ``conversation``| string or null | JSON list of ``[question, answer]`` turns (``chat`` task)                    |
-| ``source_image``| binary or null | encoded source image (null for ``caption``)                                 |
+| ``source_image``| binary or null | encoded source image (``caption``: null, or the image an edit instruction is |
+|                | ``caption`` = instruction: aligned in the edit prompt with that image)      |
 | ``target_image``| binary or null | encoded target image (edit-like tasks only)                                 |
 | ``mask_image`` | binary or null  | encoded edit/region mask, single channel, 255 = edit region (optional)       |
 
 Tasks: ``edit`` (InstructPix2Pix / MagicBrush / UltraEdit pairs), ``perception`` (segmentation-as-editing),
 ``reasoning`` (synthetic reasoning edits, ReasonSeg), ``chat`` (LLaVA-Instruct: LM loss only),
-``caption`` (stage-1 alignment: text only).
+``caption`` (stage-1 alignment: text only; with a ``source_image`` the caption is an edit instruction and the
+sample is laid out as an edit prompt with that image, so the ``<img_i>`` states are aligned in the context the
+editor uses them in; ShapesWorld's tiny LLM needs that, see ``smartedit.data.shapes``).
 """
 
 from __future__ import annotations

@@ -471,9 +471,14 @@ def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
             src, tgt, mask = edit.images(side)
             yield Sample(f"{name}/{i}", name, task, instruction=edit.instruction, source_image=_png(src),
                          target_image=_png(tgt), mask_image=_png((mask * 255).astype(np.uint8)))
-        elif family == "instruction":  # stage 1 of ShapesWorld: align to the CLIP text encoder of IP2P-tiny,
-            edit = _edit_for(str(rng.choice(list(TRAIN_FAMILIES))), rng, train_facts)  # which read instructions
-            yield Sample(f"shapes_instructions/{i}", "shapes_instructions", "caption", caption=edit.instruction)
+        elif family in ("instruction", "grounded_instruction"):
+            # stage 1 of ShapesWorld: align to the CLIP text encoder of IP2P-tiny, which reads instructions;
+            # grounded: in the edit prompt with the scene (the tiny frozen LLM's <img_i> states aligned on text-only
+            # caption prompts do not carry over to edit prompts: top-1 retrieval of the instruction 3 %)
+            edit = _edit_for(str(rng.choice(list(TRAIN_FAMILIES))), rng, train_facts)
+            image = _png(edit.images(side)[0]) if family == "grounded_instruction" else None
+            yield Sample(f"shapes_instructions/{i}", "shapes_instructions", "caption", caption=edit.instruction,
+                         source_image=image)
         elif family == "caption":
             scene = random_scene(rng)
             yield Sample(f"shapes_captions/{i}", "shapes_captions", "caption", caption=caption(scene))

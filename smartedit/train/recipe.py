@@ -135,6 +135,11 @@ class RecipeConfig(_RootConfig):
     stage2a: StageSettings = _stage(steps=1000, lr=3e-4)
     stage2b: StageSettings = _stage(steps=1000, lr=3e-4)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    stage1_grounded: bool = True
+    """Stage 1 aligns the ``<img_i>`` states to IP2P-tiny's CLIP text of each instruction inside the EDIT prompt with
+    its scene (``shapes:grounded_instruction``); false: the paper's text-only caption prompt. With the tiny frozen LLM
+    the text-only alignment does not carry over to edit prompts (on held-out edit prompts its Q-Former output is
+    further from the CLIP text than the mean embedding, top-1 instruction retrieval 3 %, edit-region IoU 0.04)."""
     ip2p_from_control: bool = True
     """Start IP2P-tiny's text encoder and UNet from the regression control (which learns the grounding, which
     words pick which pixels, far faster: every sample is an edit to infer, not a denoising step that the noisy
@@ -144,6 +149,8 @@ class RecipeConfig(_RootConfig):
         p = []
         if not isinstance(self.seed, int):
             p.append(f"{prefix}seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.stage1_grounded, bool):
+            p.append(f"{prefix}stage1_grounded must be true or false, got {self.stage1_grounded!r}")
         if not isinstance(self.ip2p_from_control, bool):
             p.append(f"{prefix}ip2p_from_control must be true or false, got {self.ip2p_from_control!r}")
         for name in ("vae", "decoder", "llava", "control", "ip2p", "stage1", "stage2a", "stage2b", "eval"):
@@ -272,7 +279,8 @@ def stage_experiment(cfg: RecipeConfig, stage: str, paths: _Paths):
     s: StageSettings = getattr(cfg, stage)
     n = s.samples_per_source
     if stage == "stage1":
-        data = {"data.sources": {"cc12m": f"shapes:instruction:{n}:{cfg.seed}"}, "data.ratios": {"cc12m": 1.0},
+        family = "grounded_instruction" if cfg.stage1_grounded else "instruction"
+        data = {"data.sources": {"cc12m": f"shapes:{family}:{n}:{cfg.seed}"}, "data.ratios": {"cc12m": 1.0},
                 "align.clip_text": paths.model("ip2p")}
     else:
         sources = {}

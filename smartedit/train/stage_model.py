@@ -127,7 +127,14 @@ class StageModule(nn.Module):
             return self.model(batch, generator=generator)
         if text_target is None:
             raise ValueError("stage 1 needs the CLIP text encoder's hidden states of the captions (text_target)")
-        out = self.model.mllm(batch["input_ids"], batch.get("attention_mask"), labels=batch.get("labels"))
+        features = None  # samples with an image (edit-prompt alignment) splice its patches into their prompt
+        if (batch["input_ids"] == self.model.mllm.token_ids.image).any():
+            pixel_values = batch.get("pixel_values")
+            if pixel_values is None:
+                pixel_values = self.model.mllm.preprocess_images((batch["source_images"] + 1) / 2)
+            features = self.model.mllm.encode_images(pixel_values)  # [B, P, Dv]
+        out = self.model.mllm(batch["input_ids"], batch.get("attention_mask"), labels=batch.get("labels"),
+                              image_features=features)
         if out.img_hidden is None:
             raise ValueError(f"every stage-1 sample must end in the {self.model.config.mllm.num_image_tokens} "
                              f"<img_i> tokens (caption samples do)")
