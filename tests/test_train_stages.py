@@ -266,3 +266,27 @@ def test_stage1_grounded_instructions_align_inside_the_edit_prompt(tmp_path, cli
     r = run("stage1", "random:tiny", tmp_path / "s1", steps=2, **{
         "align.clip_text": clip_dir, "data.sources": {"cc12m": "shapes:grounded_instruction:8"}})
     assert len(read_jsonl(r.metrics_path)) == 2
+
+
+def test_alignment_probe_tells_a_copy_from_a_collapse(clip_dir):
+    """The probe scores the model's context against the CLIP text of each instruction: a context that IS the CLIP text
+    retrieves every instruction with zero error; one collapsed to the mean CLIP text scores the mean-answer error."""
+    from smartedit.eval.alignment import alignment_probe
+    from smartedit.train.clip_text import ClipTextTarget
+    from smartedit.train.pretrain import edit_batch
+
+    clip = ClipTextTarget(clip_dir)
+    model = SmartEditModel.from_config(preset("tiny", **{"bim.enabled": False}), seed=0)
+    src, _, texts = edit_batch("any", 0, 0, 6, 64)
+    texts = list(dict.fromkeys(texts))
+    images = (src[:len(texts)] + 1) / 2
+    target = clip(texts)
+    model.qformer.forward = lambda states: target  # a perfect Q-Former
+    perfect = alignment_probe(model, clip, images, texts)
+    assert perfect["mse"] == 0 and perfect["top1_retrieval"] == 1.0 and perfect["mse_of_mean"] > 0
+    model.qformer.forward = lambda states: target.mean(0, keepdim=True).expand_as(target)  # collapsed
+    collapsed = alignment_probe(model, clip, images, texts)
+    assert collapsed["mse"] == pytest.approx(collapsed["mse_of_mean"], rel=1e-5)
+    assert collapsed["context_variance"] < 1e-10
+    with pytest.raises(ValueError, match="one instruction each"):
+        alignment_probe(model, clip, images, texts[:1])

@@ -307,7 +307,27 @@ def _step_stage(cfg: RecipeConfig, paths: _Paths, stage: str) -> dict:
     if status:
         raise RuntimeError(f"{stage} failed with status {status} (its log above says why); re-run the recipe to "
                            f"resume from the last checkpoint")
-    return {"config": config_path}
+    result = {"config": config_path}
+    if stage == "stage1":
+        result["alignment"] = stage1_alignment(paths, cfg.seed)
+    return result
+
+
+def stage1_alignment(paths: _Paths, seed: int, count: int = 32) -> dict:
+    """:func:`smartedit.eval.alignment.alignment_probe` of the stage-1 model on ``count`` fresh edit prompts of every
+    family (does its context carry the instruction the way IP2P-tiny's CLIP text does?)."""
+    from ..eval.alignment import alignment_probe
+    from ..model import SmartEditModel
+    from .clip_text import ClipTextTarget
+    from .pretrain import edit_batch
+
+    model = SmartEditModel.from_pretrained(os.path.join(paths.stage["stage1"], "model"))
+    src, _, texts = edit_batch("any", seed + 5, 0, count, model.config.resolution, stream=48)
+    probe = alignment_probe(model, ClipTextTarget(paths.model("ip2p")), (src + 1) / 2, texts)
+    logger.info("stage-1 alignment on edit prompts: MSE %.3f (mean-answer MSE %.3f), context variance %.3f, "
+                "top-1 instruction retrieval %.2f (chance %.2f)", probe["mse"], probe["mse_of_mean"],
+                probe["context_variance"], probe["top1_retrieval"], probe["chance"])
+    return probe
 
 
 def _step_testset(cfg: RecipeConfig, paths: _Paths) -> dict:

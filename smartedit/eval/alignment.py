@@ -1,0 +1,50 @@
+"""How well a model's condition reproduces the CLIP text the UNet was trained on (the stage-1 objective), measured on
+EDIT prompts — the context the editor really uses — rather than on the stage-1 training prompts.
+
+For ``count`` edits the model's context (MLLM ``<img_i>`` states → Q-Former, BIM off) is compared with the CLIP text
+encoder's last hidden state of the same instruction:
+
+* ``mse``: mean squared error to the CLIP text (what stage 1 minimises);
+* ``mse_of_mean``: the error of always answering the mean CLIP text of these instructions (the across-instruction
+  variance): ``mse`` at or above it means the context carries no usable instruction information;
+* ``context_variance``: how much the context itself varies across instructions (near 0: collapsed to one answer);
+* ``top1_retrieval``: how often the nearest CLIP text to an edit's context is its own instruction's (chance 1/count).
+
+It is what told the ShapesWorld recipe that the paper's text-only stage 1 does not carry over to edit prompts with a
+2-layer LLM (``smartedit.train.recipe``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["alignment_probe"]
+
+
+@torch.no_grad()
+def alignment_probe(model, clip_text, images: torch.Tensor, instructions: list[str]) -> dict[str, float]:
+    """``model``: a :class:`~smartedit.model.SmartEditModel`; ``clip_text``: a callable ``texts → [B, 77, D]`` (e.g.
+    :class:`smartedit.train.clip_text.ClipTextTarget`); ``images`` [B, 3, H, W] in [0, 1], one per instruction."""
+    if images.ndim != 4 or images.shape[0] != len(instructions) or len(instructions) < 2:
+        raise ValueError(f"need at least two images [B,3,H,W] with one instruction each, got images of shape "
+                         f"{tuple(images.shape)} and {len(instructions)} instructions")
+    was_training = model.training
+    model.eval()
+    try:
+        batch = model.tokenize_edit(instructions)
+        features = model.mllm.encode_images(model.mllm.preprocess_images(images))  # [B, P, Dv]
+        out = model.mllm(batch["input_ids"], batch["attention_mask"], image_features=features)
+        context = model.qformer(out.img_hidden).float()  # [B, Q, D]
+    finally:
+        model.train(was_training)
+    target = clip_text(instructions).float().to(context.device)  # [B, Q, D]
+    if target.shape != context.shape:
+        raise ValueError(f"the CLIP text encoder gives {tuple(target.shape)}, the model's context "
+                         f"{tuple(context.shape)}: use the encoder the model was aligned to")
+    distances = torch.cdist(context.flatten(1), target.flatten(1))  # [B, B]
+    hits = distances.argmin(dim=1) == torch.arange(len(instructions), device=distances.device)
+    return {"mse": float(((context - target) ** 2).mean()),
+            "mse_of_mean": float(((target - target.mean(0, keepdim=True)) ** 2).mean()),
+            "context_variance": float(((context - context.mean(0, keepdim=True)) ** 2).mean()),
+            "top1_retrieval": float(hits.float().mean()), "chance": 1.0 / len(instructions),
+            "edits": len(instructions)}
