@@ -447,7 +447,7 @@ class SchedulerConfig(_Section):
     D(source latent + change) − D(source latent), so the VAE's reconstruction error cancels wherever the change is
     zero and the unedited pixels are the input's own (at the input's full size). With the tiny ShapesWorld VAE
     (28.6 dB reconstructions) plain decoding of the exact ground-truth target already "changes" shape edges all over
-    the image: edit-region IoU 0.54 at best; residual decoding raises that ceiling to 0.80 (``bench/vae_ceiling.py``)."""
+    the image: edit-region IoU 0.60 at best; residual decoding raises that ceiling to 0.84 (``bench/vae_ceiling.py``)."""
 
     SCHEDULES: ClassVar[tuple[str, ...]] = ("linear", "scaled_linear", "squaredcos_cap_v2")
     PREDICTIONS: ClassVar[tuple[str, ...]] = ("epsilon", "v_prediction", "sample")

@@ -155,10 +155,11 @@ class IP2PEditor(Editor):
         meta = json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
         self.diffuse = meta.get("diffuse", "target")
         self.decode_mode = meta.get("decode", "latent")  # see smartedit.config.SchedulerConfig.decode
-        if self.decode_mode not in ("latent", "residual") or (self.decode_mode == "residual"
-                                                               and self.diffuse != "change"):
-            raise ValueError(f"{info}: decode must be 'latent' or 'residual' (residual only with diffuse 'change'), "
-                             f"got decode={self.decode_mode!r} diffuse={self.diffuse!r}; fix the file")
+        from ..config import SchedulerConfig
+
+        problems = SchedulerConfig(diffuse=self.diffuse, decode=self.decode_mode).problems(prefix="")
+        if problems:
+            raise ValueError(f"{info}: " + "; ".join(problems) + "; fix the file")
         self.info = self._describe(device)
         self.failures: dict[str, str] = {}
         self.seeds: dict[str, int] = {}

@@ -42,11 +42,11 @@ from .schedule import lr_factor
 logger = logging.getLogger(__name__)
 
 PIPELINE_INFO = "smartedit.json"
-"""Written into the InstructPix2Pix folders made here: objective, and ``diffuse`` (``target`` or ``change``, see
-:class:`smartedit.config.SchedulerConfig`) — read by :func:`smartedit.loading.load_sd` and the IP2P editors."""
+"""Written into the InstructPix2Pix folders made here: objective, ``diffuse`` (``target`` or ``change``) and ``decode``
+(``latent`` or ``residual``, see :class:`smartedit.config.SchedulerConfig`) — read by :func:`smartedit.loading.load_sd` and the IP2P editors."""
 
-__all__ = ["PretrainSettings", "pretrain_vae", "pretrain_ip2p", "pretrain_llava", "vae_psnr", "vae_edit_ceiling", "edit_batch",
-           "build_text_encoder"]
+__all__ = ["PretrainSettings", "pretrain_vae", "pretrain_ip2p", "pretrain_llava", "vae_psnr", "vae_edit_ceiling",
+           "edit_batch", "build_text_encoder"]
 
 
 @dataclass
