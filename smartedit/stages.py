@@ -9,6 +9,11 @@
 
 "New token rows": the embedding and LM-head matrices require grad, but a gradient mask zeroes every base row,
 so only the 35 new rows change.
+
+An experiment may train more than its stage's parts (``ExperimentConfig.also_train``, e.g. ``["llm"]``: every
+decoder layer of the LLM, outside the paper's recipe). The ShapesWorld recipe does so in stage 1: its tiny LLM,
+pretrained on a few thousand chats instead of a web corpus, does not carry the instruction into its ``<img_i>``
+states when frozen (top-1 instruction retrieval from the Q-Former output at chance), and does when trained.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import torch.nn as nn
 
 STAGES = ("stage1", "stage2a", "stage2b")
 
+PARTS = ("qformer", "new_token_rows", "lora", "unet", "bim", "llm")
+"""Every trainable part: ``llm`` is the LLM's decoder layers (its embeddings stay under the new-token-row mask)."""
+
 _PARTS = {
     "stage1": ("qformer", "new_token_rows"),
     "stage2a": ("qformer", "new_token_rows", "lora", "unet"),
@@ -24,16 +32,20 @@ _PARTS = {
 }
 
 
-def stage_parts(stage: str) -> tuple[str, ...]:
+def stage_parts(stage: str, also_train: tuple[str, ...] | list[str] = ()) -> tuple[str, ...]:
+    """The parts ``stage`` trains, plus ``also_train`` (names from :data:`PARTS`)."""
     if stage not in _PARTS:
         raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
-    return _PARTS[stage]
+    unknown = [p for p in also_train if p not in PARTS]
+    if unknown:
+        raise ValueError(f"also_train names unknown parts {unknown}; choose from {list(PARTS)}")
+    return _PARTS[stage] + tuple(p for p in also_train if p not in _PARTS[stage])
 
 
-def configure_stage(model, stage: str) -> list[nn.Parameter]:
-    """Freeze everything, then unfreeze what ``stage`` trains. Adds LoRA (r=8) for stage 2 if the model has none
-    and requires a BIM for stage 2b. Returns the trainable parameters."""
-    parts = stage_parts(stage)
+def configure_stage(model, stage: str, also_train: tuple[str, ...] | list[str] = ()) -> list[nn.Parameter]:
+    """Freeze everything, then unfreeze what ``stage`` (+ ``also_train``) trains. Adds LoRA (r=8) for stage 2 if
+    the model has none and requires a BIM for stage 2b. Returns the trainable parameters."""
+    parts = stage_parts(stage, also_train)
     if "bim" in parts and model.bim is None:
         raise ValueError("stage2b trains the BIM but this model was built without one (bim.enabled = false)")
     if "lora" in parts and model.mllm.lora_config is None:
@@ -53,14 +65,16 @@ def configure_stage(model, stage: str) -> list[nn.Parameter]:
         model.unet.requires_grad_(True)
     if "bim" in parts:
         model.bim.requires_grad_(True)
+    if "llm" in parts:
+        model.mllm.llm.model.layers.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def trainable_counts(model, stage: str) -> dict[str, int]:
+def trainable_counts(model, stage: str, also_train: tuple[str, ...] | list[str] = ()) -> dict[str, int]:
     """Trainable parameters per part for ``stage``, computed from the module shapes (works on the meta device
     and on models without LoRA: LoRA is counted as r·(in+out) per adapted linear)."""
     cfg = model.config
-    parts = stage_parts(stage)
+    parts = stage_parts(stage, also_train)
     counts: dict[str, int] = {}
     if "qformer" in parts:
         counts["qformer"] = sum(p.numel() for p in model.qformer.parameters())
@@ -75,13 +89,17 @@ def trainable_counts(model, stage: str) -> dict[str, int]:
         counts["unet"] = sum(p.numel() for p in model.unet.parameters())
     if "bim" in parts and model.bim is not None:
         counts["bim"] = sum(p.numel() for p in model.bim.parameters())
+    if "llm" in parts:
+        counts["llm"] = sum(p.numel() for n, p in model.mllm.llm.model.layers.named_parameters()
+                            if "lora_" not in n)
     return counts
 
 
-def optimizer_param_groups(model, stage: str, weight_decay: float = 0.0) -> list[dict]:
+def optimizer_param_groups(model, stage: str, weight_decay: float = 0.0,
+                           also_train: tuple[str, ...] | list[str] = ()) -> list[dict]:
     """Parameter groups for ``stage``: the embedding / LM-head matrices (whose base rows must stay frozen) go in a
     group WITHOUT weight decay, since decoupled decay would shrink the frozen base rows despite their zero grads."""
-    params = configure_stage(model, stage)
+    params = configure_stage(model, stage, also_train)
     token_ids = {id(w) for w in model.mllm._token_matrices()}
     tokens = [p for p in params if id(p) in token_ids]
     rest = [p for p in params if id(p) not in token_ids]

@@ -250,6 +250,20 @@ def test_trainable_counts_match_real_parameters(tiny_config):
         assert counts["new_token_rows"] == 2 * 35 * model.config.mllm.hidden_size
 
 
+def test_also_train_adds_the_llm_layers_to_a_stage(tiny_config):
+    model = SmartEditModel.from_config(tiny_config)
+    plain = {id(p) for p in configure_stage(model, "stage1")}
+    params = configure_stage(model, "stage1", also_train=["llm"])
+    layers = {id(p) for p in model.mllm.llm.model.layers.parameters()}
+    assert layers <= {id(p) for p in params} and not layers & plain
+    assert {id(p) for p in params} == plain | layers
+    counts = trainable_counts(model, "stage1", also_train=["llm"])
+    assert counts["llm"] == sum(p.numel() for p in model.mllm.llm.model.layers.parameters())
+    assert "llm" not in trainable_counts(model, "stage1")
+    with pytest.raises(ValueError, match="unknown parts"):
+        configure_stage(model, "stage1", also_train=["vision"])
+
+
 def test_model_deepcopy_and_device_move(tiny_model):
     clone = copy.deepcopy(tiny_model)
     assert torch.equal(clone.null_text_embedding, tiny_model.null_text_embedding)

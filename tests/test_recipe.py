@@ -73,6 +73,12 @@ def test_stages_ran_with_the_project_scripts(recipe_dir):
     assert mllmsd.bim is None
     for stage in ("stage1", "stage2a", "stage2b"):
         assert os.path.isfile(os.path.join(recipe_dir, stage, "metrics.jsonl"))
+    # stage 1 trains the tiny LLM's layers too (stage1_train_llm); stage 2 trains LoRA only, as in the paper
+    also = {}
+    for stage in ("stage1", "stage2a"):
+        with open(os.path.join(recipe_dir, "configs", f"{stage}.json")) as f:
+            also[stage] = json.load(f)["also_train"]
+    assert also == {"stage1": ["llm"], "stage2a": []}
 
 
 def test_rerun_skips_done_steps_and_refuses_another_config(recipe_dir):

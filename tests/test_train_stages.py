@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from smartedit.config import preset
+from smartedit.config import ConfigError, preset
 from smartedit.model import SmartEditModel, load_weights
 from smartedit.pipeline import SmartEditPipeline
 from smartedit.train.checkpoint import checkpoint_name
@@ -290,3 +290,25 @@ def test_alignment_probe_tells_a_copy_from_a_collapse(clip_dir):
     assert collapsed["context_variance"] < 1e-10
     with pytest.raises(ValueError, match="one instruction each"):
         alignment_probe(model, clip, images, texts[:1])
+
+
+def test_also_train_llm_trains_the_decoder_layers_in_stage1(tmp_path, clip_dir):
+    """``also_train: ["llm"]`` (the ShapesWorld recipe's stage 1) moves every LLM decoder layer on top of stage 1's
+    own parts; the vision side stays frozen and the base token rows stay masked."""
+    init = tmp_path / "init"
+    SmartEditModel.from_config(preset("tiny", **{"bim.enabled": False}), seed=0).save_pretrained(str(init))
+    before = load_weights(str(init))
+    result = run("stage1", str(init), tmp_path / "s1", steps=2, also_train=["llm"], **{
+        "align.clip_text": clip_dir, "data.sources": {"cc12m": "shapes:grounded_instruction:8"}})
+    after = load_weights(result.model_dir)
+    layers = [k for k in after if k.startswith("mllm.llm.model.layers.")]
+    assert layers and all(not torch.equal(before[k], after[k]) for k in layers if k.endswith("weight")
+                          and "norm" not in k)
+    for key in after:
+        if key.startswith(("mllm.vision_tower.", "mllm.projector.", "unet.", "vae.", "mllm.llm.model.norm")):
+            assert torch.equal(before[key], after[key]), f"frozen tensor {key} changed"
+    base = preset("tiny").mllm.vocab_size
+    for key in TOKEN_MATRICES:
+        assert torch.equal(before[key][:base], after[key][:base])
+    with pytest.raises(ConfigError, match="unknown parts"):
+        experiment_preset("tiny", "stage1", also_train=["decoder"])

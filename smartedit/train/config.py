@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..config import ConfigError, _RootConfig, _Section
-from ..stages import STAGES
+from ..stages import PARTS, STAGES
 
 __all__ = ["OptimConfig", "DataConfig", "CheckpointConfig", "LogConfig", "AlignConfig", "ExperimentConfig",
            "parse_override", "EXPERIMENT_NAME"]
@@ -233,6 +233,10 @@ class ExperimentConfig(_RootConfig):
     deepspeed: str = "zero2"
     """``zero2``, ``zero3``, ``zero3_offload`` or a path to a DeepSpeed JSON (without scheduler/optimizer)."""
     max_nonfinite_in_a_row: int = 3
+    also_train: list[str] = field(default_factory=list)
+    """Parts trained on top of the stage's own (:data:`smartedit.stages.PARTS`), e.g. ``["llm"]``: the LLM's
+    decoder layers. Outside the paper's recipe (which keeps the LLM frozen in stage 1 and LoRA-only in stage 2);
+    the ShapesWorld recipe uses it in stage 1, where its tiny LLM never saw a web corpus."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -289,6 +293,12 @@ class ExperimentConfig(_RootConfig):
                 p.append(f"{prefix}{name} must be true or false")
         if not (isinstance(self.deepspeed, str) and self.deepspeed):
             p.append(f"{prefix}deepspeed must name a config (zero2, zero3, zero3_offload) or a JSON path")
+        if not (isinstance(self.also_train, (list, tuple)) and all(isinstance(x, str) for x in self.also_train)):
+            p.append(f"{prefix}also_train must be a list of part names from {list(PARTS)}, got {self.also_train!r}")
+        else:
+            unknown = [x for x in self.also_train if x not in PARTS]
+            if unknown:
+                p.append(f"{prefix}also_train names unknown parts {unknown}; choose from {list(PARTS)}")
         for name in ("optim", "data", "checkpoint", "log", "align"):
             p += getattr(self, name).problems(f"{prefix}{name}.")
         if not p and self.warmup_steps > self.max_steps:

@@ -79,8 +79,10 @@ def set_bim(model: SmartEditModel, enabled: bool, seed: int = 0) -> SmartEditMod
     return model
 
 
-def prepare_stage_model(model: SmartEditModel, stage: str, seed: int = 0) -> SmartEditModel:
-    """Give ``model`` the architecture of ``stage`` (BIM, LoRA) and freeze / unfreeze what it trains."""
+def prepare_stage_model(model: SmartEditModel, stage: str, seed: int = 0,
+                        also_train: tuple[str, ...] | list[str] = ()) -> SmartEditModel:
+    """Give ``model`` the architecture of ``stage`` (BIM, LoRA) and freeze / unfreeze what it trains (plus the parts
+    in ``also_train``)."""
     if stage in ("stage1", "stage2a") and model.bim is not None:
         logger.warning("%s trains the MLLM-SD model, which has no BIM: dropping the BIM of the initial weights",
                        stage)
@@ -88,7 +90,7 @@ def prepare_stage_model(model: SmartEditModel, stage: str, seed: int = 0) -> Sma
     if stage == "stage2b" and model.bim is None:
         logger.info("stage2b: adding a BIM with zero-initialised output heads")
         set_bim(model, True, seed=seed)
-    configure_stage(model, stage)
+    configure_stage(model, stage, also_train)
     return model
 
 
@@ -110,16 +112,18 @@ def enable_gradient_checkpointing(model: SmartEditModel) -> None:
 class StageModule(nn.Module):
     """What DeepSpeed wraps: the model plus the stage's loss. Only ``model`` holds parameters."""
 
-    def __init__(self, model: SmartEditModel, stage: str, lm_weight: float = 1.0, mse_weight: float = 1.0):
+    def __init__(self, model: SmartEditModel, stage: str, lm_weight: float = 1.0, mse_weight: float = 1.0,
+                 also_train: tuple[str, ...] | list[str] = ()):
         super().__init__()
         self.model = model
         self.stage = stage
+        self.also_train = tuple(also_train)
         self.lm_weight = lm_weight
         self.mse_weight = mse_weight
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups of the stage (re-applies the freezing; the token matrices go in a no-decay group)."""
-        return optimizer_param_groups(self.model, self.stage, weight_decay)
+        return optimizer_param_groups(self.model, self.stage, weight_decay, self.also_train)
 
     def forward(self, batch: dict, generator: torch.Generator | None = None,
                 text_target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

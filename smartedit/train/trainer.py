@@ -153,7 +153,7 @@ class Trainer:
         # model: identical on every process (same seed), then the stage's architecture and freezing
         seed_everything(cfg.seed)
         model = load_init_model(cfg.init, seed=cfg.seed)
-        prepare_stage_model(model, cfg.stage, seed=cfg.seed)
+        prepare_stage_model(model, cfg.stage, seed=cfg.seed, also_train=cfg.also_train)
         self.clip = None
         if cfg.stage == "stage1":
             self.clip = ClipTextTarget(cfg.align.clip_text, device=self.device)
@@ -162,7 +162,8 @@ class Trainer:
                 model.null_text_embedding.copy_(self.clip.null_embedding().to(model.null_text_embedding.dtype))
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(model)
-        self.module = StageModule(model, cfg.stage, lm_weight=cfg.align.lm_weight, mse_weight=cfg.align.mse_weight)
+        self.module = StageModule(model, cfg.stage, lm_weight=cfg.align.lm_weight, mse_weight=cfg.align.mse_weight,
+                                  also_train=cfg.also_train)
         groups = self.module.param_groups(cfg.optim.weight_decay)
         n_train = sum(p.numel() for g in groups for p in g["params"])
         logger.info("%s: %s trainable parameters of %s", cfg.stage, f"{n_train:,}",
