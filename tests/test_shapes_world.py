@@ -65,6 +65,21 @@ def test_reasoning_uses_knowledge_not_names():
         assert any(f in edit.instruction for f in train[kind])
 
 
+def test_no_sample_seed_reaches_the_held_out_facts():
+    """Sources such as ``shapes:reasoning:N:7`` (another sample seed) or the test set of another seed still use the
+    world's one fact split: no training reasoning edit ever names a held-out fact."""
+    from smartedit.data.shapes import training_samples
+    from smartedit.train.pretrain import edit_batch
+
+    train, test = held_out_facts()
+    trained = {f for facts in train.values() for f in facts}
+    held = [f for facts in test.values() for f in facts if f not in trained]
+    texts = [s.instruction for seed in (0, 3, 7) for s in training_samples("reasoning", 40, seed=seed)]
+    texts += edit_batch("reasoning", 5, 0, 40, 64)[2]
+    assert held and texts
+    assert not [t for t in texts if any(f in t for f in held)]
+
+
 def test_captions_and_chat():
     scene = random_scene(sample_rng(0, 0, 0))
     text = caption(scene)

@@ -380,10 +380,17 @@ def reasoning_edit(rng, facts: dict[str, list[str]] | None = None) -> Edit:
                 "reasoning", "6-Reasoning", f"{colour} {shape.kind}")
 
 
-def held_out_facts(seed: int = 0, fraction: float = 0.25) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+FACT_SPLIT_SEED = 0
+"""The seed of the world's one train / held-out split of the reasoning facts. It is NOT a sample stream's seed: a
+source such as ``shapes:reasoning:3000:7`` draws other samples, never held-out facts."""
+
+
+def held_out_facts(split_seed: int = FACT_SPLIT_SEED,
+                   fraction: float = 0.25) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """Split (kind, fact) pairs into train and held-out sets: held-out reasoning edits use facts whose
-    edit-instruction form was never trained on (the fact itself is still taught through chat)."""
-    rng = sample_rng(seed, 0, 0, stream=7)
+    edit-instruction form was never trained on (the fact itself is still taught through chat). Every training
+    family and the test set use the default split, whatever their sample seeds."""
+    rng = sample_rng(split_seed, 0, 0, stream=7)
     train: dict[str, list[str]] = {}
     test: dict[str, list[str]] = {}
     for kind, phrases in KIND_FACTS.items():
@@ -462,7 +469,7 @@ def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
     the training facts (see :func:`held_out_facts`)."""
     from .schema import Sample
 
-    train_facts, _ = held_out_facts(seed)
+    train_facts, _ = held_out_facts()
     for i in range(count):
         rng = sample_rng(seed, 0, i, stream=10)
         if family in TRAIN_FAMILIES:
@@ -499,7 +506,7 @@ def write_reason_edit_testset(out_dir: str, per_category: int = 20, seed: int = 
     instructions use the held-out facts only. ``simple`` > 0 adds a ``7-Simple`` folder of plain edits."""
     import os
 
-    _, test_facts = held_out_facts(seed)
+    _, test_facts = held_out_facts()
     counts = {}
     folders = list(CATEGORIES) + (["7-Simple"] if simple else [])
     for category in folders:

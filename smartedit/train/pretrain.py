@@ -196,7 +196,7 @@ def edit_batch(family: str, seed: int, step: int, batch_size: int, side: int, st
     (``simple``, ``perception``, ``understanding``, ``reasoning`` or ``any``), a pure function of the arguments."""
     from ..data import shapes
 
-    train_facts, _ = shapes.held_out_facts(seed)
+    train_facts, _ = shapes.held_out_facts()
     families = ("simple", "perception", "understanding", "reasoning")
     srcs, tgts, texts = [], [], []
     for i in range(batch_size):
