@@ -58,6 +58,9 @@ def test_every_step_done_and_the_ablation_covers_every_model(recipe_dir):
     for name, rows in report["table"].items():
         assert "6-Reasoning" in rows and "7-Simple" in rows, name
         assert {"edit_iou", "psnr_fg_target", "psnr_bg"} <= set(rows["7-Simple"]), name
+    for key in ("smartedit-ip2p", "smartedit-mllmsd"):
+        row = report["paired"][key]["7-Simple"]
+        assert row["n"] == 2 and row["ci90"][0] <= row["mean_difference"] <= row["ci90"][1]
     identity = report["table"]["identity"]["7-Simple"]
     assert identity["edit_iou"]["mean"] == 0.0 and identity["psnr_bg"]["mean"] == 100.0
     assert os.path.isfile(os.path.join(recipe_dir, "ablation_grid.png"))
@@ -96,3 +99,23 @@ def test_ship_copies_both_models_and_the_ablation(recipe_dir, tmp_path):
     assert os.path.isfile(tmp_path / "smartedit-tiny" / "config.json")
     assert os.path.isfile(tmp_path / "smartedit-tiny" / "ablation.json")
     assert os.path.isfile(tmp_path / "ip2p-tiny" / "model_index.json")
+
+
+def test_paired_differences_match_samples_by_id_and_bound_the_mean(tmp_path):
+    """A model better by exactly 0.1 on every shared sample: difference 0.1 with a zero-width interval, whatever
+    the order of the samples or samples only one model has."""
+    from smartedit.train.recipe import _Paths, paired_differences
+
+    def write(name, scores):
+        os.makedirs(tmp_path / "eval" / name)
+        samples = [{"id": i, "group": "4-Color", "status": "ok", "metrics": {"edit_iou": v},
+                    "meta": {"instruction": "make it red"}} for i, v in scores.items()]
+        with open(tmp_path / "eval" / name / "samples.json", "w") as f:
+            json.dump({"samples": samples}, f)
+
+    base = {f"4-Color/{k:03d}": 0.05 * k for k in range(10)}
+    write("ip2p", dict(reversed(list(base.items()))) | {"4-Color/999": 1.0})
+    write("smartedit", {k: v + 0.1 for k, v in base.items()})
+    row = paired_differences(_Paths(str(tmp_path)), "smartedit", "ip2p")["4-Color"]
+    assert row["n"] == 10 and row["wins"] == 10 and row["losses"] == 0
+    assert row["mean_difference"] == pytest.approx(0.1) and row["ci90"] == pytest.approx([0.1, 0.1])
