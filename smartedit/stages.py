@@ -32,13 +32,21 @@ _PARTS = {
 }
 
 
+def unknown_parts_problem(also_train) -> str | None:
+    """What is wrong with an ``also_train`` list (not a list of names from :data:`PARTS`), or None."""
+    if not (isinstance(also_train, (list, tuple)) and all(isinstance(x, str) for x in also_train)):
+        return f"also_train must be a list of part names from {list(PARTS)}, got {also_train!r}"
+    unknown = [p for p in also_train if p not in PARTS]
+    return f"also_train names unknown parts {unknown}; choose from {list(PARTS)}" if unknown else None
+
+
 def stage_parts(stage: str, also_train: tuple[str, ...] | list[str] = ()) -> tuple[str, ...]:
     """The parts ``stage`` trains, plus ``also_train`` (names from :data:`PARTS`)."""
     if stage not in _PARTS:
         raise ValueError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
-    unknown = [p for p in also_train if p not in PARTS]
-    if unknown:
-        raise ValueError(f"also_train names unknown parts {unknown}; choose from {list(PARTS)}")
+    problem = unknown_parts_problem(also_train)
+    if problem:
+        raise ValueError(problem)
     return _PARTS[stage] + tuple(p for p in also_train if p not in _PARTS[stage])
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..config import ConfigError, _RootConfig, _Section
-from ..stages import PARTS, STAGES
+from ..stages import STAGES, unknown_parts_problem
 
 __all__ = ["OptimConfig", "DataConfig", "CheckpointConfig", "LogConfig", "AlignConfig", "ExperimentConfig",
            "parse_override", "EXPERIMENT_NAME"]
@@ -293,12 +293,9 @@ class ExperimentConfig(_RootConfig):
                 p.append(f"{prefix}{name} must be true or false")
         if not (isinstance(self.deepspeed, str) and self.deepspeed):
             p.append(f"{prefix}deepspeed must name a config (zero2, zero3, zero3_offload) or a JSON path")
-        if not (isinstance(self.also_train, (list, tuple)) and all(isinstance(x, str) for x in self.also_train)):
-            p.append(f"{prefix}also_train must be a list of part names from {list(PARTS)}, got {self.also_train!r}")
-        else:
-            unknown = [x for x in self.also_train if x not in PARTS]
-            if unknown:
-                p.append(f"{prefix}also_train names unknown parts {unknown}; choose from {list(PARTS)}")
+        problem = unknown_parts_problem(self.also_train)
+        if problem:
+            p.append(f"{prefix}{problem}")
         for name in ("optim", "data", "checkpoint", "log", "align"):
             p += getattr(self, name).problems(f"{prefix}{name}.")
         if not p and self.warmup_steps > self.max_steps:
