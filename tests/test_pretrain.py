@@ -173,7 +173,7 @@ def test_ip2p_folder_loads_with_load_sd_and_edits(vae_dir, tmp_path, objective):
     sd = load_sd(out)
     assert sd.unet.conv_in.in_channels == 2 * cfg.unet.latent_channels
     assert sd.scheduler["diffuse"] == "change" and sd.scheduler["decode"] == "residual"
-    assert sd.scheduler["prediction_type"] == "v_prediction"
+    assert sd.scheduler["prediction_type"] == cfg.scheduler.prediction_type == "sample"
     assert tuple(sd.null_text_embedding.shape) == (1, 77, cfg.qformer.hidden_size)
     editor_cls = IP2PEditor if objective == "diffusion" else RegressionEditor
     editor = editor_cls(out, GenerationSettings(num_inference_steps=2, batch_size=2))
