@@ -104,8 +104,11 @@ def test_held_out_simple_edits(one_torch_thread):
     masks = [torch.from_numpy(e_.images(64)[2]) for e_ in edits]
     scores = [iou(change_mask(as_chw(im), as_chw(o), 0.1), m) for im, o, m in zip(images, out, masks)]
     backgrounds = [psnr(as_chw(im), as_chw(o), (~m).double()) for im, o, m in zip(images, out, masks)]
-    # the scores are bimodal (the named shape edited, IoU 0.6-0.9, or another / none, IoU near 0): the mean and the
-    # share of clear hits are steadier than the median on 24 edits (the ablation reports 40: mean 0.38, median 0.33)
-    assert statistics.fmean(scores) >= 0.25, scores
-    assert sum(v >= 0.5 for v in scores) >= 0.25 * len(scores), scores
-    assert statistics.median(backgrounds) >= 26.0, backgrounds
+    # the bar on held-out recolour / remove edits: median IoU >= 0.6 with the background kept (>= 28 dB). The
+    # scores are bimodal (the named shape edited, IoU 0.6-0.95, or another / none, near 0), so the share of clear
+    # hits and the mean are checked too (shipped model on these 24: median 0.73, mean 0.58, 16 hits, 33.0 dB;
+    # the ablation's 40: median 0.69)
+    assert statistics.median(scores) >= 0.6, scores
+    assert statistics.fmean(scores) >= 0.45, scores
+    assert sum(v >= 0.5 for v in scores) >= 0.5 * len(scores), scores
+    assert statistics.median(backgrounds) >= 28.0, backgrounds
