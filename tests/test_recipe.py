@@ -119,3 +119,55 @@ def test_paired_differences_match_samples_by_id_and_bound_the_mean(tmp_path):
     row = paired_differences(_Paths(str(tmp_path)), "smartedit", "ip2p")["4-Color"]
     assert row["n"] == 10 and row["wins"] == 10 and row["losses"] == 0
     assert row["mean_difference"] == pytest.approx(0.1) and row["ci90"] == pytest.approx([0.1, 0.1])
+
+
+def _write_scores(root, name, scores, group="4-Color"):
+    os.makedirs(root / "eval" / name, exist_ok=True)
+    samples = [{"id": i, "group": group, "status": "ok", "metrics": {"edit_iou": v},
+                "meta": {"instruction": "make it red"}} for i, v in scores.items()]
+    with open(root / "eval" / name / "samples.json", "w") as f:
+        json.dump({"samples": samples}, f)
+
+
+def test_compare_runs_tells_a_reproduction_from_a_different_model(tmp_path):
+    """A re-run whose scores differ from the reference only by sample-level noise is reproduced; one that lost 0.3
+    IoU on every sample is not, and the table marks it. The CLI exits 1 on a failed reproduction."""
+    import numpy as np
+
+    from smartedit.train.recipe import compare_runs
+    from helpers import load_script
+
+    main = load_script("train/shapes_recipe.py").main
+
+    rng = np.random.default_rng(0)
+    base = {f"4-Color/{k:03d}": float(v) for k, v in enumerate(rng.uniform(0.3, 0.9, 30))}
+    ref, same, worse = tmp_path / "ref", tmp_path / "same", tmp_path / "worse"
+    for name in ("ip2p", "mllmsd", "smartedit"):
+        _write_scores(ref, name, base)
+        _write_scores(same, name, {k: v + float(rng.normal(0, 0.05)) for k, v in base.items()})
+        _write_scores(worse, name, {k: v - (0.3 if name == "smartedit" else 0.0) for k, v in base.items()})
+    ok = compare_runs(str(same), str(ref))
+    assert ok["reproduced"] and ok["models"]["smartedit"]["4-Color"]["n"] == 30
+    bad = compare_runs(str(worse), str(ref))
+    assert not bad["reproduced"]
+    assert bad["models"]["ip2p"]["4-Color"]["reproduced"] and not bad["models"]["smartedit"]["4-Color"]["reproduced"]
+    assert bad["models"]["smartedit"]["4-Color"]["mean_difference"] == pytest.approx(-0.3)
+    assert "✗" in (worse / "reproduction.md").read_text() and json.loads((worse / "reproduction.json").read_text())
+    # the command: no training steps left to run (every step marked done), then the comparison
+    for run in (same, worse):
+        os.makedirs(run / "done")
+        for step in STEPS:
+            (run / "done" / f"{step}.json").write_text("{}")
+    assert main(["--output", str(same), "--compare", str(ref)]) == 0
+    assert main(["--output", str(worse), "--compare", str(ref)]) == 1
+
+
+def test_compare_runs_needs_both_evaluations(tmp_path):
+    from smartedit.train.recipe import compare_runs
+
+    _write_scores(tmp_path / "a", "smartedit", {"4-Color/000": 0.5})
+    with pytest.raises(FileNotFoundError, match="evaluate step"):
+        compare_runs(str(tmp_path / "a"), str(tmp_path / "b"), models=("smartedit",))
+    _write_scores(tmp_path / "b", "smartedit", {"4-Color/001": 0.5})
+    with pytest.raises(FileNotFoundError, match="same test set"):
+        compare_runs(str(tmp_path / "a"), str(tmp_path / "b"), models=("smartedit",))

@@ -5,6 +5,7 @@ Reason-Edit-layout test set and write the ablation. Resumable: re-run the same c
     python train/shapes_recipe.py --output runs/shapes                      # everything (~2 h on 2 CPU cores)
     python train/shapes_recipe.py --output runs/shapes --steps vae,llava    # a subset
     python train/shapes_recipe.py --output runs/shapes --ship checkpoints   # copy the results to checkpoints/
+    python train/shapes_recipe.py --output runs/rerun --compare runs/shapes # does a re-run reproduce the scores?
 
 The work is done by :mod:`smartedit.train.recipe`; budgets: ``--print-config``, change them with ``--set``.
 """
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. the baselines in a second process while stage 2 trains; the step is not marked done")
     p.add_argument("--force", action="store_true", help="re-run steps already done")
     p.add_argument("--ship", metavar="DIR", help="after the steps, copy SmartEdit-tiny and IP2P-tiny into DIR")
+    p.add_argument("--compare", metavar="RUN", help="after the steps, compare --output's scores with RUN's on the same "
+                   "held-out samples (writes reproduction.json / .md into --output; exit status 1 if not reproduced)")
     p.add_argument("--print-config", action="store_true", help="print the recipe config as JSON and exit")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -44,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from smartedit.config import ConfigError
     from smartedit.train.config import parse_override
-    from smartedit.train.recipe import RecipeConfig, run_recipe, ship
+    from smartedit.train.recipe import RecipeConfig, compare_runs, run_recipe, ship
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -62,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.ship:
             for name, where in ship(args.output, args.ship).items():
                 logging.getLogger("shapes_recipe").info("shipped %s to %s", name, where)
+        if args.compare:
+            result = compare_runs(args.output, args.compare)
+            with open(os.path.join(args.output, "reproduction.md"), encoding="utf-8") as f:
+                print(f.read())
+            if not result["reproduced"]:
+                return 1
     except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
         logging.getLogger("shapes_recipe").error("%s", exc)
         return 2

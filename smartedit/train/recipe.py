@@ -40,7 +40,7 @@ from .pretrain import PretrainSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["shapes_config", "RecipeConfig", "STEPS", "run_recipe", "ship"]
+__all__ = ["shapes_config", "RecipeConfig", "STEPS", "run_recipe", "ship", "compare_runs"]
 
 STEPS = ("vae", "decoder", "llava", "control", "ip2p", "assemble", "stage1", "stage2a", "stage2b", "testset", "evaluate",
          "report")
@@ -440,11 +440,19 @@ def paired_differences(paths: _Paths, a: str, b: str, metric: str = "edit_iou", 
     ``metric``, its 90 % bootstrap interval (``resamples`` resamples of the samples, fixed ``seed``), and how many
     samples ``a`` wins / loses by more than 0.05. With 30 samples a category, mean differences below about 0.05-0.1
     are within noise; the interval says which are not."""
+    return paired_between(os.path.join(paths.eval, a, "samples.json"), os.path.join(paths.eval, b, "samples.json"),
+                          metric, resamples, seed)
+
+
+def paired_between(file_a: str, file_b: str, metric: str = "edit_iou", resamples: int = 4000, seed: int = 0) -> dict:
+    """:func:`paired_differences` of two evaluation ``samples.json`` files (scored samples matched by id)."""
     import numpy as np
 
     per_model = []
-    for name in (a, b):
-        with open(os.path.join(paths.eval, name, "samples.json"), encoding="utf-8") as f:
+    for path in (file_a, file_b):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} does not exist: run the recipe's evaluate step for that model first")
+        with open(path, encoding="utf-8") as f:
             per_model.append({s["id"]: s for s in json.load(f)["samples"] if s["status"] == "ok"
                               and (s.get("metrics") or {}).get(metric) is not None})
     rng = np.random.default_rng(seed)
@@ -459,6 +467,46 @@ def paired_differences(paths: _Paths, a: str, b: str, metric: str = "edit_iou", 
                       float(np.percentile(means, 95))], "wins": int((diff > 0.05).sum()),
                       "losses": int((diff < -0.05).sum())}
     return out
+
+
+def compare_runs(run: str, reference: str, models: tuple[str, ...] = ("ip2p", "mllmsd", "smartedit"),
+                 tolerance: float = 0.05) -> dict:
+    """Does ``run`` reproduce ``reference`` (e.g. a from-scratch re-run against the run that was shipped)? Per model
+    and category: ``run`` − ``reference`` edit-region IoU on the same held-out samples (:func:`paired_between`), and
+    ``reproduced`` — the 90 % interval contains 0 or the mean difference is within ``tolerance``. The two runs must
+    have scored the same test set (same recipe seed and eval budgets: checked by sample ids). Writes
+    ``run/reproduction.json`` and ``run/reproduction.md``."""
+    rows, problems = {}, []
+    for name in models:
+        files = [os.path.join(_Paths(r).eval, name, "samples.json") for r in (run, reference)]
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            problems.append(f"{', '.join(missing)} missing: run the evaluate step of both runs first")
+            continue
+        rows[name] = paired_between(*files)
+        if not rows[name]:
+            problems.append(f"{name}: no held-out sample id is shared by {run} and {reference}; compare runs "
+                            f"evaluated on the same test set (same seed and eval budgets)")
+    if problems:
+        raise FileNotFoundError("; ".join(problems))
+    for per_group in rows.values():
+        for r in per_group.values():
+            r["reproduced"] = bool(r["ci90"][0] <= 0 <= r["ci90"][1] or abs(r["mean_difference"]) <= tolerance)
+    verdict = all(r["reproduced"] for per_group in rows.values() for r in per_group.values())
+    result = {"run": run, "reference": reference, "tolerance": tolerance, "reproduced": verdict, "models": rows}
+    write_json(os.path.join(run, "reproduction.json"), result)
+    lines = [f"**{run} − {reference}**, edit-region IoU on the same held-out samples: mean difference [90 % bootstrap "
+             f"interval]; ✗ marks a difference beyond both noise and ±{tolerance}. Reproduced: "
+             f"{'yes' if verdict else 'no'}.\n",
+             "| model | " + " | ".join(GROUP_LABELS.get(g, g.split("-", 1)[1]) for g in GROUPS) + " |",
+             "|---" * (len(GROUPS) + 1) + "|"]
+    for name, per_group in rows.items():
+        cells = ["–" if (r := per_group.get(g)) is None else f"{r['mean_difference']:+.2f} [{r['ci90'][0]:+.2f}, "
+                 f"{r['ci90'][1]:+.2f}]" + ("" if r["reproduced"] else " ✗") for g in GROUPS]
+        lines.append(f"| {MODEL_NAMES[name]} | " + " | ".join(cells) + " |")
+    with open(os.path.join(run, "reproduction.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return result
 
 
 def _paired_markdown(paired: dict) -> str:
