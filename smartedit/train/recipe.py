@@ -501,12 +501,17 @@ def compare_runs(run: str, reference: str, models: tuple[str, ...] = ("ip2p", "m
              "| model | " + " | ".join(GROUP_LABELS.get(g, g.split("-", 1)[1]) for g in GROUPS) + " |",
              "|---" * (len(GROUPS) + 1) + "|"]
     for name, per_group in rows.items():
-        cells = ["–" if (r := per_group.get(g)) is None else f"{r['mean_difference']:+.2f} [{r['ci90'][0]:+.2f}, "
-                 f"{r['ci90'][1]:+.2f}]" + ("" if r["reproduced"] else " ✗") for g in GROUPS]
+        cells = ["–" if (r := per_group.get(g)) is None else _diff_cell(r) + ("" if r["reproduced"] else " ✗")
+                 for g in GROUPS]
         lines.append(f"| {MODEL_NAMES[name]} | " + " | ".join(cells) + " |")
     with open(os.path.join(run, "reproduction.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return result
+
+
+def _diff_cell(r: dict) -> str:
+    """One paired-difference table cell: mean difference [90 % interval]."""
+    return f"{r['mean_difference']:+.2f} [{r['ci90'][0]:+.2f}, {r['ci90'][1]:+.2f}]"
 
 
 def _paired_markdown(paired: dict) -> str:
@@ -520,8 +525,7 @@ def _paired_markdown(paired: dict) -> str:
         cells = []
         for g in GROUPS:
             r = rows.get(g)
-            cells.append("–" if r is None else f"{r['mean_difference']:+.2f} [{r['ci90'][0]:+.2f}, "
-                         f"{r['ci90'][1]:+.2f}] {r['wins']}/{r['losses']}")
+            cells.append("–" if r is None else f"{_diff_cell(r)} {r['wins']}/{r['losses']}")
         lines.append(f"| {MODEL_NAMES[a].split(' (')[0]} − {MODEL_NAMES[b].split(' (')[0]} | " + " | ".join(cells)
                      + " |")
     return "\n".join(lines) + "\n"
