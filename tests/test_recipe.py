@@ -8,7 +8,7 @@ import os
 import pytest
 
 from smartedit.config import ConfigError
-from smartedit.train.recipe import MODELS, STEPS, RecipeConfig, run_recipe, ship
+from smartedit.train.recipe import MODELS, STEPS, RecipeConfig, compare_runs, run_recipe, ship
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -99,6 +99,13 @@ def test_ship_copies_both_models_and_the_ablation(recipe_dir, tmp_path):
     assert os.path.isfile(tmp_path / "smartedit-tiny" / "config.json")
     assert os.path.isfile(tmp_path / "smartedit-tiny" / "ablation.json")
     assert os.path.isfile(tmp_path / "ip2p-tiny" / "model_index.json")
+    # the shipped folder keeps the per-sample scores, so a re-run on a fresh clone can --compare against it
+    for name in ("ip2p", "mllmsd", "smartedit"):
+        shipped_samples = json.loads((tmp_path / "smartedit-tiny" / "eval" / name / "samples.json").read_text())
+        assert set(shipped_samples["samples"][0]["metrics"]) <= {"edit_iou", "psnr_fg_target", "psnr_bg"}
+    result = compare_runs(recipe_dir, str(tmp_path / "smartedit-tiny"))
+    assert result["reproduced"]
+    assert all(r["mean_difference"] == 0 for rows in result["models"].values() for r in rows.values())
 
 
 def test_paired_differences_match_samples_by_id_and_bound_the_mean(tmp_path):
@@ -134,7 +141,6 @@ def test_compare_runs_tells_a_reproduction_from_a_different_model(tmp_path):
     IoU on every sample is not, and the table marks it. The CLI exits 1 on a failed reproduction."""
     import numpy as np
 
-    from smartedit.train.recipe import compare_runs
     from helpers import load_script
 
     main = load_script("train/shapes_recipe.py").main
@@ -163,8 +169,6 @@ def test_compare_runs_tells_a_reproduction_from_a_different_model(tmp_path):
 
 
 def test_compare_runs_needs_both_evaluations(tmp_path):
-    from smartedit.train.recipe import compare_runs
-
     _write_scores(tmp_path / "a", "smartedit", {"4-Color/000": 0.5})
     with pytest.raises(FileNotFoundError, match="evaluate step"):
         compare_runs(str(tmp_path / "a"), str(tmp_path / "b"), models=("smartedit",))

@@ -5,7 +5,7 @@ Reason-Edit-layout test set and write the ablation. Resumable: re-run the same c
     python train/shapes_recipe.py --output runs/shapes                      # everything (~2 h on 2 CPU cores)
     python train/shapes_recipe.py --output runs/shapes --steps vae,llava    # a subset
     python train/shapes_recipe.py --output runs/shapes --ship checkpoints   # copy the results to checkpoints/
-    python train/shapes_recipe.py --output runs/rerun --compare runs/shapes # does a re-run reproduce the scores?
+    python train/shapes_recipe.py --output runs/rerun --compare checkpoints/smartedit-tiny  # reproduced?
 
 The work is done by :mod:`smartedit.train.recipe`; budgets: ``--print-config``, change them with ``--set``.
 """
@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-run steps already done")
     p.add_argument("--ship", metavar="DIR", help="after the steps, copy SmartEdit-tiny and IP2P-tiny into DIR")
     p.add_argument("--compare", metavar="RUN", help="after the steps, compare --output's scores with RUN's on the same "
-                   "held-out samples (writes reproduction.json / .md into --output; exit status 1 if not reproduced)")
+                   "held-out samples; RUN is a recipe output folder or a shipped one (checkpoints/smartedit-tiny "
+                   "keeps its per-sample scores). Writes reproduction.json / .md into --output; exit status 1 if "
+                   "not reproduced")
     p.add_argument("--print-config", action="store_true", help="print the recipe config as JSON and exit")
     p.add_argument("--log-level", default="INFO")
     return p
