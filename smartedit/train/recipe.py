@@ -45,6 +45,8 @@ __all__ = ["shapes_config", "RecipeConfig", "STEPS", "run_recipe", "ship", "comp
 STEPS = ("vae", "decoder", "llava", "control", "ip2p", "assemble", "stage1", "stage2a", "stage2b", "testset", "evaluate",
          "report")
 MODELS = ("identity", "ip2p", "control", "mllmsd", "smartedit")
+COMPARED = ("ip2p", "mllmsd", "smartedit")
+"""The trained editors whose per-sample scores a re-run is compared with (and that :func:`ship` keeps)."""
 MODEL_NAMES = {"identity": "identity (input copied)", "ip2p": "IP2P-tiny (CLIP text)",
                "control": "regression control (IP2P-tiny net, one step)", "mllmsd": "MLLM-SD-tiny (no BIM, stage 2a)",
                "smartedit": "SmartEdit-tiny (stage 2b)"}
@@ -469,7 +471,7 @@ def paired_between(file_a: str, file_b: str, metric: str = "edit_iou", resamples
     return out
 
 
-def compare_runs(run: str, reference: str, models: tuple[str, ...] = ("ip2p", "mllmsd", "smartedit"),
+def compare_runs(run: str, reference: str, models: tuple[str, ...] = COMPARED,
                  tolerance: float = 0.05) -> dict:
     """Does ``run`` reproduce ``reference`` (e.g. a from-scratch re-run against the run that was shipped)? Per model
     and category: ``run`` − ``reference`` edit-region IoU on the same held-out samples (:func:`paired_between`), and
@@ -502,8 +504,7 @@ def compare_runs(run: str, reference: str, models: tuple[str, ...] = ("ip2p", "m
     lines = [f"**{run} − {reference}**, edit-region IoU on the same held-out samples: mean difference [90 % bootstrap "
              f"interval]; ✗ marks a difference beyond both noise and ±{tolerance}. Reproduced: "
              f"{'yes' if verdict else 'no'}.\n",
-             "| model | " + " | ".join(GROUP_LABELS.get(g, g.split("-", 1)[1]) for g in GROUPS) + " |",
-             "|---" * (len(GROUPS) + 1) + "|"]
+             *_table_head("model")]
     for name, per_group in rows.items():
         cells = ["–" if (r := per_group.get(g)) is None else _diff_cell(r) + ("" if r["reproduced"] else " ✗")
                  for g in GROUPS]
@@ -511,6 +512,12 @@ def compare_runs(run: str, reference: str, models: tuple[str, ...] = ("ip2p", "m
     with open(os.path.join(run, "reproduction.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return result
+
+
+def _table_head(first: str) -> list[str]:
+    """The header and rule of a markdown table with one column per category of :data:`GROUPS`."""
+    return ["| " + first + " | " + " | ".join(GROUP_LABELS.get(g, g.split("-", 1)[1]) for g in GROUPS) + " |",
+            "|---" * (len(GROUPS) + 1) + "|"]
 
 
 def _diff_cell(r: dict) -> str:
@@ -522,8 +529,7 @@ def _paired_markdown(paired: dict) -> str:
     lines = ["**Paired edit-region IoU differences** on the same held-out samples: mean difference [90 % bootstrap "
              "interval], samples won / lost by more than 0.05. An interval that excludes 0 is a difference beyond "
              "sampling noise.\n",
-             "| comparison | " + " | ".join(GROUP_LABELS.get(g, g.split("-", 1)[1]) for g in GROUPS) + " |",
-             "|---" * (len(GROUPS) + 1) + "|"]
+             *_table_head("comparison")]
     for key, rows in paired.items():
         a, b = key.split("-")
         cells = []
@@ -540,8 +546,7 @@ def _markdown(table: dict) -> str:
     for metric, label in (("edit_iou", "edit-region IoU ↑"), ("psnr_fg_target", "foreground PSNR vs target (dB) ↑"),
                           ("psnr_bg", "background PSNR (dB) ↑")):
         lines.append(f"**{label}** (mean / median over the held-out samples of each category)\n")
-        lines.append("| model | " + " | ".join(GROUP_LABELS.get(g, g.split("-", 1)[1]) for g in GROUPS) + " |")
-        lines.append("|---" * (len(GROUPS) + 1) + "|")
+        lines += _table_head("model")
         for name, rows in table.items():
             cells = []
             for g in GROUPS:
@@ -684,7 +689,7 @@ def ship(output: str, destination: str) -> dict[str, str]:
 SHIPPED_METRICS = ("edit_iou", "psnr_fg_target", "psnr_bg")
 
 
-def _ship_scores(paths: _Paths, folder: str, models: tuple[str, ...] = ("ip2p", "mllmsd", "smartedit")) -> None:
+def _ship_scores(paths: _Paths, folder: str, models: tuple[str, ...] = COMPARED) -> None:
     """Per-sample held-out scores of the compared models, in the run layout (``folder/eval/<model>/samples.json``,
     trimmed to id, category, instruction, seed and :data:`SHIPPED_METRICS`), so that a re-run on a fresh clone can
     ``--compare`` against the shipped folder itself (``runs/`` is not in git)."""
@@ -781,7 +786,8 @@ def model_card(output: str) -> str:
         with open(md, encoding="utf-8") as f:
             lines.append(f.read())
     lines += ["Per-sample held-out scores of IP2P-tiny, MLLM-SD-tiny and SmartEdit-tiny are in "
-              "`eval/<model>/samples.json`: a re-run of the recipe compares itself with them by `python train/shapes_recipe.py --output RUN "
-              "--compare checkpoints/smartedit-tiny`. Between runs of the recipe the MLLM-conditioned models move by "
-              "about ±0.1 IoU on Color and plain edits (training noise; see docs/training.md)."]
+              "`eval/<model>/samples.json`: a re-run of the recipe compares itself with them by "
+              "`python train/shapes_recipe.py --output RUN --compare checkpoints/smartedit-tiny`. Between runs of "
+              "the recipe the MLLM-conditioned models move by about ±0.1 IoU on Color and plain edits (training "
+              "noise; see docs/training.md)."]
     return "\n".join(lines) + "\n"
