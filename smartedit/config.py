@@ -28,6 +28,7 @@ __all__ = [
     "UNetConfig",
     "VAEConfig",
     "SchedulerConfig",
+    "SamplingConfig",
     "SmartEditConfig",
     "preset",
     "PRESETS",
@@ -479,6 +480,22 @@ class SchedulerConfig(_Section):
 
 
 @dataclass
+class SamplingConfig(_Section):
+    """Sampling settings a model folder was tuned for; the pipeline, CLI, demo and evaluation use them whenever the
+    caller gives none (the scheduler class is :attr:`SchedulerConfig.sampler`)."""
+
+    num_inference_steps: int = 100
+    guidance_scale: float = 7.5
+    """Text guidance s_T (diffusers' ``guidance_scale``)."""
+    image_guidance_scale: float = 1.5
+    """Image guidance s_I."""
+
+    def problems(self, prefix: str = "sampling.") -> list[str]:
+        return _check_numbers(self, prefix, positive_int=("num_inference_steps",),
+                              nonneg=("guidance_scale", "image_guidance_scale"))
+
+
+@dataclass
 class SmartEditConfig(_RootConfig):
     """The whole SmartEdit model: MLLM → Q-Former → BIM → InstructPix2Pix UNet."""
 
@@ -498,6 +515,7 @@ class SmartEditConfig(_RootConfig):
     unet: UNetConfig = field(default_factory=UNetConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     cfg_dropout_prob: float = 0.05
     """Per sample u~U(0,1): u<p drops text and image; p≤u<2p drops text; 2p≤u<3p drops image."""
     lm_loss_weight: float = 1.0
@@ -509,7 +527,7 @@ class SmartEditConfig(_RootConfig):
 
     def problems(self, prefix: str = "") -> list[str]:
         p: list[str] = []
-        for name in ("vision", "mllm", "lora", "qformer", "bim", "unet", "vae", "scheduler"):
+        for name in ("vision", "mllm", "lora", "qformer", "bim", "unet", "vae", "scheduler", "sampling"):
             p += getattr(self, name).problems(f"{prefix}{name}.")
         _positive(self, ["resolution"], p, prefix)
         if not 0.0 <= self.cfg_dropout_prob <= 1.0 / 3.0:

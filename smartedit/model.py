@@ -342,10 +342,21 @@ class SmartEditModel(nn.Module):
         return model.to(device).eval()
 
 
-def load_weights(directory: str) -> dict[str, torch.Tensor]:
-    """All tensors of a model folder (single file or sharded with an index)."""
+def read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """One safetensors file; a truncated, empty or foreign file is a ValueError naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"cannot read weights file {path} ({exc}): the file is truncated or not safetensors; "
+                         f"download or copy it again (or re-run save_pretrained)") from None
+
+
+def load_weights(directory: str) -> dict[str, torch.Tensor]:
+    """All tensors of a model folder (single file or sharded with an index)."""
+    load_file = read_safetensors
     single = os.path.join(directory, WEIGHTS_NAME)
     index = os.path.join(directory, WEIGHTS_INDEX_NAME)
     if os.path.isfile(single):
@@ -374,4 +385,4 @@ def load_tokenizer(path: str):
                                 f"LLaMA tokenizer.model) with tokenizer_config.json") from None
 
 
-__all__ = ["SmartEditModel", "Condition", "load_weights", "load_tokenizer", "IGNORE_INDEX"]
+__all__ = ["SmartEditModel", "Condition", "load_weights", "read_safetensors", "load_tokenizer", "IGNORE_INDEX"]
