@@ -3,8 +3,8 @@
 
 The experiment config comes from ``--preset`` (tiny / 7b / 13b, default tiny) or ``--config FILE``; the flags
 below override it, then every ``--set key=value`` (any field, dotted, e.g. ``--set optim.lr=1e-4``).
-Exit status: 0 done, 2 bad configuration, missing files or a checkpoint that does not fit the run, 3 aborted on
-non-finite losses.
+Exit status: 0 done, 2 bad configuration, missing files, a checkpoint that does not fit the run or does not verify,
+an output folder another run is using, or too many corrupt data rows; 3 aborted on non-finite losses.
 """
 
 from __future__ import annotations
@@ -40,8 +40,11 @@ def build_parser(stage: str) -> argparse.ArgumentParser:
                                   "random:tiny")
     p.add_argument("--output", help="run folder: checkpoints/, metrics.jsonl, model/ (the exported model)")
     p.add_argument("--deepspeed", help="zero2, zero3, zero3_offload (train/ds/NAME.json) or a DeepSpeed JSON path")
-    p.add_argument("--resume", help="'latest' (newest complete checkpoint in --output; starts fresh if there is "
-                                    "none) or a checkpoint folder")
+    p.add_argument("--resume", help="'latest' (the newest checkpoint in --output whose contents verify; starts "
+                                    "fresh if there is none, refuses if there are some and none verifies) or a "
+                                    "checkpoint folder")
+    p.add_argument("--restart", action="store_true",
+                   help="train from step 0 in an --output that holds checkpoints (they are deleted)")
     p.add_argument("--max-steps", type=int)
     if stage == "stage1":
         p.add_argument("--clip-text", help="CLIP text encoder: a Stable Diffusion folder (text_encoder/ + "
@@ -94,16 +97,17 @@ def run_stage(stage: str, argv: list[str] | None = None, ds_dir: str | None = No
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "urllib3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
+    from .checkpoint import RunLockedError
     from .trainer import NonFiniteLossError, Trainer
 
     try:
         cfg = experiment_from_args(stage, args)
         trainer = Trainer(cfg, ds_search_dirs=(ds_dir,) if ds_dir else ())
-        result = trainer.run(resume=args.resume)
+        result = trainer.run(resume=args.resume, restart=args.restart)
     except NonFiniteLossError as exc:
         logger.error("%s", exc)
         return 3
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, RunLockedError) as exc:
         logger.error("%s", exc)
         return 2
     logger.info("%s done: %d steps (%d skipped); model in %s", stage, result.steps, result.skipped_steps,

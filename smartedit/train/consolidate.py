@@ -5,7 +5,9 @@
 Reads the DeepSpeed shards of a training checkpoint (:mod:`smartedit.train.checkpoint`) with DeepSpeed's
 ``zero_to_fp32`` (fp32 master weights of the trained parameters, the saved values of the frozen ones and the
 buffers), the model config and tokenizer stored beside them, and writes a folder that
-``SmartEditModel.from_pretrained`` loads. Works for ZeRO-2 and ZeRO-3 checkpoints written by any number of processes.
+``SmartEditModel.from_pretrained`` loads. The checkpoint must verify against its manifest (sizes and SHA-256), and
+every shard is read with ``weights_only=True`` and a short allow-list (:mod:`smartedit.train.safe_load`): a shard
+that asks for anything else is refused, so no code from the files runs. Works for ZeRO-2 and ZeRO-3 checkpoints written by any number of processes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def consolidate(checkpoint: str, output: str, dtype: str = "float32") -> str:
     from ..model import TOKENIZER_DIR, load_tokenizer
     from .checkpoint import verify_checkpoint
     from .export import strip_prefix, write_model
+    from .safe_load import safe_torch_load
 
     problems = verify_checkpoint(checkpoint)
     if problems:
@@ -40,7 +43,8 @@ def consolidate(checkpoint: str, output: str, dtype: str = "float32") -> str:
     config = SmartEditConfig.load(model_dir)
     tok_dir = os.path.join(model_dir, TOKENIZER_DIR)
     tokenizer = load_tokenizer(tok_dir) if os.path.isdir(tok_dir) else None
-    state = get_fp32_state_dict_from_zero_checkpoint(os.path.join(checkpoint, "deepspeed"), tag="ds")
+    with safe_torch_load():  # zero_to_fp32's torch.load calls read weights only: no code runs from the shards
+        state = get_fp32_state_dict_from_zero_checkpoint(os.path.join(checkpoint, "deepspeed"), tag="ds")
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     return write_model(strip_prefix(dict(state)), config, tokenizer, output, dtype=torch_dtype,
                        info={"consolidated_from": os.path.abspath(checkpoint)})

@@ -60,14 +60,31 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def save_rng(path: str) -> None:
+def save_rng(path: str, rank: int | None = None, step: int | None = None) -> None:
+    """Write this process's random state, labelled with the process ``rank`` and optimizer ``step`` it belongs to."""
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(capture_rng(), f)
+        json.dump({"rank": rank, "step": step, "state": capture_rng()}, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
-def load_rng(path: str) -> dict[str, Any]:
+def load_rng(path: str, rank: int | None = None, step: int | None = None) -> dict[str, Any]:
+    """The random state saved in ``path``; when ``rank`` / ``step`` are given, the file must carry the same labels
+    (a state from another process or another step would silently break exact resume)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint lacks the random state {path!r}: it was written by a different number "
                                 f"of processes, or is incomplete")
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"random state {path} is not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"random state {path} is not a JSON object")
+    if "state" not in data:  # written before the files were labelled
+        return data
+    for name, want in (("rank", rank), ("step", step)):
+        if want is not None and data.get(name) != want:
+            raise ValueError(f"random state {path} belongs to {name} {data.get(name)!r}, not {want}: the checkpoint "
+                             f"is mixed up; resume from another one")
+    return data["state"]

@@ -34,8 +34,9 @@ import torch
 from ..config import ConfigError
 from ..data.collate import SampleCollator
 from ..data.schema import Sample
-from .checkpoint import (CHECKPOINTS_DIR, TRAINER_STATE_NAME, checkpoint_name, finalize, find_checkpoint,
-                         list_checkpoints, prune, read_json, staging_dir, write_json, write_manifest)
+from .checkpoint import (CHECKPOINTS_DIR, TRAINER_STATE_NAME, NoValidCheckpointError, RunLock, RunLockedError,
+                         checkpoint_name, finalize, find_checkpoint, prune, read_json, staging_dir, step_folders,
+                         write_json, write_manifest)
 from .clip_text import ClipTextTarget
 from .config import ExperimentConfig
 from .data import StepBatches, build_loader
@@ -45,6 +46,7 @@ from .engine import (build_optimizer, initialize_engine, load_ds_config, prepare
 from .export import export_dtype, export_from_engine
 from .metrics import MetricsLogger, truncate_jsonl
 from .rng import derive_seed, load_rng, restore_rng, save_rng, seed_everything, step_generator
+from .safe_load import safe_torch_load
 from .schedule import build_scheduler
 from .sources import open_sources, source_specs
 from .stage_model import EXPORT_DIR, StageModule, enable_gradient_checkpointing, load_init_model, \
@@ -101,30 +103,45 @@ class Trainer:
         self.ckpt_root = os.path.join(self.output_dir, CHECKPOINTS_DIR)
         self.model_dir = os.path.join(self.output_dir, EXPORT_DIR)
         self.engine = None
+        self.lock: RunLock | None = None
 
     # ---- set-up ------------------------------------------------------------------------------------------
-    def _find_resume(self, resume: str | None, dist: DistInfo) -> str | None:
+    def _find_resume(self, resume: str | None, restart: bool, dist: DistInfo) -> str | None:
+        """On the main process: lock the output folder, then pick the checkpoint to resume from (None = step 0);
+        any refusal is raised on every process."""
         import torch.distributed as tdist
 
         found: list = [None, None]
         if dist.is_main:
             try:
-                if resume:
+                self.lock = RunLock(self.output_dir).acquire()
+                if resume and restart:
+                    raise ValueError("give --resume or --restart, not both")
+                existing = step_folders(self.ckpt_root)
+                if restart:
+                    for _, path in existing:
+                        shutil.rmtree(path)
+                    if existing:
+                        logger.warning("--restart: removed %d checkpoint(s) of the previous run in %s", len(existing),
+                                       self.ckpt_root)
+                elif resume:
                     found[0] = find_checkpoint(self.ckpt_root, resume)
                     if found[0] is None:
-                        logger.warning("--resume %s: no complete checkpoint under %s, starting from step 0", resume,
-                                       self.ckpt_root)
-                elif list_checkpoints(self.ckpt_root):
+                        logger.info("--resume %s: no checkpoint under %s yet, starting from step 0", resume,
+                                    self.ckpt_root)
+                elif existing:
                     raise FileExistsError(f"{self.output_dir} already holds checkpoints: pass --resume latest to "
-                                          f"continue that run, or choose another --output")
-            except (FileNotFoundError, FileExistsError, ValueError) as exc:
+                                          f"continue that run, --restart to start it over (the checkpoints are "
+                                          f"deleted), or choose another --output")
+            except (FileNotFoundError, FileExistsError, ValueError, RunLockedError) as exc:
                 found[1] = (type(exc).__name__, str(exc))
         if dist.world_size > 1:
             tdist.broadcast_object_list(found, src=0)
         if found[1]:
             kind, message = found[1]
-            raise {"FileNotFoundError": FileNotFoundError, "FileExistsError": FileExistsError}.get(kind, ValueError)(
-                message)
+            raise {"FileNotFoundError": FileNotFoundError, "FileExistsError": FileExistsError,
+                   "RunLockedError": RunLockedError, "NoValidCheckpointError": NoValidCheckpointError}.get(
+                kind, ValueError)(message)
         return found[0]
 
     def _layout(self) -> dict:
@@ -134,7 +151,7 @@ class Trainer:
                 "data": {"sources": source_specs(cfg.data) if self.sources is None else sorted(self.sources),
                          "ratios": dict(cfg.data.ratios), "samples_per_epoch": cfg.data.samples_per_epoch}}
 
-    def setup(self, resume: str | None = None) -> "Trainer":
+    def setup(self, resume: str | None = None, restart: bool = False) -> "Trainer":
         cfg = self.config
         self.dist = dist = init_distributed()
         self.device = dist.device
@@ -147,7 +164,7 @@ class Trainer:
         if dist.is_main:
             os.makedirs(self.ckpt_root, exist_ok=True)
         barrier()
-        self.resumed_from = self._find_resume(resume, dist)
+        self.resumed_from = self._find_resume(resume, restart, dist)
         sources = self.sources if self.sources is not None else open_sources(cfg.data, self.base_dir)
 
         # model: identical on every process (same seed), then the stage's architecture and freezing
@@ -208,28 +225,41 @@ class Trainer:
 
         # the global random state last: nothing after this point draws from it before the first step
         if self.resumed_from is not None:
-            restore_rng(load_rng(os.path.join(self.resumed_from, "rng", f"rank-{dist.rank:05d}.json")))
+            self._restore_rng(self.resumed_from)
         else:
             seed_everything(derive_seed(cfg.seed, 2, dist.rank))
         return self
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _load_checkpoint(self, path: str) -> None:
-        state = read_json(os.path.join(path, TRAINER_STATE_NAME))
+        try:
+            state = read_json(os.path.join(path, TRAINER_STATE_NAME))
+            layout = state["layout"]
+            step, skipped, bad = int(state["step"]), int(state["skipped_total"]), int(state["consecutive_bad"])
+            if not isinstance(layout, dict):
+                raise TypeError("layout is not an object")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot resume from {path}: {TRAINER_STATE_NAME} is malformed ({exc!r}); resume from "
+                             f"another checkpoint") from None
         expected = self._layout()
-        wrong = [f"{k}: checkpoint {state['layout'].get(k)!r} vs now {expected[k]!r}" for k in _RESUME_KEYS
-                 if state["layout"].get(k) != expected[k]]
+        wrong = [f"{k}: checkpoint {layout.get(k)!r} vs now {expected[k]!r}" for k in _RESUME_KEYS
+                 if layout.get(k) != expected[k]]
         if wrong:
             raise ValueError(f"cannot resume exactly from {path}: the run layout changed ({'; '.join(wrong)}). "
                              f"Resume with the same number of processes, batch sizes, seed and data")
-        load_path, _ = self.engine.load_checkpoint(os.path.join(path, "deepspeed"), tag="ds",
-                                                   load_optimizer_states=True, load_lr_scheduler_states=True)
+        with safe_torch_load():  # DeepSpeed's torch.load calls read weights only (no code runs from the files)
+            load_path, _ = self.engine.load_checkpoint(os.path.join(path, "deepspeed"), tag="ds",
+                                                       load_optimizer_states=True, load_lr_scheduler_states=True)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path}")
-        self.step = int(state["step"])
-        self.skipped_total = int(state["skipped_total"])
-        self.consecutive_bad = int(state["consecutive_bad"])
+        self.step, self.skipped_total, self.consecutive_bad = step, skipped, bad
         logger.info("resumed from %s at step %d", path, self.step)
+
+    def _restore_rng(self, path: str) -> None:
+        """The global random state this process saved in checkpoint ``path`` (its own rank's file, labelled with
+        this rank and the checkpoint's step)."""
+        rank = self.dist.rank
+        restore_rng(load_rng(os.path.join(path, "rng", f"rank-{rank:05d}.json"), rank=rank, step=self.step))
 
     def save_checkpoint(self) -> str:
         """Write the checkpoint of the current step atomically (collective)."""
@@ -242,7 +272,7 @@ class Trainer:
         barrier()
         self.engine.save_checkpoint(os.path.join(staging, "deepspeed"), tag="ds", client_state={},
                                     save_latest=False)
-        save_rng(os.path.join(staging, "rng", f"rank-{dist.rank:05d}.json"))
+        save_rng(os.path.join(staging, "rng", f"rank-{dist.rank:05d}.json"), rank=dist.rank, step=step)
         if dist.is_main:
             model = self.module.model
             write_json(os.path.join(staging, TRAINER_STATE_NAME),
@@ -255,7 +285,10 @@ class Trainer:
                 model.tokenizer.save_pretrained(os.path.join(staging, "model", "tokenizer"))
         barrier()
         if dist.is_main:
-            write_manifest(staging, {"step": step, "stage": self.config.stage, "world_size": dist.world_size})
+            required = (TRAINER_STATE_NAME, "experiment.json", "model/config.json", "deepspeed/ds/*model_states.pt",
+                        *(f"rng/rank-{r:05d}.json" for r in range(dist.world_size)))
+            write_manifest(staging, {"step": step, "stage": self.config.stage, "world_size": dist.world_size},
+                           required=required)
             finalize(staging, final)
             prune(self.ckpt_root, self.config.checkpoint.keep_last, keep=(final,))
             logger.info("checkpoint %s", final)
@@ -378,13 +411,19 @@ class Trainer:
                            resumed_from=self.resumed_from)
 
     def close(self) -> None:
-        """Release DeepSpeed's hooks and buffers (lets one process run several trainings, e.g. in tests)."""
+        """Release DeepSpeed's hooks and buffers (lets one process run several trainings, e.g. in tests) and the
+        output folder's lock."""
         if self.engine is not None and hasattr(self.engine, "destroy"):
             self.engine.destroy()
         self.engine = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
-    def run(self, resume: str | None = None) -> TrainResult:
+    def run(self, resume: str | None = None, restart: bool = False) -> TrainResult:
+        """Train (``resume``: ``latest`` or a checkpoint folder; ``restart``: delete the folder's checkpoints and
+        start at step 0)."""
         try:
-            return self.setup(resume).train()
+            return self.setup(resume, restart).train()
         finally:
             self.close()
