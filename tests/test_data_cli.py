@@ -66,7 +66,7 @@ def test_validate(data_root, capsys, tmp_path):
     write_samples([Sample("bad/0", "bad", "edit", instruction="x", source_image=b"junk", target_image=png(1))],
                   data_root / "bad", "bad-train")
     assert cli(["data", "validate", str(data_root), "--report", str(tmp_path / "r.json")]) == 1
-    assert "1 x corrupt or unreadable image (e.g. bad-train-00000.parquet row 0)" in capsys.readouterr().out
+    assert "1 x not an image (e.g. bad-train-00000.parquet row 0)" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["skipped"] == 1
 
 

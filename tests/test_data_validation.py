@@ -56,15 +56,15 @@ def test_ip2p_corrupt_truncated_and_missing_fields_are_reported(tmp_path):
     report = convert("ip2p", convert_args("ip2p", ["--data", str(tmp_path), "--out", str(out)]))
     assert report.written == 2
     assert skips(report) == [
-        (path.name, 1, "corrupt or unreadable image"),
+        (path.name, 1, "not an image"),
         (path.name, 2, "missing field"),
-        (path.name, 3, "corrupt or unreadable image"),
+        (path.name, 3, "truncated"),
         (path.name, 4, "missing field"),
     ]
     assert "original_image" in report.skips[0].detail
     saved = json.loads((out / "ip2p-train.report.json").read_text())
     assert saved["written"] == 2 and saved["skipped"] == 4
-    assert saved["skipped_by_reason"] == {"corrupt or unreadable image": 2, "missing field": 2}
+    assert saved["skipped_by_reason"] == {"not an image": 1, "truncated": 1, "missing field": 2}
     assert [s["row"] for s in saved["skips"]] == [1, 2, 3, 4]
     assert [s.instruction for s in ParquetSampleDataset(out)] == ["a", "f"]
 
@@ -176,7 +176,7 @@ def test_check_shards_reports_bad_rows(tmp_path):
     report = check_shards(tmp_path)
     assert report.written == 1
     assert [(s.row, s.reason) for s in report.skips] == [
-        (1, "corrupt or unreadable image"), (2, "mask of the wrong size"), (3, "missing caption")]
+        (1, "not an image"), (2, "mask of the wrong size"), (3, "missing caption")]
 
 
 # ---- wholly wrong layouts ---------------------------------------------------------------------------------

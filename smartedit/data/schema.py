@@ -99,12 +99,15 @@ def encode_png(image) -> bytes:
     return buf.getvalue()
 
 
-def decode_image(data: bytes, mode: str = "RGB"):
-    """Encoded bytes → PIL image in ``mode`` (RGBA composited on white for RGB)."""
+def decode_image(data: bytes, mode: str = "RGB", max_pixels: int | None = None):
+    """Encoded bytes → PIL image in ``mode`` (RGBA composited on white for RGB). The size is checked against the
+    pixel budget (:func:`smartedit.image_io.pixel_budget`) from the header, before decoding; a bad image raises
+    :class:`smartedit.image_io.ImageInputError` (its ``reason``: empty file, not an image, truncated, too large)."""
     from PIL import Image
 
-    image = Image.open(io.BytesIO(data))
-    image.load()
+    from ..image_io import open_image
+
+    image = open_image(data, "image", max_pixels)
     if mode == "RGB" and image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

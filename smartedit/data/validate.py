@@ -182,10 +182,16 @@ def check_image(data: bytes | None, what: str = "image", mode: str = "RGB"):
     """Decode ``data`` fully (catching truncated files); returns the PIL image in ``mode``."""
     from .schema import decode_image
 
-    if data is None or len(data) == 0:
-        raise ItemError("missing field", f"{what} is empty")
+    from ..image_io import ImageInputError
+
+    if data is None:
+        raise ItemError("missing field", f"{what} is missing")
+    if len(data) == 0:
+        raise ItemError("empty file", f"{what} is an empty (zero-byte) file")
     try:
         return decode_image(data, mode)
+    except ImageInputError as exc:
+        raise ItemError(exc.reason, f"{what}: {exc}"[:300]) from None
     except ITEM_ERRORS as exc:
         raise ItemError("corrupt or unreadable image", f"{what}: {type(exc).__name__}: {exc}"[:300]) from None
 
