@@ -90,6 +90,16 @@ class SmartEditModel(nn.Module):
         model.mllm.init_new_token_rows()
         return model
 
+    @property
+    def device(self) -> torch.device:
+        """Where the UNet's weights are (the denoising device)."""
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The UNet's weight dtype (buffers kept in float32 for precision do not count)."""
+        return self.unet.dtype
+
     def add_lora(self, r: int | None = None) -> None:
         """Add LoRA adapters to the LLM (stage 2) and record them in the config so they are saved and reloaded."""
         self.config = self.config.replace(**{"lora.r": r or self.config.lora.STAGE2_R})
@@ -356,11 +366,10 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
 
 def load_weights(directory: str) -> dict[str, torch.Tensor]:
     """All tensors of a model folder (single file or sharded with an index)."""
-    load_file = read_safetensors
     single = os.path.join(directory, WEIGHTS_NAME)
     index = os.path.join(directory, WEIGHTS_INDEX_NAME)
     if os.path.isfile(single):
-        return load_file(single)
+        return read_safetensors(single)
     if os.path.isfile(index):
         with open(index, encoding="utf-8") as f:
             files = sorted(set(json.load(f)["weight_map"].values()))
@@ -369,7 +378,7 @@ def load_weights(directory: str) -> dict[str, torch.Tensor]:
             path = os.path.join(directory, name)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{index} lists {name}, which is missing from {directory}")
-            state.update(load_file(path))
+            state.update(read_safetensors(path))
         return state
     raise FileNotFoundError(f"no weights in {directory}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} "
                             f"(written by SmartEditModel.save_pretrained)")

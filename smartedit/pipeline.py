@@ -69,8 +69,50 @@ def prepare_image(image, name: str = "image") -> torch.Tensor:
     return to_unit_tensor(load_image(image, name))
 
 
+class NonFiniteOutputError(RuntimeError):
+    """The model produced NaN or infinite values (corrupt weights, or float16 overflow)."""
+
+
+MODEL_INDEX = "model_index.json"
+SCHEDULER_DIR = "scheduler"
+
+
+def load_scheduler(directory: str):
+    """A diffusers scheduler saved by ``save_pretrained`` (``scheduler_config.json``; JSON only, no code)."""
+    import diffusers
+
+    config = diffusers.SchedulerMixin.load_config(directory)
+    name = config.get("_class_name")
+    cls = getattr(diffusers, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise ValueError(f"{directory}/scheduler_config.json names {name!r}, which is not a diffusers scheduler "
+                         f"(e.g. DDIMScheduler, EulerAncestralDiscreteScheduler); fix _class_name or delete the "
+                         f"folder to use the model's default sampler")
+    return cls.from_config(config)
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) or (isinstance(value, (list, tuple)) and bool(value)
+                                      and all(isinstance(v, str) for v in value))
+
+
+def _looks_like_file(value) -> bool:
+    return isinstance(value, (str, os.PathLike)) and os.path.isfile(value)
+
+
+def _repeat(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    return None if t is None or n == 1 else t.repeat_interleave(n, dim=0)
+
+
 class SmartEditPipeline(DiffusionPipeline):
-    """``pipe(image, instruction)`` → edited image(s). ``pipe.session(image)`` for multi-turn editing."""
+    """``pipe(prompt, image=image)`` → edited image(s), with the argument names of diffusers'
+    ``StableDiffusionInstructPix2PixPipeline``; ``pipe.session(image)`` for multi-turn editing.
+
+    Sampling arguments left as None take the model folder's own settings (:attr:`sampling_defaults`, saved in its
+    ``config.json``). Load with :meth:`from_pretrained` (a local folder written by :meth:`save_pretrained`,
+    ``SmartEditModel.save_pretrained``, ``smartedit assemble`` or ``convert-released``)."""
+
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "image_latents"]
 
     def __init__(self, model: SmartEditModel, scheduler=None):
         super().__init__()
@@ -78,12 +120,125 @@ class SmartEditPipeline(DiffusionPipeline):
         self.register_modules(model=model, scheduler=scheduler)
         self._llm_offload = "none"
         self._offload_device: torch.device | None = None
+        self._interrupt = False
+        self._num_timesteps = 0
+        self._guidance_scale = self._image_guidance_scale = None
+
+    # ---- loading and saving --------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, torch_dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None, scheduler=None,
+                        llm_quantization: str | None = None, **kwargs) -> "SmartEditPipeline":
+        """Load a local model folder. ``torch_dtype``: weights in this dtype (default: as saved); ``device``
+        (default CPU); ``scheduler``: a diffusers scheduler instance (default: the folder's ``scheduler/`` if
+        present, else the model config's sampler); ``llm_quantization``: ``int8`` / ``int4`` LLM weights (see
+        :func:`smartedit.quantize.quantize_llm`). Hub ids are never downloaded."""
+        if kwargs:
+            raise TypeError(f"SmartEditPipeline.from_pretrained got unsupported argument(s) {sorted(kwargs)}; it "
+                            f"takes torch_dtype, device, scheduler and llm_quantization")
+        path = os.fspath(pretrained_model_name_or_path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"model folder {path!r} does not exist: give a local folder written by "
+                                    f"save_pretrained (nothing is downloaded; e.g. checkpoints/smartedit-tiny)")
+        model = SmartEditModel.from_pretrained(path, device=device or "cpu", dtype=torch_dtype)
+        if scheduler is None and os.path.isfile(os.path.join(path, SCHEDULER_DIR, "scheduler_config.json")):
+            scheduler = load_scheduler(os.path.join(path, SCHEDULER_DIR))
+        pipe = cls(model, scheduler)
+        if llm_quantization:
+            from .quantize import quantize_llm
+
+            quantize_llm(model, llm_quantization)
+        return pipe
 
     @classmethod
     def from_model_dir(cls, directory: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                        scheduler=None) -> "SmartEditPipeline":
-        model = SmartEditModel.from_pretrained(directory, device=device, dtype=dtype)
-        return cls(model, scheduler)
+        """Older name of :meth:`from_pretrained`."""
+        return cls.from_pretrained(directory, torch_dtype=dtype, device=device, scheduler=scheduler)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: str | int = "5GB",
+                        **kwargs) -> None:
+        """Write the model folder (``config.json`` with the sampling defaults, safetensors weights, ``tokenizer/``),
+        the scheduler (``scheduler/``) and a diffusers-style ``model_index.json``; :meth:`from_pretrained` reloads
+        it bit-exactly."""
+        if kwargs:
+            raise TypeError(f"SmartEditPipeline.save_pretrained got unsupported argument(s) {sorted(kwargs)}")
+        if self.model.mllm is None:
+            raise RuntimeError("the MLLM was freed (enable_llm_offload('free')): reload the model before saving")
+        if getattr(self.model, "llm_quantization", None):
+            raise RuntimeError(f"the LLM is quantized ({self.model.llm_quantization}) for inference only: save the "
+                               f"unquantized model and quantize again at load (llm_quantization=...)")
+        import diffusers
+
+        directory = os.fspath(save_directory)
+        self.model.save_pretrained(directory, max_shard_size=max_shard_size)
+        self.scheduler.save_pretrained(os.path.join(directory, SCHEDULER_DIR))
+        index = {"_class_name": type(self).__name__, "_diffusers_version": diffusers.__version__,
+                 "_smartedit_loader": "smartedit.pipeline.SmartEditPipeline.from_pretrained",
+                 "model": ["smartedit", type(self.model).__name__],
+                 "scheduler": ["diffusers", type(self.scheduler).__name__]}
+        with open(os.path.join(directory, MODEL_INDEX), "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2)
+            f.write("\n")
+
+    # ---- device, dtype, defaults -------------------------------------------------------------------------
+    def to(self, *args, **kwargs) -> "SmartEditPipeline":
+        """``pipe.to("cuda")``, ``pipe.to(torch.bfloat16)``, ``pipe.to("cuda", torch.float16)`` or keywords; returns
+        the pipeline (moved in place, as diffusers does)."""
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        kwargs.pop("silence_dtype_warnings", None)
+        if kwargs:
+            raise TypeError(f"to() got unexpected argument(s) {sorted(kwargs)}")
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            elif arg is not None:
+                device = arg
+        if device is not None and self._offload_device is not None:
+            raise ValueError("model CPU offload is on (enable_model_cpu_offload): it places each component itself; "
+                             "do not also move the pipeline with .to(device)")
+        if device is not None:
+            device = torch.device(device)
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def vae(self):
+        return self.model.vae
+
+    @property
+    def unet(self):
+        return self.model.unet
+
+    @property
+    def sampling_defaults(self) -> dict:
+        """The model folder's sampling settings: ``num_inference_steps``, ``guidance_scale``,
+        ``image_guidance_scale`` (used whenever a call leaves them as None)."""
+        return self.model.config.sampling.to_dict()
+
+    @property
+    def guidance_scale(self):
+        return self._guidance_scale
+
+    @property
+    def image_guidance_scale(self):
+        return self._image_guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
 
     # ---- memory modes --------------------------------------------------------------------------------
     def enable_llm_offload(self, mode: str = "cpu") -> None:
@@ -93,21 +248,49 @@ class SmartEditPipeline(DiffusionPipeline):
             raise ValueError(f"LLM offload mode must be one of {list(LLM_OFFLOAD_MODES)}, got {mode!r}")
         self._llm_offload = mode
 
-    def enable_model_cpu_offload(self, device: str | torch.device = "cuda") -> None:
-        """Keep every component on CPU and move each one to ``device`` only while it runs (MLLM, Q-Former+BIM,
-        VAE, UNet): the smallest GPU footprint, at the cost of transfers."""
-        self._offload_device = torch.device(device)
+    def enable_model_cpu_offload(self, gpu_id: int | str | torch.device | None = None,
+                                 device: str | torch.device | None = None) -> None:
+        """Keep every component on CPU and move each one to the GPU only while it runs (MLLM + Q-Former + BIM +
+        VAE encoder, then UNet, then VAE decoder): the smallest GPU footprint, at the cost of transfers.
+        ``enable_model_cpu_offload()`` (CUDA), ``(gpu_id=1)`` or ``(device="cuda:1")`` as in diffusers."""
+        if isinstance(gpu_id, (str, torch.device)):  # enable_model_cpu_offload("cuda")
+            gpu_id, device = None, gpu_id
+        device = torch.device(device if device is not None else "cuda")
+        if gpu_id is not None:
+            device = torch.device(device.type, gpu_id)
+        self._offload_device = device
         self.model.to("cpu")
+
+    def disable_model_cpu_offload(self) -> None:
+        device = self._offload_device
+        self._offload_device = None
+        if device is not None:
+            self.model.to(device)
+
+    def enable_vae_slicing(self) -> None:
+        """Decode a batch one image at a time (diffusers' ``AutoencoderKL.enable_slicing``)."""
+        self.model.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        self.model.vae.disable_slicing()
+
+    def enable_vae_tiling(self) -> None:
+        """Encode / decode large images in overlapping tiles (diffusers' ``AutoencoderKL.enable_tiling``)."""
+        self.model.vae.enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        self.model.vae.disable_tiling()
 
     @property
     def _execution_device(self) -> torch.device:  # the model is not a diffusers ModelMixin
         if self._offload_device is not None:
             return self._offload_device
-        return self.model.null_text_embedding.device
+        return self.model.device
 
     @contextmanager
     def _running(self, *modules):
-        """Move ``modules`` to the execution device for the block when model CPU offload is on."""
+        """Move ``modules`` to the execution device for the block when model CPU offload is on. Inputs must be
+        moved to :attr:`_execution_device` INSIDE the block (never to a module's current device)."""
         if self._offload_device is None:
             yield
             return
@@ -123,24 +306,28 @@ class SmartEditPipeline(DiffusionPipeline):
 
     # ---- inputs --------------------------------------------------------------------------------------
     def check_inputs(self, n_images, instructions, num_inference_steps, text_guidance_scale, image_guidance_scale,
-                     prompt_embeds, mask) -> None:
+                     prompt_embeds, mask, num_images_per_prompt=1, callback_on_step_end_tensor_inputs=()) -> None:
         if prompt_embeds is None:
             if instructions is None:
-                raise ValueError("give an instruction (or prompt_embeds)")
+                raise ValueError("give a prompt (the edit instruction, e.g. 'make the sky blue') or prompt_embeds")
             if len(instructions) != n_images:
-                raise ValueError(f"got {n_images} images but {len(instructions)} instructions")
+                raise ValueError(f"got {n_images} images but {len(instructions)} prompts")
             for text in instructions:
                 if not isinstance(text, str) or not text.strip():
-                    raise ValueError("instruction must be a non-empty string, e.g. 'make the sky blue'")
+                    raise ValueError("prompt must be a non-empty string, e.g. 'make the sky blue'")
         elif prompt_embeds.ndim != 3 or prompt_embeds.shape[0] != n_images:
             raise ValueError(f"prompt_embeds must be [num_images, tokens, dim], got {tuple(prompt_embeds.shape)}")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) \
-                or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
-        for name, value in (("text_guidance_scale", text_guidance_scale),
-                            ("image_guidance_scale", image_guidance_scale)):
+        for name, value in (("num_inference_steps", num_inference_steps),
+                            ("num_images_per_prompt", num_images_per_prompt)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name, value in (("guidance_scale", text_guidance_scale), ("image_guidance_scale", image_guidance_scale)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not available; choose from "
+                             f"{self._callback_tensor_inputs}")
         if mask is not None and self.model.config.unet.mask_channels == 0:
             raise ValueError("this model has no region-mask channels (unet.mask_channels = 0); edit without a mask "
                              "or use a model trained with mask channels")
@@ -167,6 +354,8 @@ class SmartEditPipeline(DiffusionPipeline):
         if generator is not None:
             if seed is not None:
                 raise ValueError("give either seed or generator, not both")
+            if isinstance(generator, (list, tuple)) and len(generator) != n:
+                raise ValueError(f"got {len(generator)} generators for {n} images")
             return None, generator
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
@@ -175,34 +364,91 @@ class SmartEditPipeline(DiffusionPipeline):
             raise ValueError(f"got {len(seeds)} seeds for {n} images")
         return seeds, [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
 
+    @staticmethod
+    def _prompt_and_image(prompt, image):
+        """diffusers' order is ``pipe(prompt, image=...)``; the older ``pipe(image, instruction)`` still works: an
+        instruction is text and an image is not (for two strings, the one naming an existing file is the image)."""
+        if image is None:  # pipe(image, prompt_embeds=...)
+            return (None, prompt) if prompt is not None and not _is_text(prompt) else (prompt, image)
+        if _is_text(prompt) and not _is_text(image):
+            return prompt, image
+        if _is_text(image) and (not _is_text(prompt) or (_looks_like_file(prompt) and not _looks_like_file(image))):
+            return image, prompt
+        return prompt, image
+
+    def _nonfinite_error(self, what: str) -> NonFiniteOutputError:
+        bad = sorted({name.split(".")[0] + "." + name.split(".")[1] if name.count(".") else name
+                      for name, p in self.model.named_parameters() if not torch.isfinite(p).all()})
+        if bad:
+            cause = (f"the model's weights hold NaN/inf values (in {', '.join(bad[:6])}"
+                     f"{', ...' if len(bad) > 6 else ''}): the weights file is corrupt or training diverged; "
+                     f"re-download / re-export the model folder")
+        elif self.dtype == torch.float16:
+            cause = "float16 overflowed: edit in bfloat16 or float32 (--dtype bfloat16)"
+        else:
+            cause = "the weights are finite, so the inputs or the sampler settings produced it"
+        return NonFiniteOutputError(f"the model produced non-finite {what} (NaN/inf) instead of an image: {cause}")
+
     # ---- the edit ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, image, instruction: str | list[str] | None = None, mask=None, num_inference_steps: int = 100,
-                 text_guidance_scale: float = 7.5, image_guidance_scale: float = 1.5,
-                 generator: torch.Generator | list[torch.Generator] | None = None, seed: int | list[int] | None = None,
-                 resolution: int | None = None, output_type: str = "pil", keep_model_size: bool = False,
-                 generate_reply: bool = False, prompt_embeds: torch.Tensor | None = None,
-                 negative_prompt_embeds: torch.Tensor | None = None) -> SmartEditOutput:
-        """Edit ``image`` (one or a list) following ``instruction`` (one per image, or one for all).
+    def __call__(self, prompt: str | list[str] | None = None, image=None, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, image_guidance_scale: float | None = None,
+                 num_images_per_prompt: int = 1, eta: float = 0.0,
+                 generator: torch.Generator | list[torch.Generator] | None = None, latents: torch.Tensor | None = None,
+                 prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
+                 output_type: str = "pil", return_dict: bool = True, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",), *,
+                 mask=None, seed: int | list[int] | None = None, resolution: int | None = None,
+                 keep_model_size: bool = False, generate_reply: bool = False, instruction: str | list[str] | None = None,
+                 text_guidance_scale: float | None = None) -> SmartEditOutput | tuple:
+        """Edit ``image`` (one or a list) following ``prompt`` (one per image, or one for all).
 
+        ``num_inference_steps`` / ``guidance_scale`` (text) / ``image_guidance_scale``: None → the model folder's
+        :attr:`sampling_defaults`. ``num_images_per_prompt``: samples per image (consecutive in the output).
         ``seed``: an int gives sample i the seed ``seed + i``; a list gives one seed per sample (so a batch equals
-        the same edits made one by one); neither → a random seed, returned in ``output.seeds``.
+        the same edits made one by one); neither seed nor generator → a random seed, returned in ``output.seeds``.
         ``mask``: region mask(s) (white = edit here) with each image's size, for models with mask channels.
         ``prompt_embeds`` [B, 77, D]: bypass the MLLM/Q-Former/BIM and condition the UNet directly
         (``negative_prompt_embeds`` default: the model's null text embedding).
-        ``output_type``: ``pil``, ``np`` (float HWC in [0, 1]) or ``latent``.
+        ``output_type``: ``pil``, ``np`` (float HWC in [0, 1]), ``pt`` (float CHW in [0, 1]) or ``latent``.
+        ``callback_on_step_end(pipe, step, timestep, tensors) -> dict`` after every step, with the tensors named in
+        ``callback_on_step_end_tensor_inputs`` (``latents``, ``prompt_embeds``, ``image_latents``); returned
+        ``latents`` replace the current ones; ``pipe._interrupt = True`` stops the loop.
+        ``instruction`` / ``text_guidance_scale``: older names of ``prompt`` / ``guidance_scale``.
         """
-        if output_type not in ("pil", "np", "latent"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}")
+        if instruction is not None:
+            if prompt is not None and image is not None:
+                raise ValueError("give prompt or instruction, not both")
+            if prompt is not None and image is None:  # pipe(image, instruction=...)
+                prompt, image = None, prompt
+            prompt = instruction
+        if text_guidance_scale is not None:
+            if guidance_scale is not None:
+                raise ValueError("give guidance_scale or text_guidance_scale, not both")
+            guidance_scale = text_guidance_scale
+        prompt, image = self._prompt_and_image(prompt, image)
+        defaults = self.model.config.sampling
+        num_inference_steps = defaults.num_inference_steps if num_inference_steps is None else num_inference_steps
+        guidance_scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
+        image_guidance_scale = defaults.image_guidance_scale if image_guidance_scale is None else image_guidance_scale
+        if hasattr(callback_on_step_end, "tensor_inputs"):  # diffusers' PipelineCallback / MultiPipelineCallbacks
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        if image is None:
+            raise ValueError("no image given: pipe(prompt, image=...)")
         images = list(image) if isinstance(image, (list, tuple)) else [image]
         if not images:
             raise ValueError("no image given")
         instructions = None
-        if instruction is not None:
-            instructions = [instruction] * len(images) if isinstance(instruction, str) else list(instruction)
-        self.check_inputs(len(images), instructions, num_inference_steps, text_guidance_scale, image_guidance_scale,
-                          prompt_embeds, mask)
+        if prompt is not None:
+            instructions = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
+        self.check_inputs(len(images), instructions, num_inference_steps, guidance_scale, image_guidance_scale,
+                          prompt_embeds, mask, num_images_per_prompt, callback_on_step_end_tensor_inputs)
+        self._guidance_scale, self._image_guidance_scale = guidance_scale, image_guidance_scale
+        self._interrupt = False
         res = self._resolution(resolution)
+        n = num_images_per_prompt
         tensors = [prepare_image(im, f"image {i}") for i, im in enumerate(images)]
         sizes = [tuple(t.shape[-2:]) for t in tensors]
         device = self._execution_device
@@ -215,28 +461,53 @@ class SmartEditPipeline(DiffusionPipeline):
             mask_batch = torch.stack([self._resize(load_mask(m, (s[1], s[0]), f"mask {i}"), (res, res), "nearest")
                                       for i, (m, s) in enumerate(zip(masks, sizes))]).to(device)
 
-        seeds, generators = self._seeds_and_generators(len(images), generator, seed)
+        seeds, generators = self._seeds_and_generators(len(images) * n, generator, seed)
         cond = self.encode(batch, instructions, mask_batch, generate_reply, prompt_embeds)
-        latents = self.denoise(cond, num_inference_steps, text_guidance_scale, image_guidance_scale, generators,
-                               negative_prompt_embeds)
+        if not torch.isfinite(cond.context).all():
+            raise self._nonfinite_error("condition (MLLM → Q-Former → BIM context)")
+        if n > 1:  # the condition is deterministic: computed once per image, shared by its samples
+            cond = Condition(context=_repeat(cond.context, n), spatial=_repeat(cond.spatial, n),
+                             source_latent=_repeat(cond.source_latent, n), mask_latent=_repeat(cond.mask_latent, n),
+                             replies=None if cond.replies is None else [r for r in cond.replies for _ in range(n)])
+            batch = _repeat(batch, n)
+            tensors = [t for t in tensors for _ in range(n)]
+            sizes = [s for s in sizes for _ in range(n)]
+        latents = self.denoise(cond, num_inference_steps, guidance_scale, image_guidance_scale, generators,
+                               _repeat(negative_prompt_embeds, n) if negative_prompt_embeds is not None
+                               and negative_prompt_embeds.shape[0] == len(images) else negative_prompt_embeds,
+                               latents=latents, eta=eta, callback_on_step_end=callback_on_step_end,
+                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+        if not torch.isfinite(latents).all():
+            raise self._nonfinite_error("latents")
         if output_type == "latent":
-            return SmartEditOutput(images=latents, seeds=seeds, replies=cond.replies)
+            images_out = latents
+        else:
+            images_out = self._postprocess(latents, cond, batch, tensors, sizes, keep_model_size, output_type)
+        if not return_dict:
+            return (images_out,)
+        return SmartEditOutput(images=images_out, seeds=seeds, replies=cond.replies)
+
+    def _postprocess(self, latents, cond, batch, tensors, sizes, keep_model_size, output_type):
         if self.model.config.scheduler.decode == "residual":
             # the change applied in pixel space, to the input itself (at its own size unless keep_model_size)
             delta = self.decode_change(latents, cond.source_latent)  # [B, 3, R, R] in [-1, 1] units of [0, 1]
-            sources = [batch[i] for i in range(len(images))] if keep_model_size else tensors
+            sources = [batch[i] for i in range(len(tensors))] if keep_model_size else tensors
             decoded = [(src.to(d.device, d.dtype) + self._resize(d, tuple(src.shape[-2:]), clamp=False)).clamp(0, 1)
                        for src, d in zip(sources, delta)]
         else:
             decoded = self.decode(latents, cond.source_latent)  # [B, 3, R, R] in [0, 1]
             if not keep_model_size:
                 decoded = [self._resize(d, s) for d, s in zip(decoded, sizes)]
+        if any(not torch.isfinite(d).all() for d in decoded):
+            raise self._nonfinite_error("pixels from the VAE decoder")
+        same = len({tuple(d.shape) for d in decoded}) == 1
+        if output_type == "pt":
+            outs = [d.float().cpu() for d in decoded]
+            return torch.stack(outs) if same else outs
         arrays = [d.permute(1, 2, 0).float().cpu().numpy() for d in decoded]
         if output_type == "np":
-            same = len({a.shape for a in arrays}) == 1
-            return SmartEditOutput(images=np.stack(arrays) if same else arrays, seeds=seeds, replies=cond.replies)
-        pil = [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arrays]
-        return SmartEditOutput(images=pil, seeds=seeds, replies=cond.replies)
+            return np.stack(arrays) if same else arrays
+        return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arrays]
 
     def encode(self, batch: torch.Tensor, instructions: list[str] | None, mask: torch.Tensor | None = None,
                generate_reply: bool = False, prompt_embeds: torch.Tensor | None = None) -> Condition:
@@ -266,41 +537,57 @@ class SmartEditPipeline(DiffusionPipeline):
         return cond
 
     def denoise(self, cond: Condition, num_inference_steps: int, text_guidance_scale: float,
-                image_guidance_scale: float, generator=None,
-                negative_prompt_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """The guided denoising loop from pure noise to the edited latent (scaled), [B, 4, h, w]."""
+                image_guidance_scale: float, generator=None, negative_prompt_embeds: torch.Tensor | None = None,
+                latents: torch.Tensor | None = None, eta: float = 0.0, callback_on_step_end=None,
+                callback_on_step_end_tensor_inputs=("latents",)) -> torch.Tensor:
+        """The guided denoising loop from pure noise (or the given initial ``latents``) to the edited latent
+        (scaled), [B, 4, h, w]."""
         model = self.model
         device = cond.context.device
         batch, channels, h, w = cond.source_latent.shape
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        latents = randn_tensor((batch, channels, h, w), generator=generator, device=device,
-                               dtype=cond.context.dtype)
-        latents = latents * self.scheduler.init_noise_sigma
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        if latents is None:
+            latents = randn_tensor((batch, channels, h, w), generator=generator, device=device,
+                                   dtype=cond.context.dtype)
+        elif tuple(latents.shape) != (batch, channels, h, w):
+            raise ValueError(f"latents must have shape {(batch, channels, h, w)}, got {tuple(latents.shape)}")
+        latents = latents.to(device, cond.context.dtype) * self.scheduler.init_noise_sigma  # [B, 4, h, w]
         null = model.null_text_embedding if negative_prompt_embeds is None else negative_prompt_embeds
-        contexts, sources = guidance_branches(cond.context, null.to(device), cond.source_latent)
+        contexts, sources = guidance_branches(cond.context, null.to(device, cond.context.dtype), cond.source_latent)
         spatial = None if cond.spatial is None else torch.cat([cond.spatial] * 3, dim=0)
         masks = None if cond.mask_latent is None else torch.cat([cond.mask_latent] * 3, dim=0)
+        params = inspect.signature(self.scheduler.step).parameters
         step_kwargs = {}
-        if "generator" in inspect.signature(self.scheduler.step).parameters:
+        if "generator" in params:
             step_kwargs["generator"] = generator
+        if "eta" in params:
+            step_kwargs["eta"] = eta
         with self._running(model.unet):
-            for t in self.progress_bar(self.scheduler.timesteps):
+            for i, t in enumerate(self.progress_bar(timesteps)):
+                if self.interrupt:
+                    continue
                 x = self.scheduler.scale_model_input(torch.cat([latents] * 3), t)  # [3B, 4, h, w]
                 pred = model.predict(model.unet_input(x, sources, masks), t, contexts, spatial)  # [3B, 4, h, w]
                 guided = combine_guidance(pred.to(latents.dtype), text_guidance_scale, image_guidance_scale)
                 latents = self.scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    named = {"latents": latents, "prompt_embeds": contexts, "image_latents": sources}
+                    out = callback_on_step_end(self, i, t, {k: named[k] for k in callback_on_step_end_tensor_inputs})
+                    latents = (out or {}).get("latents", latents)
         return latents
 
     def decode(self, latents: torch.Tensor, source_latent: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled latents → images [B, 3, H, W] in [0, 1]. For a model that diffuses the latent change
         (``scheduler.diffuse = "change"``) the (unscaled) source latent is added back first."""
         vae = self.model.vae
-        latents = latents.to(vae.device, vae.dtype) / self.model.config.vae.scaling_factor  # [B, 4, h, w]
-        if self.model.config.scheduler.diffuse == "change":
-            if source_latent is None:
-                raise ValueError("this model diffuses the latent change from the source: decode needs source_latent")
-            latents = latents + source_latent.to(latents.device, latents.dtype)
-        with self._running(vae):
+        if self.model.config.scheduler.diffuse == "change" and source_latent is None:
+            raise ValueError("this model diffuses the latent change from the source: decode needs source_latent")
+        with self._running(vae):  # the VAE first, then its inputs to the execution device
+            latents = latents.to(self._execution_device, vae.dtype) / self.model.config.vae.scaling_factor
+            if self.model.config.scheduler.diffuse == "change":
+                latents = latents + source_latent.to(latents.device, latents.dtype)  # [B, 4, h, w]
             image = vae.decode(latents).sample
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
@@ -312,9 +599,9 @@ class SmartEditPipeline(DiffusionPipeline):
             raise ValueError("decode_change needs a model that diffuses the latent change (scheduler.diffuse = "
                              f"'change'), this one diffuses {self.model.config.scheduler.diffuse!r}")
         vae = self.model.vae
-        latents = latents.to(vae.device, vae.dtype) / self.model.config.vae.scaling_factor  # [B, C, h, w]
-        source_latent = source_latent.to(latents.device, latents.dtype)  # [B, C, h, w]
-        with self._running(vae):
+        with self._running(vae):  # the VAE first, then its inputs to the execution device
+            latents = latents.to(self._execution_device, vae.dtype) / self.model.config.vae.scaling_factor
+            source_latent = source_latent.to(latents.device, latents.dtype)  # [B, C, h, w]
             pair = vae.decode(torch.cat([source_latent + latents, source_latent])).sample.float()  # [2B, 3, H, W]
         edited, rebuilt = pair.chunk(2)
         return (edited.clamp(-1, 1) - rebuilt.clamp(-1, 1)) / 2  # [B, 3, H, W]
@@ -351,7 +638,7 @@ class EditSession:
     def edit(self, instruction: str, mask=None, seed: int | None = None, **settings) -> Image.Image:
         seed = self.seed + len(self.history) - 1 if seed is None else int(seed)
         kwargs = {**self.defaults, **settings}
-        out = self.pipe(self.current, instruction, mask=mask, seed=seed, **kwargs)
+        out = self.pipe(prompt=instruction, image=self.current, mask=mask, seed=seed, **kwargs)
         self.history.append(Turn(instruction, out.images[0], seed, kwargs))
         return out.images[0]
 

@@ -54,7 +54,7 @@ def test_condition_computed_once_per_edit(pipe, monkeypatch):
 @pytest.mark.parametrize("kwargs, msg", [
     ({"instruction": ""}, "non-empty"),
     ({"num_inference_steps": 0}, ">= 1"),
-    ({"text_guidance_scale": float("nan")}, "text_guidance_scale"),
+    ({"text_guidance_scale": float("nan")}, "guidance_scale"),
     ({"image_guidance_scale": -1}, "image_guidance_scale"),
 ])
 def test_bad_inputs(pipe, kwargs, msg):

@@ -99,6 +99,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .recipes import run_recipe
 
+    if args.recipe is None:  # `smartedit data convert` or `... convert --help`: the list of recipes
+        args.convert_parser.print_help()
+        return 0 if args.convert_help else 2
     return run_recipe(args.recipe, list(args.recipe_args), prog=f"smartedit data convert {args.recipe}")
 
 
@@ -112,9 +115,11 @@ def register(subparsers) -> argparse.ArgumentParser:
 
     convert = sub.add_parser("convert", help="convert one dataset from its public layout (see docs/data.md)",
                              add_help=False)
-    convert.add_argument("recipe", choices=sorted(RECIPES), help="which recipe")
-    convert.add_argument("recipe_args", nargs=argparse.REMAINDER, help="the recipe's options (--help for them)")
-    convert.set_defaults(func=cmd_convert)
+    convert.add_argument("-h", "--help", dest="convert_help", action="store_true", help="show this help")
+    convert.add_argument("recipe", nargs="?", choices=sorted(RECIPES), help="which recipe")
+    convert.add_argument("recipe_args", nargs=argparse.REMAINDER,
+                         help="the recipe's options (smartedit data convert RECIPE --help lists them)")
+    convert.set_defaults(func=cmd_convert, convert_parser=convert)
 
     stats = sub.add_parser("stats", help="counts, sizes and examples of converted shards")
     stats.add_argument("path", help="folder of shards (searched recursively) or one shard")
