@@ -299,7 +299,8 @@ class ExperimentConfig(_RootConfig):
         for name in ("optim", "data", "checkpoint", "log", "align"):
             p += getattr(self, name).problems(f"{prefix}{name}.")
         if not p and self.warmup_steps > self.max_steps:
-            p.append(f"{prefix}optim.warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps})")
+            p.append(f"{prefix}optim.warmup_steps ({self.warmup_steps}) exceeds max_steps ({self.max_steps}): give "
+                     f"more steps or a shorter warm-up (--set optim.warmup_steps={self.max_steps // 2})")
         return p
 
 
