@@ -107,7 +107,7 @@ def run_stage(stage: str, argv: list[str] | None = None, ds_dir: str | None = No
     except NonFiniteLossError as exc:
         logger.error("%s", exc)
         return 3
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, RunLockedError) as exc:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, ImportError, RunLockedError) as exc:
         logger.error("%s", exc)
         return 2
     logger.info("%s done: %d steps (%d skipped); model in %s", stage, result.steps, result.skipped_steps,
