@@ -41,13 +41,17 @@ INSTALL_REQUIRES = [
 # the web demo (smartedit demo)
 DEMO_APP = ["gradio>=6,<7"]
 
+# 8-bit / 4-bit LLM weights (smartedit edit --quantize-llm, SmartEditPipeline.from_pretrained(llm_quantization=))
+QUANT = ["bitsandbytes>=0.48,<1"]
+
 EXTRAS = {
     # the test suite: notebooks are executed, the web demo is driven in a headless Chromium (Debian's chromium
     # package; playwright's own browser download is not used)
     "dev": ["pytest>=9,<10", "nbclient>=0.11,<1", "nbformat>=5.11,<6", "ipykernel>=7,<8",
-            "playwright>=1.50,<2", *DEMO_APP],
+            "playwright>=1.50,<2", *DEMO_APP, *QUANT],
     "demo": [*DEMO_APP, "jupyter>=1.1,<2"],
     # TensorBoard logging (log.tensorboard: auto uses it when installed)
+    "quant": QUANT,
     "train": ["tensorboard>=2.18,<3"],
     # flash-attn: for attn_implementation="flash_attention_2" on CUDA
     "gpu": ["flash-attn"],
