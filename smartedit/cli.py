@@ -95,25 +95,57 @@ def cmd_edit(args) -> int:
 
 
 def _cmd_batch(args) -> int:
-    from .batch import read_jobs, run_batch
+    from .batch import (REPORT_NAME, SUMMARY_NAME, finished_rows, read_jobs, record_failures, run_batch,
+                        summarize)
+    from .image_io import ImageInputError, pixel_budget
 
+    problems = []
+    if args.batch_size < 1:
+        problems.append(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        problems.append(f"--max-pixels must be a positive integer, got {args.max_pixels}")
+    if args.seed is not None and args.seed < 0:
+        problems.append(f"--seed must be >= 0, got {args.seed}")
     if not os.path.isfile(args.batch):
-        raise SystemExit(f"error: batch file {args.batch!r} does not exist")
+        problems.append(f"batch file {args.batch!r} does not exist" if not os.path.isdir(args.batch) else
+                        f"batch file {args.batch!r} is a folder; give a .jsonl file")
+    if problems:
+        raise SystemExit("error: " + "; ".join(problems))
+    try:
+        max_pixels = pixel_budget(args.max_pixels)
+    except ImageInputError as exc:
+        raise SystemExit(f"error: {exc}") from None
     out_dir = args.output_dir
-    rows, failures = read_jobs(args.batch, out_dir, base_seed=args.seed or 0)
-    done = []
-    if rows:
-        done, run_failures = run_batch(_pipeline(args), rows, batch_size=args.batch_size, **_edit_kwargs(args))
-        failures += run_failures
-    failures.sort(key=lambda f: f["line"])
-    summary = {"output_dir": out_dir, "done": done, "failed": failures}
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "batch_report.json"), "w", encoding="utf-8") as f:
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(f"error: cannot create --output-dir {out_dir!r}: {exc.strerror or exc}") from None
+    report = os.path.join(out_dir, REPORT_NAME)
+    try:
+        rows, failures = read_jobs(args.batch, out_dir, base_seed=args.seed or 0,
+                                   allow_outside=args.allow_outside_paths, max_pixels=max_pixels)
+    except OSError as exc:
+        raise SystemExit(f"error: cannot read batch file {args.batch!r}: {exc.strerror or exc}") from None
+    previous = finished_rows(report, rows)
+    if previous:
+        logger.warning("%d row(s) already done by an earlier run of this batch (%s): skipped", len(previous), report)
+    record_failures(report, failures)
+    todo = [r for r in rows if r.line not in previous]
+    if todo:
+        run_batch(_pipeline(args), todo, batch_size=args.batch_size, report=report, max_pixels=max_pixels,
+                  **_edit_kwargs(args))
+    done, failed = summarize(report)
+    lines = {r.line for r in rows} | {f["line"] for f in failures}
+    done = [d for d in done if d["line"] in lines]
+    failed = [f for f in failed if f["line"] in lines]
+    summary = {"output_dir": out_dir, "report": report, "done": done, "failed": failed,
+               "skipped_already_done": sorted(previous)}
+    with open(os.path.join(out_dir, SUMMARY_NAME), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
     sys.stdout.write(json.dumps(summary) + "\n")
-    for fail in failures:
+    for fail in failed:
         logger.error("line %d: %s", fail["line"], fail["error"])
-    return 1 if failures else 0
+    return 1 if failed else 0
 
 
 def cmd_assemble(args) -> int:
@@ -170,7 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--output", default="edited.png")
     edit.add_argument("--batch", help="JSONL file, one edit per line: image, instruction[, mask, seed, output]")
     edit.add_argument("--output-dir", default="edits", help="where --batch writes its images and report")
-    edit.add_argument("--batch-size", type=int, default=4)
+    edit.add_argument("--batch-size", type=int, default=4, help="rows edited together (and decoded at once)")
+    edit.add_argument("--allow-outside-paths", action="store_true",
+                      help="let --batch rows name images outside the JSONL file's folder")
+    edit.add_argument("--max-pixels", type=int, default=None,
+                      help="pixel budget of a --batch input image (default $SMARTEDIT_MAX_PIXELS or 40000000)")
     _add_edit_options(edit)
     edit.set_defaults(func=cmd_edit)
 

@@ -75,6 +75,12 @@ def _read_source(source, name: str) -> tuple[bytes, str]:
     raise TypeError(f"cannot read an image from {type(source).__name__}")
 
 
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not a format PIL recognises"
+    return str(exc) or type(exc).__name__
+
+
 def _oriented_size(image: Image.Image) -> tuple[int, int]:
     """(width, height) after the EXIF rotation :func:`load_image` applies (read from the header)."""
     try:
@@ -101,7 +107,7 @@ def probe_image(source, name: str = "image", max_pixels: int | None = None) -> t
         except ImageInputError:
             raise
         except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageInputError(f"cannot read {name}: it is not an image ({exc})", "not an image") from None
+            raise ImageInputError(f"cannot read {name}: it is not an image ({_why(exc)})", "not an image") from None
 
 
 def open_image(source, name: str = "image", max_pixels: int | None = None) -> Image.Image:
@@ -120,12 +126,12 @@ def _open(source, name: str, max_pixels: int | None = None) -> Image.Image:
             raise ImageInputError(f"{name} declares more pixels than the {pixel_budget(max_pixels):,} accepted; "
                                   f"downscale it first", "too large") from None
         except (OSError, SyntaxError, ValueError) as exc:
-            raise ImageInputError(f"cannot read {name}: it is not an image ({exc})", "not an image") from None
+            raise ImageInputError(f"cannot read {name}: it is not an image ({_why(exc)})", "not an image") from None
         _check_size(image.size, name, max_pixels)
         try:
             image.load()
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageInputError(f"cannot read {name}: it is truncated or corrupt ({exc})", "truncated") from None
+            raise ImageInputError(f"cannot read {name}: it is truncated or corrupt ({_why(exc)})", "truncated") from None
     return image
 
 
