@@ -195,11 +195,10 @@ class SmartEditMLLM(nn.Module):
         if labels is not None:
             logits = self.llm.lm_head(hidden[:, :-1]).float()  # [B, L-1, V]
             target = labels[:, 1:]
-            if (target != IGNORE_INDEX).any():
-                lm_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                          ignore_index=IGNORE_INDEX)
-            else:
-                lm_loss = logits.sum() * 0.0
+            # the mean over supervised tokens, 0 when there are none (no host sync to find out)
+            total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                    ignore_index=IGNORE_INDEX, reduction="sum")
+            lm_loss = total / (target != IGNORE_INDEX).sum().clamp(min=1)
         return MLLMOutput(img_hidden=self.gather_image_token_states(input_ids, hidden), lm_loss=lm_loss,
                           image_features=image_features, hidden_states=hidden)
 

@@ -237,26 +237,38 @@ class SmartEditModel(nn.Module):
         lm_loss = out.lm_loss if out.lm_loss is not None else out.hidden_states.sum() * 0.0
 
         target = batch.get("target_images")
-        is_edit = batch.get("is_edit")
         if target is None:
             diffusion_loss = lm_loss * 0.0
         else:
-            rows = (torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device) if is_edit is None
-                    else is_edit.bool().to(input_ids.device))
-            if rows.any():
-                diffusion_loss = self._diffusion_loss(out, input_ids, rows, source, target, batch.get("masks"),
+            # Which rows are edits is read on the host (the trainer keeps ``is_edit`` there: no device sync). A
+            # micro-batch without an edit row runs the diffusion path on its first row with weight 0, so that every
+            # process runs the same modules on the same parameters each step (ZeRO reduces the same gradient
+            # buckets and gathers the same parameters on every process); its diffusion loss is exactly 0.
+            is_edit = batch.get("is_edit")
+            idx = (torch.arange(input_ids.shape[0]) if is_edit is None
+                   else is_edit.detach().cpu().bool().nonzero().squeeze(1))
+            if len(idx):
+                diffusion_loss = self._diffusion_loss(out, input_ids, idx, source, target, batch.get("masks"),
                                                       generator)
             else:
-                diffusion_loss = lm_loss * 0.0
+                diffusion_loss = self._diffusion_loss(out, input_ids, torch.zeros(1, dtype=torch.long), source,
+                                                      target, batch.get("masks"), generator, dummy=True) * 0.0
         loss = cfg.lm_loss_weight * lm_loss + cfg.diffusion_loss_weight * diffusion_loss
         return {"lm_loss": lm_loss, "diffusion_loss": diffusion_loss, "loss": loss}
 
-    def _diffusion_loss(self, out, input_ids, rows, source, target, masks, generator) -> torch.Tensor:
-        idx = rows.nonzero().squeeze(1)
-        states = self.mllm.gather_image_token_states(input_ids[idx], out.hidden_states[idx])
+    def _diffusion_loss(self, out, input_ids, idx, source, target, masks, generator, dummy: bool = False
+                        ) -> torch.Tensor:
+        """Diffusion MSE of the rows ``idx`` (a host index tensor). ``dummy``: ``idx`` is a chat row, which has no
+        ``<img_i>`` answer; its first hidden states stand in for them (the caller zeroes the loss)."""
+        idx = idx.to(input_ids.device, non_blocking=True)
+        n = self.config.mllm.num_image_tokens
+        if dummy:
+            hidden = out.hidden_states[idx]  # [1, L, H]
+            states = hidden[:, :n] if hidden.shape[1] >= n else hidden[:, :1].expand(-1, n, -1)  # [1, N, H]
+        else:
+            states = self.mllm.gather_image_token_states(input_ids[idx], out.hidden_states[idx])
         if states is None:
-            raise ValueError(f"every editing sample must hold exactly {self.config.mllm.num_image_tokens} "
-                             f"<img_i> tokens in its answer")
+            raise ValueError(f"every editing sample must hold exactly {n} <img_i> tokens in its answer")
         source, target = source[idx], target[idx]
         features = out.image_features[idx] if out.image_features is not None else None
         factor = self.config.vae.downsample_factor

@@ -131,14 +131,24 @@ class StageModule(nn.Module):
             return self.model(batch, generator=generator)
         if text_target is None:
             raise ValueError("stage 1 needs the CLIP text encoder's hidden states of the captions (text_target)")
-        features = None  # samples with an image (edit-prompt alignment) splice its patches into their prompt
-        if (batch["input_ids"] == self.model.mllm.token_ids.image).any():
+        mllm = self.model.mllm
+        # samples with an image (edit-prompt alignment) splice its patches into their prompt. A micro-batch without
+        # any still runs the vision tower (on one blank image) and the projector (on no row), in the same order, so
+        # that every process runs the same modules each step (ZeRO-3 gathers the same parameters on every process)
+        rows = batch.get("image_rows")
+        if rows is None:
+            rows = (batch["input_ids"] == mllm.token_ids.image).any(dim=1)
+        input_ids = batch["input_ids"]
+        if bool(rows.any()):  # (a host tensor from the trainer: no device sync)
             pixel_values = batch.get("pixel_values")
             if pixel_values is None:
-                pixel_values = self.model.mllm.preprocess_images((batch["source_images"] + 1) / 2)
-            features = self.model.mllm.encode_images(pixel_values)  # [B, P, Dv]
-        out = self.model.mllm(batch["input_ids"], batch.get("attention_mask"), labels=batch.get("labels"),
-                              image_features=features)
+                pixel_values = mllm.preprocess_images((batch["source_images"] + 1) / 2)
+            features = mllm.encode_images(pixel_values)  # [B, P, Dv]
+        else:
+            size = mllm.vision_config.image_size
+            blank = torch.zeros(1, 3, size, size, device=input_ids.device)
+            features = mllm.encode_images(mllm.preprocess_images(blank)).expand(input_ids.shape[0], -1, -1)
+        out = mllm(input_ids, batch.get("attention_mask"), labels=batch.get("labels"), image_features=features)
         if out.img_hidden is None:
             raise ValueError(f"every stage-1 sample must end in the {self.model.config.mllm.num_image_tokens} "
                              f"<img_i> tokens (caption samples do)")
@@ -146,3 +156,12 @@ class StageModule(nn.Module):
         align = F.mse_loss(context.float(), text_target.float())
         lm = out.lm_loss if out.lm_loss is not None else context.sum() * 0.0
         return {"lm_loss": lm, "align_mse": align, "loss": self.lm_weight * lm + self.mse_weight * align}
+
+    def host_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The batch entries :meth:`forward` reads on the host (computed from the collated CPU batch, kept off the
+        device so that choosing rows never waits for the device): ``is_edit`` and ``image_rows`` (the rows whose
+        prompt holds the image)."""
+        out = {"image_rows": (batch["input_ids"] == self.model.mllm.token_ids.image).any(dim=1)}
+        if isinstance(batch.get("is_edit"), torch.Tensor):
+            out["is_edit"] = batch["is_edit"]
+        return out

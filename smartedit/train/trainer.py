@@ -298,6 +298,7 @@ class Trainer:
     # ---- training ----------------------------------------------------------------------------------------
     def _micro_step(self, batch: dict, names: tuple[str, ...]) -> tuple[torch.Tensor, bool]:
         tensors = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        tensors.update(self.module.host_inputs(batch))  # (row choices stay on the host: no device sync)
         kwargs = {}
         if self.clip is not None:
             if not all(isinstance(c, str) and c for c in batch["captions"]):
