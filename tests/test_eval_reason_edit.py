@@ -86,7 +86,8 @@ def test_outputs_mode_scores_all_categories_and_reports_every_problem(tmp_path, 
     Image.new("L", (48, 40), 255).save(data / "6-Reasoning" / "0_mask.jpg")             # no background
     report = tmp_path / "report"
     rc = _script("reason_edit").main(["--data", str(data), "--outputs", str(outs), "--clip", str(clip),
-                                      "--lpips", str(lpips), "--out", str(report), "--max-visual", "3"])
+                                      "--lpips", str(lpips), "--out", str(report), "--max-visual", "3",
+                                      "--allow-partial"])
     assert rc == 0
     summary = json.loads((report / "summary.json").read_text())
     aggs = summary["aggregates"]
@@ -158,7 +159,7 @@ def test_targets_add_edit_iou_and_target_psnr(tmp_path):
     (targets / "1-Left-Right" / "0.png").unlink()
     report = tmp_path / "report"
     rc = _script("reason_edit").main(["--data", str(data), "--outputs", str(outs), "--targets", str(targets),
-                                      "--change-threshold", "0.2", "--out", str(report)])
+                                      "--change-threshold", "0.2", "--out", str(report), "--allow-partial"])
     assert rc == 0
     summary = json.loads((report / "summary.json").read_text())
     und = summary["aggregates"]["understanding"]
@@ -174,15 +175,17 @@ def test_targets_add_edit_iou_and_target_psnr(tmp_path):
     assert summary["aggregates"]["reasoning"]["n_scored"] == 2
 
 
-def test_setup_problems_exit_2_with_the_expected_layout(tmp_path, caplog):
+def test_setup_problems_exit_2_with_the_expected_layout(tmp_path, capsys):
     script = _script("reason_edit")
     assert script.main(["--data", str(tmp_path / "nope"), "--outputs", str(tmp_path), "--out",
                         str(tmp_path / "r")]) == 2
-    assert "1-Left-Right" in caplog.text
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "1-Left-Right" in err and "Traceback" not in err
     data = testing.make_reason_edit_fixture(tmp_path / "data", per_category=1)
     assert script.main(["--data", str(data), "--outputs", str(tmp_path), "--lpips", str(tmp_path / "nolpips"),
                         "--out", str(tmp_path / "r")]) == 2
-    assert "expected layout" in caplog.text and "squeeze" in caplog.text
+    err = capsys.readouterr().err
+    assert "expected layout" in err and "squeeze" in err
 
 
 # ---- running a model -------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -17,8 +19,9 @@ from .backbones import BackboneError
 from .generate import GenerationSettings
 from .results import BenchmarkError
 
-__all__ = ["add_source_arguments", "add_backbone_arguments", "add_common_arguments", "settings_from_args",
-           "resolve_device", "resolve_dtype", "setup_logging", "run_main"]
+__all__ = ["add_source_arguments", "add_backbone_arguments", "add_judge_arguments", "add_common_arguments",
+           "settings_from_args", "load_judge_from_args", "resolve_device", "resolve_dtype", "setup_logging",
+           "describe_incomplete", "run_main"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -37,16 +40,19 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+def add_source_arguments(parser: argparse.ArgumentParser, several_outputs: bool = False) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", metavar="DIR", help="SmartEdit model folder (save_pretrained layout): run it on the "
                                                     "benchmark, write the edits under OUT/outputs, then score them")
-    src.add_argument("--outputs", metavar="DIR", help="score existing edited images from this folder (layout: see "
-                                                      "docs/eval.md)")
-    gen = parser.add_argument_group("generation (with --model)")
-    gen.add_argument("--steps", type=_positive_int, default=100, help="denoising steps (default 100, as the reference)")
-    gen.add_argument("--text-guidance", type=_non_negative, default=7.5, help="text guidance scale s_T (default 7.5)")
-    gen.add_argument("--image-guidance", type=_non_negative, default=1.5, help="image guidance scale s_I (default 1.5)")
+    src.add_argument("--outputs", metavar="DIR", nargs="+" if several_outputs else None,
+                     help="score existing edited images from this folder" + (" (or several, e.g. the reference's "
+                          "Understand-<steps>/ and Reason-<steps>/)" if several_outputs else "")
+                          + " (layout: see docs/eval.md)")
+    gen = parser.add_argument_group("generation (with --model; unset values use the model folder's sampling "
+                                    "defaults, recorded in the report)")
+    gen.add_argument("--steps", type=_positive_int, default=None, help="denoising steps")
+    gen.add_argument("--text-guidance", type=_non_negative, default=None, help="text guidance scale s_T")
+    gen.add_argument("--image-guidance", type=_non_negative, default=None, help="image guidance scale s_I")
     gen.add_argument("--resolution", type=_positive_int, default=None,
                      help="generation resolution (default: the model's)")
     gen.add_argument("--seed", type=int, default=0, help="base seed; sample seed = (seed + crc32(id)) mod 2^31")
@@ -54,6 +60,24 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                      help="samples per pipeline call (seeds stay per sample)")
     gen.add_argument("--dtype", choices=sorted(_DTYPES), default=None, help="model dtype (default: as saved)")
     gen.add_argument("--skip-existing", action="store_true", help="do not re-generate outputs that already exist")
+
+
+def add_judge_arguments(parser: argparse.ArgumentParser, required: bool = False, what: str = "") -> None:
+    j = parser.add_argument_group("VLM judge (a local folder; scores are not comparable with GPT-judged numbers)")
+    j.add_argument("--judge", metavar="DIR", required=required,
+                   help="transformers image-text-to-text model folder with a chat template, e.g. a copy of "
+                        "Qwen/Qwen2.5-VL-7B-Instruct" + (f" ({what})" if what else ""))
+    j.add_argument("--judge-dtype", choices=sorted(_DTYPES), default=None, help="judge dtype (default: as saved)")
+    j.add_argument("--judge-max-new-tokens", type=_positive_int, default=512, help="longest judge reply (tokens)")
+
+
+def load_judge_from_args(args: argparse.Namespace, device: str):
+    if not getattr(args, "judge", None):
+        return None
+    from .judge import load_judge
+
+    return load_judge(args.judge, device=device, dtype=resolve_dtype(args.judge_dtype),
+                      max_new_tokens=args.judge_max_new_tokens)
 
 
 def add_backbone_arguments(parser: argparse.ArgumentParser, *, clip: str | None = None, dino: bool = False,
@@ -80,7 +104,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-size-mismatch", action="store_true",
                         help="score outputs whose aspect ratio differs from the reference (resized) instead of "
                              "excluding them as size_mismatch")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="exit 0 even when some samples could not be scored (they are listed in the report)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
 
 
 def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
@@ -90,25 +117,59 @@ def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
 
 
 def resolve_device(name: str | None) -> str:
-    if name:
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """``--device`` (default: cuda when available, else cpu); under torchrun / accelerate launch ``cuda`` becomes
+    this process's GPU (``cuda:<LOCAL_RANK>``)."""
+    from ..devices import resolve_device as _resolve
+    from .shard import Shard
+
+    return Shard.from_env().device(str(_resolve(name or "auto")))
 
 
 def resolve_dtype(name: str | None) -> torch.dtype | None:
     return None if name is None else _DTYPES[name]
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=getattr(logging, level), format="%(levelname)s %(name)s: %(message)s")
+def setup_logging(level: str = "INFO", verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else getattr(logging, level),
+                        format="%(levelname)s %(name)s: %(message)s")
 
 
-def run_main(fn: Callable[[], Any]) -> int:
-    """Run a benchmark; setup problems (missing data / model / backbone folders, bad layout) → logged, exit 2.
-    Problems with single samples never get here: they are reported per sample."""
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def describe_incomplete(run) -> str:
+    """One line: how many rows were not scored, per status, the first few ids, and how to go on."""
+    bad = run.incomplete
+    counts = Counter(r.status for r in bad)
+    first = "; ".join(f"{r.id}: {r.message}" for r in bad[:3])
+    return (f"{len(bad)} of {len(run.results)} samples were not scored ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}"
+            f"); e.g. {first}; all are listed in {run.out_dir / 'summary.md'}; fix them, or pass --allow-partial "
+            f"to accept a partial score")
+
+
+def run_main(fn: Callable[[], Any], args: argparse.Namespace | None = None) -> int:
+    """Run a benchmark. Setup problems (missing data / model / backbone folders, a wrong layout, an impossible
+    device) → one ``error:`` line, exit 2. Samples not scored (missing outputs, ...) → exit 1 with one ``error:``
+    line unless ``--allow-partial``; problems with single samples are in the report, never a traceback."""
+    from ..devices import CLIError
+
+    verbose = bool(getattr(args, "verbose", False))
     try:
-        fn()
-    except (BackboneError, BenchmarkError, FileNotFoundError) as e:
-        logging.getLogger("smartedit.eval").error("%s", e)
+        run = fn()
+    except (BackboneError, BenchmarkError, FileNotFoundError, CLIError, TimeoutError) as e:
+        if verbose:
+            raise
+        _error(str(e))
         return 2
+    except Exception as e:  # an unexpected failure: one line, the traceback with -v
+        if verbose:
+            raise
+        _error(f"{type(e).__name__}: {e} (run with -v for the traceback)")
+        return 1
+    if run is None or not getattr(run, "merged", True):
+        return 0
+    if run.incomplete and not getattr(args, "allow_partial", False):
+        _error(describe_incomplete(run))
+        return 1
     return 0

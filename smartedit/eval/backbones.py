@@ -55,6 +55,14 @@ LAYOUTS: dict[str, str] = {
         "                             lin6.model.1.weight (a copy ships with torchmetrics as\n"
         "                             torchmetrics/functional/image/lpips_models/squeeze.pth)"
     ),
+    "judge": (
+        "JUDGE_DIR/                   a local copy of a transformers image-text-to-text model with a chat template,\n"
+        "                             e.g. Qwen/Qwen2.5-VL-7B-Instruct, Qwen/Qwen2-VL-7B-Instruct or a llava-hf model\n"
+        "  config.json                any model_type AutoModelForImageTextToText knows (no trust_remote_code)\n"
+        "  model.safetensors          or shards + model.safetensors.index.json (or pytorch_model.bin, weights only)\n"
+        "  processor / tokenizer files (preprocessor_config.json or processor_config.json, tokenizer.json, ...)\n"
+        "  chat_template.jinja        or a chat_template inside the tokenizer / processor config"
+    ),
 }
 
 

@@ -26,7 +26,8 @@ from .results import MISSING_INPUT, SampleProblem
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GenerationSettings", "EditJob", "Editor", "IP2PEditor", "RegressionEditor", "sample_seed"]
+__all__ = ["FALLBACK_SAMPLING", "GenerationSettings", "model_sampling_defaults", "EditJob", "Editor", "IP2PEditor",
+           "RegressionEditor", "sample_seed"]
 
 
 def sample_seed(base_seed: int, sample_id: str) -> int:
@@ -34,19 +35,46 @@ def sample_seed(base_seed: int, sample_id: str) -> int:
     return (int(base_seed) + zlib.crc32(sample_id.encode("utf-8"))) % (2 ** 31)
 
 
+FALLBACK_SAMPLING = {"num_inference_steps": 100, "text_guidance_scale": 7.5, "image_guidance_scale": 1.5}
+"""What a model without sampling defaults (a diffusers InstructPix2Pix folder) is run with when none are given."""
+
+
 @dataclass
 class GenerationSettings:
-    """Sampling settings recorded with every report produced from a model."""
+    """Sampling settings recorded with every report produced from a model. ``None`` = the model folder's
+    sampling defaults (``config.sampling``; :data:`FALLBACK_SAMPLING` for folders without them)."""
 
-    num_inference_steps: int = 100
-    text_guidance_scale: float = 7.5
-    image_guidance_scale: float = 1.5
+    num_inference_steps: int | None = None
+    text_guidance_scale: float | None = None
+    image_guidance_scale: float | None = None
     resolution: int | None = None
     seed: int = 0
     batch_size: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def resolved(self, defaults: dict[str, Any]) -> "GenerationSettings":
+        """A copy with every None sampling value taken from ``defaults`` (then :data:`FALLBACK_SAMPLING`)."""
+        values = asdict(self)
+        for k, fallback in FALLBACK_SAMPLING.items():
+            if values[k] is None:
+                values[k] = defaults.get(k, fallback) if defaults.get(k) is not None else fallback
+        return GenerationSettings(**values)
+
+
+def _defaulted(requested: GenerationSettings) -> list[str]:
+    """The sampling settings the user left to the model folder's defaults."""
+    return [k for k in FALLBACK_SAMPLING if getattr(requested, k) is None]
+
+
+def model_sampling_defaults(config) -> dict[str, Any]:
+    """A SmartEdit config's ``sampling`` section in :class:`GenerationSettings` names (empty when it has none)."""
+    sampling = getattr(config, "sampling", None)
+    if sampling is None:
+        return {}
+    return {"num_inference_steps": sampling.num_inference_steps, "text_guidance_scale": sampling.guidance_scale,
+            "image_guidance_scale": sampling.image_guidance_scale}
 
 
 @dataclass
@@ -67,10 +95,11 @@ class Editor:
         from ..pipeline import SmartEditPipeline
 
         self.model_dir = os.fspath(model_dir)
-        self.settings = settings
         self.skip_existing = skip_existing
         self.pipe = SmartEditPipeline.from_model_dir(self.model_dir, device=device, dtype=dtype)
         self.pipe.set_progress_bar_config(disable=True)
+        self.requested = settings
+        self.settings = settings = settings.resolved(model_sampling_defaults(self.pipe.model.config))
         weights = sorted(Path(self.model_dir).glob("*.safetensors"))
         hashes = {w.name: sha256_file(w) for w in weights}
         self.info: dict[str, Any] = {
@@ -81,6 +110,7 @@ class Editor:
             "device": str(device),
             "dtype": str(dtype or self.pipe.model.null_text_embedding.dtype),
             **settings.to_dict(),
+            "defaulted": _defaulted(self.requested),
         }
         self.failures: dict[str, str] = {}
         self.seeds: dict[str, int] = {}
@@ -146,7 +176,8 @@ class IP2PEditor(Editor):
         from diffusers import StableDiffusionInstructPix2PixPipeline
 
         self.model_dir = os.fspath(pipeline_dir)
-        self.settings = settings
+        self.requested = settings
+        self.settings = settings.resolved({})
         self.skip_existing = skip_existing
         self.pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
             self.model_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False).to(device)
@@ -171,7 +202,7 @@ class IP2PEditor(Editor):
                 "sha256": combined_sha256(hashes) if hashes else None, "device": str(device),
                 "scheduler": type(self.pipe.scheduler).__name__, "diffuse": self.diffuse,
                 "decode": self.decode_mode,
-                **self.settings.to_dict()}
+                **self.settings.to_dict(), "defaulted": _defaulted(self.requested)}
 
     def _resize(self, images: list[Image.Image]) -> list[Image.Image]:
         r = self.settings.resolution

@@ -80,7 +80,10 @@ def markdown_table(summary: dict[str, Any], metrics: dict[str, MetricInfo]) -> s
         cells = []
         for a in aggs:
             m = summary[a]["metrics"][name]
-            cell = format_value(m["mean"])
+            cell = f"{m['count']} of {m['n']}" if info.count else format_value(m["mean"])
+            if m.get("n_at_cap"):
+                cell += (f" ({m['n_at_cap']} of {m['n']} at the {format_value(info.cap)} cap; "
+                         f"{format_value(m['mean_below_cap'])} over the others)")
             if m["n_nan"]:
                 cell += f" (n={m['n']}, {m['n_nan']} n/a)"
             cells.append(cell)

@@ -33,6 +33,7 @@ __all__ = [
     "STATUS_HELP",
     "SampleProblem",
     "BenchmarkError",
+    "UNSUPPORTED",
     "MetricInfo",
     "SampleResult",
     "Aggregate",
@@ -52,6 +53,7 @@ FULL_MASK = "full_mask"
 BAD_CAPTION = "bad_caption"
 BAD_ANNOTATION = "bad_annotation"
 GENERATION_FAILED = "generation_failed"
+UNSUPPORTED = "unsupported"
 ERROR = "error"
 
 STATUS_HELP: dict[str, str] = {
@@ -67,6 +69,7 @@ STATUS_HELP: dict[str, str] = {
     BAD_CAPTION: "placeholder caption, or source caption == target caption (dropped by the benchmark rules)",
     BAD_ANNOTATION: "the benchmark annotation for the sample is malformed or missing",
     GENERATION_FAILED: "the model raised an error while editing this sample",
+    UNSUPPORTED: "the sample needs an input this editor cannot take (e.g. several input images)",
     ERROR: "an unexpected error while scoring (see the message)",
 }
 
@@ -111,6 +114,11 @@ class MetricInfo:
     description: str
     higher_is_better: bool | None = None
     backbone: BackboneInfo | None = None
+    cap: float | None = None
+    """The largest value the metric can take by construction (PSNR of identical images): summaries count the
+    samples at the cap and give the mean over the others too, so a few capped samples cannot hide in a mean."""
+    count: bool = False
+    """A 0/1 flag per sample (e.g. "output unchanged"): summaries report how many samples have it."""
 
     def tag(self) -> str:
         return self.backbone.tag() if self.backbone is not None else "—"
@@ -122,6 +130,8 @@ class MetricInfo:
             "higher_is_better": self.higher_is_better,
             "backbone": None if self.backbone is None else self.backbone.name,
             "sha256": None if self.backbone is None else self.backbone.sha256,
+            **({"cap": self.cap} if self.cap is not None else {}),
+            **({"count": True} if self.count else {}),
         }
 
 
@@ -136,6 +146,8 @@ class SampleResult:
     metrics: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     visuals: list[tuple[str, Any]] = field(default_factory=list)
+    payload: Any = field(default=None, repr=False, compare=False)
+    """What the benchmark needs to score this result (its sample, output path, ...); not serialised."""
 
     @property
     def ok(self) -> bool:
@@ -157,10 +169,13 @@ class SampleResult:
 
 @dataclass(frozen=True)
 class Aggregate:
-    """A row of the summary: the samples whose ``group`` is one of ``groups`` (pooled, one mean over samples)."""
+    """A row of the summary: the samples whose ``group`` is one of ``groups`` (pooled, one mean over samples), or
+    with ``macro`` the mean of the groups' own means (each group counts once, as GEdit-Bench and ImgEdit-Bench
+    average their task types)."""
 
     name: str
     groups: tuple[str, ...]
+    macro: bool = False
 
 
 def finite_or_none(value: Any) -> Any:
@@ -188,12 +203,30 @@ def summarize(results: list[SampleResult], metrics: dict[str, MetricInfo],
         for name, info in metrics.items():
             values = [r.metrics.get(name, math.nan) for r in scored]
             finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-            entry["metrics"][name] = {
-                "mean": (sum(finite) / len(finite)) if finite else None,
+            mean = (sum(finite) / len(finite)) if finite else None
+            if agg.macro:
+                means = []
+                for g in agg.groups:
+                    vals = [float(r.metrics[name]) for r in scored if r.group == g and r.metrics.get(name) is not
+                            None and math.isfinite(r.metrics[name])]
+                    if vals:
+                        means.append(sum(vals) / len(vals))
+                mean = sum(means) / len(means) if means else None
+            m: dict[str, Any] = {
+                "mean": mean,
                 "n": len(finite),
                 "n_nan": len(values) - len(finite),
                 "backbone": None if info.backbone is None else info.backbone.name,
                 "sha256": None if info.backbone is None else info.backbone.sha256,
             }
+            if agg.macro:
+                m["macro_over_groups"] = True
+            if info.count:
+                m["count"] = int(sum(1 for v in finite if v))
+            if info.cap is not None:
+                below = [v for v in finite if v < info.cap]
+                m["n_at_cap"] = len(finite) - len(below)
+                m["mean_below_cap"] = (sum(below) / len(below)) if below else None
+            entry["metrics"][name] = m
         out[agg.name] = entry
     return out

@@ -69,11 +69,17 @@ class Backbones:
 
 @dataclass
 class EvalRun:
-    """What a benchmark run returns: the summary (as in summary.json), every sample result, the report folder."""
+    """What a benchmark run returns: the summary (as in summary.json), every sample result, the report folder.
+
+    ``incomplete``: the rows not scored for a reason outside the benchmark's own rules (missing or unreadable
+    outputs, failed edits, ...). ``merged`` is False on the ranks > 0 of a sharded run: they hold only their own
+    rows and write no report (rank 0 does)."""
 
     summary: dict[str, Any]
     results: list[SampleResult]
     out_dir: Path
+    merged: bool = True
+    incomplete: list[SampleResult] = field(default_factory=list)
 
 
 def score_samples(results: list[SampleResult], fn: Callable[[SampleResult], dict[str, float]],
