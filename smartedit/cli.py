@@ -21,19 +21,20 @@ def _offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def load_model(spec: str, device: str = "cpu"):
+def load_model(spec: str, device: str = "cpu", dtype=None):
     """``DIR`` (a save_pretrained folder) or ``random:PRESET`` (a randomly initialised model, seed 0)."""
     from .config import preset
+    from .devices import CLIError
     from .model import SmartEditModel
 
     if spec.startswith(RANDOM_PREFIX):
         name = spec[len(RANDOM_PREFIX):]
         if name != "tiny":
-            raise SystemExit(f"error: only random:tiny can be built without weights here (got {spec!r}); "
-                             f"7b/13b need real weights: see README 'Real weights'")
+            raise CLIError(f"only random:tiny can be built without weights here (got {spec!r}); "
+                           f"7b/13b need real weights: see README 'Real weights'")
         logger.warning("using a RANDOMLY INITIALISED tiny model: the output is not a meaningful edit")
-        return SmartEditModel.from_config(preset(name)).to(device).eval()
-    return SmartEditModel.from_pretrained(spec, device=device)
+        return SmartEditModel.from_config(preset(name)).to(device=device, dtype=dtype).eval()
+    return SmartEditModel.from_pretrained(spec, device=device, dtype=dtype)
 
 
 def side_by_side(left, right):
@@ -46,51 +47,104 @@ def side_by_side(left, right):
     return canvas
 
 
+def scheduler_class(name: str):
+    """The diffusers scheduler class called ``name``; anything else is a CLIError listing some choices."""
+    import diffusers
+
+    from .config import SchedulerConfig
+    from .devices import CLIError
+
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise CLIError(f"--scheduler {name}: not a diffusers scheduler class; use one of "
+                       f"{', '.join(SchedulerConfig.SAMPLERS)}")
+    return cls
+
+
 def _pipeline(args):
+    """The pipeline the edit / demo / batch options ask for: model, device, dtype, scheduler, offload, quantization."""
+    from .devices import CLIError, resolve_device, resolve_dtype
     from .pipeline import SmartEditPipeline
 
-    pipe = SmartEditPipeline(load_model(args.model, args.device))
-    if getattr(args, "scheduler", None):
-        import diffusers
-
-        cls = getattr(diffusers, args.scheduler, None)
-        if cls is None or not hasattr(cls, "from_config"):
-            raise SystemExit(f"error: unknown scheduler {args.scheduler!r} (e.g. EulerAncestralDiscreteScheduler, "
-                             f"DDIMScheduler, DPMSolverMultistepScheduler)")
-        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    device = resolve_device(getattr(args, "device", "auto"))
+    dtype = resolve_dtype(getattr(args, "dtype", "auto"), device)
+    offload = getattr(args, "offload", "none") or "none"
+    quant = getattr(args, "quantize_llm", None)
+    scheduler = scheduler_class(args.scheduler) if getattr(args, "scheduler", None) else None
+    if quant and args.model.startswith(RANDOM_PREFIX):
+        raise CLIError("--quantize-llm needs a model folder, not random:tiny")
+    load_device = "cpu" if offload == "model" else device
+    if args.model.startswith(RANDOM_PREFIX):
+        pipe = SmartEditPipeline(load_model(args.model, load_device, dtype))
+    else:
+        pipe = SmartEditPipeline.from_pretrained(args.model, torch_dtype=dtype, device=load_device,
+                                                 llm_quantization=quant)
+    if scheduler is not None:
+        pipe.scheduler = scheduler.from_config(pipe.scheduler.config)
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "llm":
+        pipe.enable_llm_offload("cpu")
     return pipe
 
 
 def _edit_kwargs(args) -> dict:
-    return dict(num_inference_steps=args.steps, text_guidance_scale=args.text_guidance,
+    """Sampling flags the user gave (None: the model folder's own defaults)."""
+    return dict(num_inference_steps=args.steps, guidance_scale=args.text_guidance,
                 image_guidance_scale=args.image_guidance, resolution=args.resolution)
 
 
+def check_writable(path: str, what: str = "output") -> None:
+    """Fail before the edit, not after it: ``path`` must be an image name PIL can write in a writable folder."""
+    import tempfile
+
+    from PIL import Image
+
+    from .devices import CLIError
+
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in Image.registered_extensions():
+        raise CLIError(f"{what} {path!r}: {ext or 'no extension'} is not an image format; end it in .png, .jpg "
+                       f"or .webp")
+    if os.path.isdir(path):
+        raise CLIError(f"{what} {path!r} is a folder; give a file name such as {os.path.join(path, 'edited.png')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".smartedit-write-test-"):
+            pass
+    except OSError as exc:
+        raise CLIError(f"cannot write the {what} {path!r} ({exc.strerror or exc}): choose a writable folder") from None
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise CLIError(f"{what} {path!r} exists and is not writable: remove it or choose another name")
+
+
 def cmd_edit(args) -> int:
-    from .image_io import ImageInputError, load_image, load_mask
+    from .devices import CLIError
+    from .image_io import load_image, load_mask
 
     if args.batch:
         return _cmd_batch(args)
     if not args.image or not args.instruction:
-        raise SystemExit("error: give --image and --instruction (or --batch FILE.jsonl)")
-    try:
-        source = load_image(args.image, f"input image {args.image!r}")
-        mask = load_mask(args.mask, source.size, f"mask {args.mask!r}") if args.mask else None
-    except ImageInputError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    pipe = _pipeline(args)
-    try:
-        out = pipe(source, args.instruction, mask=mask, seed=args.seed, **_edit_kwargs(args))
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    edited = out.images[0]
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    edited.save(args.output)
+        raise CLIError("give --image and --instruction (or --batch FILE.jsonl)")
     root, ext = os.path.splitext(args.output)
-    pair = f"{root}_side_by_side{ext or '.png'}"
+    pair = f"{root}_side_by_side{ext}"
+    check_writable(args.output)
+    check_writable(pair, "side-by-side output")
+    source = load_image(args.image, f"input image {args.image!r}")
+    mask = load_mask(args.mask, source.size, f"mask {args.mask!r}") if args.mask else None
+    pipe = _pipeline(args)
+    settings = {k: v for k, v in _edit_kwargs(args).items() if k != "resolution"}
+    settings = {k: pipe.sampling_defaults[k] if v is None else v for k, v in settings.items()}
+    out = pipe(prompt=args.instruction, image=source, mask=mask, seed=args.seed, resolution=args.resolution,
+               **settings)
+    edited = out.images[0]
+    edited.save(args.output)
     side_by_side(source, edited).save(pair)
     sys.stdout.write(json.dumps({"output": args.output, "side_by_side": pair, "seed": out.seeds[0],
-                                 "instruction": args.instruction, "steps": args.steps}) + "\n")
+                                 "instruction": args.instruction, **settings,
+                                 "scheduler": type(pipe.scheduler).__name__, "device": str(pipe._execution_device),
+                                 "dtype": str(pipe.dtype).removeprefix("torch.")}) + "\n")
     return 0
 
 
@@ -161,32 +215,71 @@ def cmd_assemble(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import build_app
+    from .demo import EXAMPLES_FILE, build_app, import_gradio, launch, load_examples
+    from .devices import CLIError, resolve_device, resolve_dtype
 
-    app = build_app(_pipeline(args))
-    app.launch(server_name=args.host, server_port=args.port)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import_gradio()  # before the model loads: a missing or broken gradio is reported at once
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device)
+    except CLIError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    args.device = str(device)
+    pipe = _pipeline(args)
+    if pipe.dtype != dtype:
+        pipe.to(dtype)
+    examples_file = args.examples
+    if examples_file is None and not args.model.startswith(RANDOM_PREFIX):
+        examples_file = os.path.join(args.model, EXAMPLES_FILE)
+    elif examples_file is not None and not os.path.isfile(examples_file):
+        raise SystemExit(f"error: examples file {examples_file!r} does not exist")
+    app = build_app(pipe, model_name=os.path.normpath(args.model), examples=load_examples(examples_file))
+    launch(app, host=args.host, port=args.port, share=args.share)
     return 0
 
 
 def cmd_info(args) -> int:
     from .config import preset
-    from .info import format_report, report
+    from .info import format_memory, format_report, memory_report, report
 
-    info = report(preset(args.preset))
-    sys.stdout.write((json.dumps(info, indent=2) if args.json else format_report(info)) + "\n")
+    cfg = preset(args.preset)
+    info = {**report(cfg), "memory": memory_report(cfg)}
+    text = json.dumps(info, indent=2) if args.json else format_report(info) + "\n" + format_memory(info["memory"])
+    sys.stdout.write(text + "\n")
     return 0
 
 
 def _add_edit_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--text-guidance", type=float, default=7.5)
-    parser.add_argument("--image-guidance", type=float, default=1.5)
+    from .quantize import QUANTIZATION_CHOICES
+
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model folder's)")
+    parser.add_argument("--text-guidance", type=float, default=None,
+                        help="text guidance s_T (default: the model folder's; 7.5 for the 7b/13b presets)")
+    parser.add_argument("--image-guidance", type=float, default=None,
+                        help="image guidance s_I (default: the model folder's; 1.5 for the 7b/13b presets)")
     parser.add_argument("--seed", type=int, default=0, help="seed (batch: default seed = this + line number)")
     parser.add_argument("--resolution", type=int, default=None, help="model resolution (default: the model's)")
     parser.add_argument("--scheduler", default=None,
                         help="diffusers scheduler class (default: the model config's scheduler.sampler, e.g. "
                              "EulerAncestralDiscreteScheduler for the 7b/13b presets, DDIMScheduler for SmartEdit-tiny)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default="auto",
+                        help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16 (GPU only)")
+    parser.add_argument("--offload", default="none", choices=["none", "llm", "model"],
+                        help="GPU memory: llm = the MLLM on the GPU only while it encodes; model = every component "
+                             "only while it runs (smartedit info --preset 7b prints what each needs)")
+    parser.add_argument("--quantize-llm", default=None, choices=list(QUANTIZATION_CHOICES),
+                        help="8-bit or 4-bit (NF4) LLM weights through bitsandbytes (CUDA or CPU; needs "
+                             "pip install -e '.[quant]')")
+
+
+def _verbose_flag() -> argparse.ArgumentParser:
+    """``-v`` accepted after the sub-command too (``smartedit edit ... -v``)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error")
+    return parent
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    edit = sub.add_parser("edit", help="edit an image following an instruction (or many, with --batch)")
+    edit = sub.add_parser("edit", help="edit an image following an instruction (or many, with --batch)",
+                          parents=[_verbose_flag()])
     edit.add_argument("--model", required=True, help="model folder (save_pretrained layout) or random:tiny")
     edit.add_argument("--image", help="input image (PNG, JPEG, ...)")
     edit.add_argument("--instruction")
@@ -220,11 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     assemble.add_argument("--out", required=True)
     assemble.set_defaults(func=cmd_assemble)
 
-    demo = sub.add_parser("demo", help="web demo (needs pip install -e '.[demo]')")
-    demo.add_argument("--model", required=True)
-    demo.add_argument("--host", default="127.0.0.1")
+    demo = sub.add_parser("demo", help="web demo in the browser (needs pip install -e '.[demo]')")
+    demo.add_argument("--model", required=True, help="model folder (save_pretrained layout) or random:tiny")
+    demo.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     demo.add_argument("--port", type=int, default=7860)
-    demo.add_argument("--device", default="cpu")
+    demo.add_argument("--share", action="store_true", help="also serve through a public gradio share link")
+    demo.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps")
+    demo.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    demo.add_argument("--examples", default=None,
+                      help="examples JSON ([{image, instruction}, ...], paths relative to it; default: the "
+                           "model folder's examples.json)")
+    demo.add_argument("--scheduler", default=None, help="diffusers scheduler class (default: the model's)")
     demo.set_defaults(func=cmd_demo)
 
     from .convert_cli import register as register_convert
@@ -233,19 +333,41 @@ def build_parser() -> argparse.ArgumentParser:
     register_data(sub)
     register_convert(sub)
 
-    info = sub.add_parser("info", help="parameter counts of a preset (built on the meta device)")
+    info = sub.add_parser("info", help="parameter counts of a preset and the GPU memory an edit needs (built on "
+                                       "the meta device)", parents=[_verbose_flag()])
     info.add_argument("--preset", default="7b", choices=["tiny", "7b", "13b"])
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
     return parser
 
 
+USER_ERRORS = (OSError, ValueError, ImportError, RuntimeError, LookupError)
+"""Exceptions a user's input or machine can cause (missing or broken files, bad values, missing packages,
+non-finite outputs): shown as one ``error:`` line. Anything else is a bug and keeps its traceback."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .devices import CLIError
+
     _offline()
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    except (CLIError, *USER_ERRORS) as exc:
+        if verbose:
+            raise
+        message = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
+            message = f"{exc.filename}: {message}"
+        sys.stderr.write(f"error: {message}" + ("" if isinstance(exc, CLIError) else " (-v shows the traceback)")
+                         + "\n")
+        return 2
 
 
 if __name__ == "__main__":

@@ -120,6 +120,7 @@ class SmartEditPipeline(DiffusionPipeline):
         self.register_modules(model=model, scheduler=scheduler)
         self._llm_offload = "none"
         self._offload_device: torch.device | None = None
+        self._home_device: torch.device = model.device
         self._interrupt = False
         self._num_timesteps = 0
         self._guidance_scale = self._image_guidance_scale = None
@@ -199,7 +200,10 @@ class SmartEditPipeline(DiffusionPipeline):
                              "do not also move the pipeline with .to(device)")
         if device is not None:
             device = torch.device(device)
+            self._home_device = device
         self.model.to(device=device, dtype=dtype)
+        if self._llm_offload == "cpu" and self.model.mllm is not None:  # the MLLM stays on the CPU between edits
+            self.model.mllm.to("cpu")
         return self
 
     @property
@@ -246,7 +250,10 @@ class SmartEditPipeline(DiffusionPipeline):
         ``free`` deletes it (the pipeline can then only denoise given ``prompt_embeds``), ``none`` keeps it."""
         if mode not in LLM_OFFLOAD_MODES:
             raise ValueError(f"LLM offload mode must be one of {list(LLM_OFFLOAD_MODES)}, got {mode!r}")
+        self._home_device = self.model.device
         self._llm_offload = mode
+        if mode == "cpu" and self._offload_device is None and self.model.mllm is not None:
+            self.model.mllm.to("cpu")  # back on the device only while it encodes
 
     def enable_model_cpu_offload(self, gpu_id: int | str | torch.device | None = None,
                                  device: str | torch.device | None = None) -> None:
@@ -285,6 +292,8 @@ class SmartEditPipeline(DiffusionPipeline):
     def _execution_device(self) -> torch.device:  # the model is not a diffusers ModelMixin
         if self._offload_device is not None:
             return self._offload_device
+        if self._llm_offload != "none":
+            return self._home_device
         return self.model.device
 
     @contextmanager
@@ -525,12 +534,16 @@ class SmartEditPipeline(DiffusionPipeline):
         if model.mllm is None:
             raise RuntimeError("the MLLM was freed after encoding (enable_llm_offload('free')); reload the model "
                                "or pass prompt_embeds")
-        if self._llm_offload == "cpu" and self._offload_device is None:
+        swap = self._llm_offload == "cpu" and self._offload_device is None
+        if swap:  # the UNet waits on the CPU while the MLLM encodes, then they change places
+            model.unet.to("cpu")
             model.mllm.to(batch.device)
         with self._running(model.mllm, model.qformer, model.bim, model.vae):
             cond = model.encode_condition(batch, instructions, mask=mask, generate=generate_reply)
         if self._llm_offload == "cpu":
             model.mllm.to("cpu")
+            if swap:
+                model.unet.to(batch.device)
         elif self._llm_offload == "free":
             model.mllm = None
             logger.info("freed the MLLM after encoding")
