@@ -29,13 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    eval_args.setup_logging(args.log_level)
+    eval_args.setup_logging(args.log_level, args.verbose)
     return eval_args.run_main(lambda: evaluate(
         args.data, out=args.out, outputs=args.outputs, model=args.model, clip=args.clip, dino=args.dino,
         captions=args.captions, settings=eval_args.settings_from_args(args),
         device=eval_args.resolve_device(args.device), dtype=eval_args.resolve_dtype(args.dtype),
         skip_existing=args.skip_existing, allow_size_mismatch=args.allow_size_mismatch, limit=args.limit,
-        max_visual=args.max_visual))
+        max_visual=args.max_visual), args)
 
 
 if __name__ == "__main__":

@@ -35,19 +35,20 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .benchmark import Benchmark, Sample, run_benchmark
 from .clip_score import cosine, direction_similarity
-from .generate import EditJob, Editor, GenerationSettings
-from .images import ImageSource, check_size, describe_source, find_image, load_rgb, resize
+from .generate import Editor, GenerationSettings
+from .images import ImageSource, check_size, load_rgb, resize
 from .pixel import l1
-from .report import slug, write_report
-from .results import (BAD_ANNOTATION, BAD_CAPTION, GENERATION_FAILED, MISSING_INPUT, MISSING_OUTPUT, Aggregate,
-                      BenchmarkError, MetricInfo, SampleResult, read_parquet_table)
-from .runner import Backbones, EvalRun, score_samples
+from .report import slug
+from .results import (BAD_ANNOTATION, BAD_CAPTION, MISSING_INPUT, MISSING_OUTPUT, Aggregate, BenchmarkError,
+                      MetricInfo, read_parquet_table)
+from .runner import Backbones, EvalRun
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PLACEHOLDER_CAPTIONS", "EmuSample", "normalize_caption", "caption_problem", "read_emu_edit",
-           "metric_infos", "score_sample", "evaluate"]
+           "metric_infos", "score_sample", "EmuEdit", "evaluate"]
 
 PLACEHOLDER_CAPTIONS = frozenset({
     "", "n/a", "na", "none", "null", "nan", "nil", "caption", "input caption", "output caption", "source caption",
@@ -191,68 +192,82 @@ def score_sample(sample: EmuSample, output: ImageSource | None, backbones: Backb
     return {k: m[k] for k in order}, note
 
 
+class EmuEdit(Benchmark):
+    """The Emu Edit test set through the shared benchmark loop (bad captions: :func:`caption_problem`)."""
+
+    name = "emu-edit"
+    title = "Emu Edit test"
+    backbone_kinds = ("clip", "dino")
+    rule_exclusions = frozenset({BAD_CAPTION})
+    outputs_layout = "OUTPUTS/<idx>.png"
+
+    def __init__(self, data, *, split: str | None = None, extra_placeholders: list[str] | None = None):
+        super().__init__(data)
+        self.split = split
+        self.placeholders = PLACEHOLDER_CAPTIONS | set(extra_placeholders or [])
+        self.dropped = 0
+
+    def read(self):
+        raw = read_emu_edit(self.data, self.split, self.placeholders)
+        if not raw:
+            raise BenchmarkError(f"no Emu Edit samples in {os.fspath(self.data)!r}"
+                                 + (f" for split {self.split!r}" if self.split else ""))
+        self.dropped = sum(1 for s in raw if s.problem and s.problem[0] == BAD_CAPTION)
+        logger.info("Emu Edit: %d samples, %d dropped for bad captions", len(raw), self.dropped)
+        self.total = len(raw)
+        return [Sample(id=s.id, group=s.task, instruction=s.instruction, input=s.input, problem=s.problem, data=s)
+                for s in raw], []
+
+    def run_info(self):
+        return {"data": os.fspath(self.data), "split": self.split, "samples": self.total,
+                "bad_captions_dropped": self.dropped}
+
+    def output_path(self, sample, outputs):
+        return outputs / f"{sample.id}.png"
+
+    def build_results(self, samples, found, outputs):
+        results = super().build_results(samples, found, outputs)
+        for r, s in zip(results, samples):
+            e = s.data
+            r.meta = {"instruction": e.instruction, "input_caption": e.input_caption,
+                      "output_caption": e.output_caption, "split": e.split, "idx": e.idx, **{
+                          k: r.meta[k] for k in ("input", "output")}}
+        return results
+
+    def metric_infos(self, ctx):
+        return metric_infos(ctx.backbones)
+
+    def score(self, result, ctx):
+        sample, output = result.payload
+        metrics, note = score_sample(sample.data, output, ctx.backbones, allow_size_mismatch=ctx.allow_size_mismatch)
+        if note:
+            result.meta["note"] = note
+        return metrics
+
+    def aggregates(self, samples):
+        tasks = sorted({s.group for s in samples})
+        return [Aggregate("all", tuple(tasks))] + [Aggregate(t, (t,)) for t in tasks]
+
+    def notes(self, ctx):
+        return [f"{self.dropped} of {self.total} samples dropped for bad captions (placeholder or input caption == "
+                f"output caption); listed under excluded samples"]
+
+
 def evaluate(data: str | os.PathLike, *, out: str | os.PathLike, outputs: str | os.PathLike | None = None,
              model: str | os.PathLike | None = None, clip: str | os.PathLike | None = None,
              dino: str | os.PathLike | None = None, split: str | None = None,
              extra_placeholders: list[str] | None = None, settings: GenerationSettings | None = None,
              device: str = "cpu", dtype: torch.dtype | None = None, skip_existing: bool = False,
-             allow_size_mismatch: bool = False, limit: int | None = None, max_visual: int = 16) -> EvalRun:
+             allow_size_mismatch: bool = False, limit: int | None = None, max_visual: int = 16,
+             shard=None) -> EvalRun:
     """Score the Emu Edit test set (running ``model`` first, or reading ``outputs``)."""
     if (outputs is None) == (model is None):
         raise ValueError("give exactly one of outputs= (score existing edits) or model= (run a model)")
-    if outputs is not None and not Path(outputs).is_dir():
-        raise BenchmarkError(f"outputs folder {os.fspath(outputs)!r} does not exist; expected OUTPUTS/<idx>.png")
-    placeholders = PLACEHOLDER_CAPTIONS | set(extra_placeholders or [])
-    samples = read_emu_edit(data, split, placeholders)
-    if limit is not None:
-        samples = samples[:limit]
-    if not samples:
-        raise BenchmarkError(f"no Emu Edit samples in {os.fspath(data)!r}" + (f" for split {split!r}" if split else ""))
-    dropped = sum(1 for s in samples if s.problem and s.problem[0] == BAD_CAPTION)
-    logger.info("Emu Edit: %d samples, %d dropped for bad captions", len(samples), dropped)
+    bench = EmuEdit(data, split=split, extra_placeholders=extra_placeholders)
     backbones = Backbones.load(clip=clip, dino=dino, device=device, wanted=("clip", "dino"))
-    notes = backbones.notes() + [f"{dropped} of {len(samples)} samples dropped for bad captions (placeholder or "
-                                 f"input caption == output caption); listed under excluded samples"]
-    out = Path(out)
-    run_info: dict[str, Any] = {"data": os.fspath(data), "split": split, "samples": len(samples),
-                                "bad_captions_dropped": dropped}
     editor = None
     if model is not None:
-        outputs = out / "outputs"
         editor = Editor(model, settings or GenerationSettings(), device=device, dtype=dtype,
                         skip_existing=skip_existing)
-        editor.run([EditJob(s.id, s.input, s.instruction, Path(outputs) / f"{s.id}.png")
-                    for s in samples if s.problem is None], desc="Emu Edit: editing")
-        run_info["generation"] = editor.info
-    run_info["outputs"] = os.fspath(outputs)
-
-    results, by_id = [], {}
-    for s in samples:
-        output = find_image(outputs, s.id) or Path(outputs) / f"{s.id}.png"
-        r = SampleResult(id=s.id, group=s.task, meta={
-            "instruction": s.instruction, "input_caption": s.input_caption, "output_caption": s.output_caption,
-            "split": s.split, "idx": s.idx, "input": describe_source(s.input), "output": describe_source(output)})
-        if editor is not None:
-            r.meta["seed"] = editor.seeds.get(s.id)
-        r.visuals = [("input", s.input), ("output", output)]
-        if s.problem is not None:
-            r.fail(*s.problem)
-        elif editor is not None and s.id in editor.failures:
-            r.fail(GENERATION_FAILED, editor.failures[s.id])
-        by_id[s.id] = (s, output)
-        results.append(r)
-
-    def fn(r: SampleResult) -> dict[str, float]:
-        sample, output = by_id[r.id]
-        metrics, note = score_sample(sample, output, backbones, allow_size_mismatch=allow_size_mismatch)
-        if note:
-            r.meta["note"] = note
-        return metrics
-
-    score_samples(results, fn, desc="Emu Edit: scoring")
-    tasks = sorted({s.task for s in samples})
-    aggregates = [Aggregate("all", tuple(tasks))] + [Aggregate(t, (t,)) for t in tasks]
-    summary = write_report(out, benchmark="emu-edit", title="Emu Edit test", results=results,
-                           metrics=metric_infos(backbones), aggregates=aggregates, run_info=run_info, notes=notes,
-                           max_visual=max_visual)
-    return EvalRun(summary=summary, results=results, out_dir=out)
+    return run_benchmark(bench, out=out, outputs=outputs, editor=editor, backbones=backbones, limit=limit,
+                         max_visual=max_visual, allow_size_mismatch=allow_size_mismatch, shard=shard)

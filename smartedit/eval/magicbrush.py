@@ -36,19 +36,19 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .benchmark import Benchmark, Sample, run_benchmark
 from .clip_score import cosine
 from .generate import EditJob, Editor, GenerationSettings
 from .images import ImageSource, check_size, describe_source, find_image, load_rgb, resize
 from .pixel import l1, l2
-from .report import write_report
-from .results import (BAD_ANNOTATION, GENERATION_FAILED, MISSING_OUTPUT, MISSING_TARGET, Aggregate,
-                      BenchmarkError, MetricInfo, SampleResult, read_parquet_table)
-from .runner import Backbones, EvalRun, score_samples
+from .results import (BAD_ANNOTATION, MISSING_OUTPUT, MISSING_TARGET, Aggregate, BenchmarkError, MetricInfo,
+                      SampleResult, read_parquet_table)
+from .runner import Backbones, EvalRun
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SINGLE", "MULTI", "Turn", "Session", "read_magicbrush", "output_stem", "metric_infos", "score_pair",
-           "evaluate"]
+           "MagicBrush", "evaluate"]
 
 SINGLE = "single-turn"
 MULTI = "multi-turn"
@@ -281,81 +281,127 @@ def _generate(sessions: list[Session], editor: Editor, outputs: Path) -> dict[st
     return deps
 
 
+class MagicBrush(Benchmark):
+    """MagicBrush single- and multi-turn through the shared benchmark loop; a sample is a session (so a sharded
+    run keeps each iterative chain in one process), its rows are every turn (single-turn) and the final turn
+    (multi-turn)."""
+
+    name = "magicbrush"
+    title = "MagicBrush test"
+    backbone_kinds = ("clip", "dino")
+    seed_lists = True
+    outputs_layout = "OUTPUTS/<img_id>/<id>_1.png, <id>_inde_<t>.png, <id>_iter_<t>.png"
+
+    def __init__(self, data, *, captions: str | os.PathLike | None = None):
+        super().__init__(data)
+        self.captions = captions
+        self.with_captions = False
+
+    def read(self):
+        sessions, self.with_captions = read_magicbrush(self.data, self.captions)
+        self.sessions = sessions
+        return [Sample(id=s.id, group=SINGLE, instruction=s.turns[0].instruction if s.turns else "",
+                       input=s.turns[0].input if s.turns else None, data=s) for s in sessions], []
+
+    def run_info(self):
+        return {"data": os.fspath(self.data), "sessions": len(self.sessions),
+                "turns": sum(len(s.turns) for s in self.sessions)}
+
+    def output_path(self, sample, outputs):
+        return outputs / sample.id / f"{output_stem(sample.id, 1, 'inde')}.png"
+
+    def find_outputs(self, samples, outputs):
+        found = {}
+        for s in samples:
+            for t in s.data.turns:
+                for mode in ("inde", "iter"):
+                    stem = output_stem(s.id, t.turn, mode)
+                    for root in outputs:
+                        p = find_image(root / s.id, stem)
+                        if p is not None:
+                            found[f"{s.id}/{stem}"] = p
+                            break
+        return found
+
+    def generate(self, samples, editor, outputs):
+        _generate([s.data for s in samples], editor, outputs)
+
+    def job_ids(self, result):
+        session, usable = result.payload[3], result.payload[4]
+        if not usable:
+            return []
+        sid = session.id
+        if result.id.endswith("/final"):
+            return [f"{sid}/1"] + [f"{sid}/iter{k}" for k in range(2, len(session.turns) + 1)]
+        turn = int(result.id.rsplit("/turn", 1)[1])
+        return [f"{sid}/1" if turn == 1 else f"{sid}/inde{turn}"]
+
+    def build_results(self, samples, found, outputs):
+        results: list[SampleResult] = []
+        root = outputs[0]
+
+        def add(rid, group, turn, stem, problem, source, session):
+            output = found.get(f"{turn.session}/{stem}") or root / turn.session / f"{stem}.png"
+            r = SampleResult(id=rid, group=group, meta={
+                "instruction": turn.instruction, "turn": turn.turn, "caption": turn.caption,
+                "output": describe_source(output), "target": describe_source(turn.target)})
+            r.visuals = [("input", source), ("output", output), ("ground truth", turn.target), ("mask", turn.mask)]
+            usable = bool(session.turns) and not any(t.problem for t in session.turns)
+            r.payload = (output, turn.target, turn.caption, session, usable)
+            if problem is not None:
+                r.fail(*problem)
+            results.append(r)
+
+        for sample in samples:
+            s = sample.data
+            for t in s.turns:
+                add(f"{s.id}/turn{t.turn}", SINGLE, t, output_stem(s.id, t.turn, "inde"), t.problem, t.input, s)
+        for sample in samples:
+            s = sample.data
+            if not s.turns:
+                continue
+            bad = next((t.problem for t in s.turns if t.problem), None)
+            add(f"{s.id}/final", MULTI, s.turns[-1], output_stem(s.id, len(s.turns), "iter"), bad,
+                s.turns[0].input, s)
+        return results
+
+    def metric_infos(self, ctx):
+        return metric_infos(ctx.backbones, self.with_captions)
+
+    def score(self, result, ctx):
+        output, target, caption = result.payload[:3]
+        metrics, note = score_pair(output, target, caption, ctx.backbones, with_captions=self.with_captions,
+                                   allow_size_mismatch=ctx.allow_size_mismatch)
+        if note:
+            result.meta["note"] = note
+        return metrics
+
+    def aggregates(self, samples):
+        return [Aggregate(SINGLE, (SINGLE,)), Aggregate(MULTI, (MULTI,))]
+
+    def notes(self, ctx):
+        from .clip_score import variant_note
+
+        notes = []
+        if ctx.backbones.clip is not None and not self.with_captions:
+            notes.append("CLIP-T not computed: no local captions (local_descriptions.json or --captions)")
+        return notes + variant_note(ctx.backbones.clip, "ViT-B/32", "MagicBrush")
+
+
 def evaluate(data: str | os.PathLike, *, out: str | os.PathLike, outputs: str | os.PathLike | None = None,
              model: str | os.PathLike | None = None, clip: str | os.PathLike | None = None,
              dino: str | os.PathLike | None = None, captions: str | os.PathLike | None = None,
              settings: GenerationSettings | None = None, device: str = "cpu", dtype: torch.dtype | None = None,
              skip_existing: bool = False, allow_size_mismatch: bool = False, limit: int | None = None,
-             max_visual: int = 16) -> EvalRun:
+             max_visual: int = 16, shard=None) -> EvalRun:
     """Score MagicBrush single- and multi-turn (running ``model`` first, or reading ``outputs``)."""
     if (outputs is None) == (model is None):
         raise ValueError("give exactly one of outputs= (score existing edits) or model= (run a model)")
-    if outputs is not None and not Path(outputs).is_dir():
-        raise BenchmarkError(f"outputs folder {os.fspath(outputs)!r} does not exist; expected "
-                             f"OUTPUTS/<img_id>/<id>_1.png, <id>_inde_<t>.png, <id>_iter_<t>.png")
-    sessions, with_captions = read_magicbrush(data, captions)
-    if limit is not None:
-        sessions = sessions[:limit]
+    bench = MagicBrush(data, captions=captions)
     backbones = Backbones.load(clip=clip, dino=dino, device=device, wanted=("clip", "dino"))
-    notes = backbones.notes()
-    if backbones.clip is not None and not with_captions:
-        notes.append("CLIP-T not computed: no local captions (local_descriptions.json or --captions)")
-    from .clip_score import variant_note
-
-    notes += variant_note(backbones.clip, "ViT-B/32", "MagicBrush")
-    out = Path(out)
-    run_info: dict[str, Any] = {"data": os.fspath(data), "sessions": len(sessions),
-                                "turns": sum(len(s.turns) for s in sessions)}
-    editor, deps = None, {}
+    editor = None
     if model is not None:
-        outputs = out / "outputs"
         editor = Editor(model, settings or GenerationSettings(), device=device, dtype=dtype,
                         skip_existing=skip_existing)
-        deps = _generate(sessions, editor, Path(outputs))
-        run_info["generation"] = editor.info
-    run_info["outputs"] = os.fspath(outputs)
-    outputs = Path(outputs)
-
-    results: list[SampleResult] = []
-    pairs: dict[str, tuple[Any, Any, str | None]] = {}
-
-    def add(rid: str, group: str, turn: Turn, stem: str, problem: tuple[str, str] | None,
-            source: ImageSource | None) -> None:
-        output = find_image(outputs / turn.session, stem) or outputs / turn.session / f"{stem}.png"
-        r = SampleResult(id=rid, group=group, meta={
-            "instruction": turn.instruction, "turn": turn.turn, "caption": turn.caption,
-            "output": describe_source(output), "target": describe_source(turn.target)})
-        r.visuals = [("input", source), ("output", output), ("ground truth", turn.target), ("mask", turn.mask)]
-        if editor is not None:
-            r.meta["seed"] = [editor.seeds.get(j) for j in deps.get(rid, [])]
-        failed = [editor.failures[j] for j in deps.get(rid, []) if editor is not None and j in editor.failures]
-        if problem is not None:
-            r.fail(*problem)
-        elif failed:
-            r.fail(GENERATION_FAILED, failed[0])
-        pairs[rid] = (output, turn.target, turn.caption)
-        results.append(r)
-
-    for s in sessions:
-        for t in s.turns:
-            add(f"{s.id}/turn{t.turn}", SINGLE, t, output_stem(s.id, t.turn, "inde"), t.problem, t.input)
-    for s in sessions:
-        if not s.turns:
-            continue
-        bad = next((t.problem for t in s.turns if t.problem), None)
-        add(f"{s.id}/final", MULTI, s.turns[-1], output_stem(s.id, len(s.turns), "iter"), bad, s.turns[0].input)
-
-    def fn(r: SampleResult) -> dict[str, float]:
-        output, target, caption = pairs[r.id]
-        metrics, note = score_pair(output, target, caption, backbones, with_captions=with_captions,
-                                   allow_size_mismatch=allow_size_mismatch)
-        if note:
-            r.meta["note"] = note
-        return metrics
-
-    score_samples(results, fn, desc="MagicBrush: scoring")
-    summary = write_report(out, benchmark="magicbrush", title="MagicBrush test", results=results,
-                           metrics=metric_infos(backbones, with_captions),
-                           aggregates=[Aggregate(SINGLE, (SINGLE,)), Aggregate(MULTI, (MULTI,))],
-                           run_info=run_info, notes=notes, max_visual=max_visual)
-    return EvalRun(summary=summary, results=results, out_dir=out)
+    return run_benchmark(bench, out=out, outputs=outputs, editor=editor, backbones=backbones, limit=limit,
+                         max_visual=max_visual, allow_size_mismatch=allow_size_mismatch, shard=shard)
