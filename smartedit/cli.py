@@ -216,24 +216,16 @@ def cmd_assemble(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import EXAMPLES_FILE, build_app, import_gradio, launch, load_examples
-    from .devices import CLIError, resolve_device, resolve_dtype
+    from .devices import CLIError
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    try:
-        import_gradio()  # before the model loads: a missing or broken gradio is reported at once
-        device = resolve_device(args.device)
-        dtype = resolve_dtype(args.dtype, device)
-    except CLIError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    args.device = str(device)
-    pipe = _pipeline(args)
-    if pipe.dtype != dtype:
-        pipe.to(dtype)
+    import_gradio()  # before the model loads: a missing or broken gradio is reported at once, as it is
     examples_file = args.examples
     if examples_file is None and not args.model.startswith(RANDOM_PREFIX):
         examples_file = os.path.join(args.model, EXAMPLES_FILE)
     elif examples_file is not None and not os.path.isfile(examples_file):
-        raise SystemExit(f"error: examples file {examples_file!r} does not exist")
+        raise CLIError(f"examples file {examples_file!r} does not exist")
+    pipe = _pipeline(args)
     app = build_app(pipe, model_name=os.path.normpath(args.model), examples=load_examples(examples_file))
     launch(app, host=args.host, port=args.port, share=args.share)
     return 0
