@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,10 @@ TOKENIZER_DIR = "tokenizer"
 TINY_TOKENIZER = os.path.join(os.path.dirname(__file__), "assets", "tiny_tokenizer")
 TINY_VOCAB_SIZE = 1024
 """Base vocabulary of the shipped tiny tokenizer (``data_recipes/build_tiny_tokenizer.py``), the tiny preset's."""
+FLOAT32_BUFFERS = ("null_text_embedding", "mllm.clip_mean", "mllm.clip_std", "rotary_emb.inv_freq",
+                   "rotary_emb.original_inv_freq", "pos_encoding.positional_embedding")
+"""Buffers (name suffixes) that stay float32 when the model is cast to half precision: the null text embedding,
+CLIP's normalisation, LLaMA's RoPE frequencies and the BIM's Fourier matrix."""
 
 
 @dataclass
@@ -73,6 +78,8 @@ class SmartEditModel(nn.Module):
         self.register_buffer("null_text_embedding",
                              torch.zeros(1, config.qformer.num_queries, config.qformer.hidden_size))
         self.conv_in_residual = ConvInResidual(self.unet)
+        self.vae_upcast = "auto"
+        """float16 VAE overflow guard: ``auto``, ``always`` or ``never`` (see :meth:`decode_latent`)."""
         self.tokenizer = tokenizer
         if tokenizer is not None:
             add_smartedit_tokens(tokenizer, config.mllm.num_image_tokens, config.mllm.vocab_size)
@@ -99,6 +106,21 @@ class SmartEditModel(nn.Module):
     def dtype(self) -> torch.dtype:
         """The UNet's weight dtype (buffers kept in float32 for precision do not count)."""
         return self.unet.dtype
+
+    def _apply(self, fn, recurse: bool = True):
+        """``to`` / ``half`` / ``bfloat16`` / ``cuda`` … keep the float32 buffers (:data:`FLOAT32_BUFFERS`) in float32:
+        they were float32 in training and lose what they encode in half precision (LLaMA's RoPE ``inv_freq`` in
+        bfloat16 puts the phase of positions 300–350 off by about 0.4 rad at the 7B head size). Device moves apply."""
+        keep = {name: buf for name, buf in self.named_buffers()
+                if buf.dtype == torch.float32 and name.endswith(FLOAT32_BUFFERS)}
+        super()._apply(fn, recurse)
+        for name, old in keep.items():
+            owner, _, attr = name.rpartition(".")
+            module = self.get_submodule(owner)
+            new = module._buffers.get(attr)
+            if new is not None and new.dtype in (torch.float16, torch.bfloat16):
+                module._buffers[attr] = old.to(new.device)
+        return self
 
     def add_lora(self, r: int | None = None) -> None:
         """Add LoRA adapters to the LLM (stage 2) and record them in the config so they are saved and reloaded."""
@@ -130,8 +152,43 @@ class SmartEditModel(nn.Module):
         return self.bim(context, image_features, latent_size)  # [B, Q, D], [B, C0, h, w]
 
     def encode_latent(self, images: torch.Tensor) -> torch.Tensor:
-        """[B,3,H,W] in [-1,1] → VAE latent mode, unscaled (InstructPix2Pix convention for the source)."""
-        return self.vae.encode(images.to(self.vae.dtype)).latent_dist.mode()  # [B, 4, h, w]
+        """[B,3,H,W] in [-1,1] → VAE latent mode, unscaled (InstructPix2Pix convention for the source). A float16
+        VAE that overflows is run again in float32 (see :meth:`decode_latent`)."""
+        vae = self.vae
+        latent = vae.encode(images.to(vae.dtype)).latent_dist.mode()  # [B, 4, h, w]
+        if vae.dtype == torch.float16 and self.vae_upcast != "never" and (
+                self.vae_upcast == "always" or not torch.isfinite(latent).all()):
+            with self._vae_float32():
+                latent = vae.encode(images.float()).latent_dist.mode().to(torch.float16)  # [B, 4, h, w]
+        return latent
+
+    def decode_latent(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unscaled VAE latents [B,4,h,w] → images [B,3,H,W] in about [-1, 1], float32.
+
+        The Stable Diffusion VAE overflows in float16 on some inputs (inf/NaN pixels: black or speckled images).
+        With a float16 VAE, ``vae_upcast`` decides: ``auto`` (default) decodes in float16 and, when the output is not
+        finite, decodes again with the VAE in float32; ``always`` decodes in float32; ``never`` keeps float16.
+        Other dtypes decode as they are."""
+        vae = self.vae
+        if vae.dtype == torch.float16 and self.vae_upcast == "always":
+            with self._vae_float32():
+                return vae.decode(latents.float()).sample.float()  # [B, 3, H, W]
+        image = vae.decode(latents.to(vae.dtype)).sample  # [B, 3, H, W]
+        if vae.dtype == torch.float16 and self.vae_upcast == "auto" and not torch.isfinite(image).all():
+            logger.info("the float16 VAE overflowed: decoding again in float32")
+            with self._vae_float32():
+                image = vae.decode(latents.float()).sample
+        return image.float()
+
+    @contextmanager
+    def _vae_float32(self):
+        """The VAE in float32 for the block (back to its dtype after)."""
+        dtype = self.vae.dtype
+        nn.Module.to(self.vae, torch.float32)  # (diffusers' ModelMixin.to warns about casts it did not make)
+        try:
+            yield
+        finally:
+            nn.Module.to(self.vae, dtype)
 
     def mask_to_image(self, mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         """Region mask [B,1|3,H,W] in [0,1] (1 = edit here) → 3-channel image in [-1,1]; None → blank (white)."""
@@ -288,23 +345,32 @@ class SmartEditModel(nn.Module):
                 mask_latent = self.encode_latent(self.mask_to_image(m, source))
         b = latents.shape[0]
         device = latents.device
-        noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+        noise = torch.randn(latents.shape, generator=generator, device=device, dtype=torch.float32)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=generator,
                                   device=device).long()
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)  # [b, 4, h, w]
+        noisy = self.add_noise(latents, noise, timesteps)  # [b, 4, h, w] float32
 
         drops = sample_dropout(b, self.config.cfg_dropout_prob, device=device, generator=generator)
         context, source_latent = apply_dropout(context, self.null_text_embedding, source_latent, drops)
 
         pred = self.predict(self.unet_input(noisy, source_latent, mask_latent), timesteps, context, spatial)
+        return F.mse_loss(pred.float(), self.diffusion_target(latents, noise, timesteps))
+
+    # ---- noise schedule (float32) -------------------------------------------------------------------------
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The forward process x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε, in float32 whatever the latents' dtype: diffusers casts
+        ᾱ to the samples' dtype, and in bfloat16 ᾱ_0 and ᾱ_1 round to 1 (no noise at all while the target is that
+        noise) and the noise scale is off by up to 100 % below t = 50."""
+        return self.noise_scheduler.add_noise(latents.float(), noise.float(), timesteps)  # [B, C, h, w] float32
+
+    def diffusion_target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the UNet is trained to predict (ε, v or x_0, by ``scheduler.prediction_type``), in float32."""
         kind = self.noise_scheduler.config.prediction_type
         if kind == "epsilon":
-            goal = noise
-        elif kind == "v_prediction":
-            goal = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:  # "sample"
-            goal = latents
-        return F.mse_loss(pred.float(), goal.float())
+            return noise.float()
+        if kind == "v_prediction":
+            return self.noise_scheduler.get_velocity(latents.float(), noise.float(), timesteps)
+        return latents.float()  # "sample"
 
     # ---- persistence -----------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, max_shard_size: str | int = "5GB") -> None:

@@ -38,7 +38,8 @@ def _load_script(path):
 def _args(init, output):
     return ["--preset", "tiny", "--init", init, "--output", output, "--max-steps", str(STEPS),
             "--set", "checkpoint.every=2", "--set", "checkpoint.keep_last=2", "--set", "log.sample_ids=true",
-            "--set", "log.progress=false", "--set", "gradient_accumulation_steps=2", "--set", "data.num_workers=1"]
+            "--set", "log.progress=false", "--set", "gradient_accumulation_steps=2", "--set", "data.num_workers=1",
+            "--set", "precision=fp32"]
 
 
 def test_sigkill_then_resume_latest_is_exact(tmp_path):

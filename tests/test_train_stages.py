@@ -56,7 +56,7 @@ def clip_dir(tmp_path_factory):
 
 
 def run(stage, init, output, zero="zero2", steps=3, **overrides):
-    over = {"log.progress": False, "checkpoint.every": steps, **overrides}
+    over = {"log.progress": False, "checkpoint.every": steps, "precision": "fp32", **overrides}  # (exact on GPUs too)
     cfg = experiment_preset("tiny", stage, init=init, output_dir=str(output), max_steps=steps, deepspeed=zero,
                             **over)
     return Trainer(cfg).run()
@@ -144,8 +144,9 @@ def test_stage1_to_2a_to_2b_to_an_edit(ds, tmp_path, clip_dir):
 def test_non_finite_steps_are_skipped_then_abort(ds, tmp_path, clip_dir):
     zero = ds
     cfg = experiment_preset("tiny", "stage1", init="random:tiny", output_dir=str(tmp_path / "run"), max_steps=6,
-                            deepspeed=zero, **{"align.clip_text": clip_dir, "log.progress": False,
-                                               "checkpoint.every": 1, "checkpoint.keep_last": 6})
+                            deepspeed=zero, precision="fp32",
+                            **{"align.clip_text": clip_dir, "log.progress": False, "checkpoint.every": 1,
+                               "checkpoint.keep_last": 6})
     trainer = Trainer(cfg).setup()
     forward = trainer.module.forward
     calls = {"n": 0}
