@@ -81,11 +81,16 @@ def load_scheduler(directory: str):
     """A diffusers scheduler saved by ``save_pretrained`` (``scheduler_config.json``; JSON only, no code)."""
     import diffusers
 
-    config = diffusers.SchedulerMixin.load_config(directory)
-    name = config.get("_class_name")
+    path = os.path.join(directory, "scheduler_config.json")
+    with open(path, encoding="utf-8") as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc}); fix it or delete the folder") from None
+    name = config.get("_class_name") if isinstance(config, dict) else None
     cls = getattr(diffusers, str(name), None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise ValueError(f"{directory}/scheduler_config.json names {name!r}, which is not a diffusers scheduler "
+        raise ValueError(f"{path} names {name!r}, which is not a diffusers scheduler "
                          f"(e.g. DDIMScheduler, EulerAncestralDiscreteScheduler); fix _class_name or delete the "
                          f"folder to use the model's default sampler")
     return cls.from_config(config)
@@ -97,6 +102,8 @@ def _is_text(value) -> bool:
 
 
 def _looks_like_file(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(_looks_like_file(v) for v in value)
     return isinstance(value, (str, os.PathLike)) and os.path.isfile(value)
 
 
