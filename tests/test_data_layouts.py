@@ -160,7 +160,7 @@ def test_ultraedit_free_form_and_region_based(tmp_path):
             "edited_image": [hf_image(encoded(noise(16, 16, 5 + i))) for i in range(2)]}
     write_parquet(tmp_path / "ue" / "FreeForm_0-00000-of-00001.parquet",
                   {**base, "idx": [1, 2], "mask_image": [None, None]}, types)
-    write_parquet(tmp_path / "ue" / "RegionBased-00000-of-00001.parquet",
+    write_parquet(tmp_path / "ue" / "RegionBase-00000-of-00001.parquet",
                   {**base, "idx": [3, 4], "mask_image": [hf_image(encoded(Image.fromarray(soft, "L")))] * 2}, types)
     out = tmp_path / "out"
     assert run_script("ultraedit", ["--data", str(tmp_path / "ue"), "--out", str(out)]) == 0
@@ -170,6 +170,11 @@ def test_ultraedit_free_form_and_region_based(tmp_path):
     mask = np.array(decode_image(samples["ultraedit/3"].mask_image, "L"))
     np.testing.assert_array_equal(mask, soft)  # soft region edges kept
     assert report_of(out)["notes"] == {"free-form (no mask)": 2, "region-based (with mask)": 2}
+    # the published region split, converted as region data into the same folder: its own prefix, nothing replaced
+    assert run_script("ultraedit", ["--data", str(tmp_path / "ue"), "--out", str(out), "--split", "RegionBase",
+                                    "--kind", "region"]) == 0
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["ultraedit-all-00000.parquet",
+                                                             "ultraedit-region-RegionBase-00000.parquet"]
 
 
 # ---- segmentation as editing ------------------------------------------------------------------------------

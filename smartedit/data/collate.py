@@ -98,7 +98,10 @@ class SampleCollator:
         return item
 
     def __call__(self, samples: list[Sample], keys: list[tuple[int, int, int]]) -> dict:
-        items = [self.encode(s, k) for s, k in zip(samples, keys)]
+        return self.collate([self.encode(s, k) for s, k in zip(samples, keys)])
+
+    def collate(self, items: list[dict]) -> dict:
+        """Encoded items (:meth:`encode`) → the batch."""
         batch = pad_batch(items, self.config.mllm.pad_token_id)
         batch["source_images"] = torch.stack([it["source"] for it in items])
         batch["target_images"] = torch.stack([it["target"] for it in items])

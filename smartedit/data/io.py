@@ -201,6 +201,9 @@ class ParquetSampleDataset:
                     starts.append(total)
                     locs.append((f_idx, rg, n))
                     total += n
+        self._file_starts = {}
+        for start, (f_idx, _, _) in zip(starts, locs):
+            self._file_starts.setdefault(f_idx, start)
         self._starts = np.asarray(starts, dtype=np.int64)
         self._locs = locs
         self._len = total
@@ -243,6 +246,13 @@ class ParquetSampleDataset:
         while len(self._cache) > self.cache_row_groups:
             self._cache.popitem(last=False)
         return rows
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """(shard path, row number within that shard) of sample ``index``."""
+        i = int(index) % self._len
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        f_idx = self._locs[k][0]
+        return self.files[f_idx], i - int(self._file_starts[f_idx])
 
     def row(self, index: int) -> dict:
         i = int(index)

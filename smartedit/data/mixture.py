@@ -55,9 +55,11 @@ class MixtureDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    def choose(self, epoch: int, index: int) -> tuple[str, int]:
-        """(source name, sample index within it) of draw ``index`` in ``epoch``."""
-        rng = sample_rng(self.seed, epoch, index)
+    def choose(self, epoch: int, index: int, attempt: int = 0) -> tuple[str, int]:
+        """(source name, sample index within it) of draw ``index`` in ``epoch``. ``attempt`` > 0: the replacement
+        draw taken when the sample of attempt ``attempt - 1`` is unreadable (a pure function of the same key)."""
+        rng = sample_rng(self.seed, epoch, index) if attempt == 0 else \
+            np.random.default_rng([self.seed, int(epoch), int(index), 0, int(attempt)])
         u = rng.random()
         k = min(int(np.searchsorted(self.cumulative, u, side="right")), len(self.names) - 1)
         name = self.names[k]

@@ -59,13 +59,17 @@ def ultraedit_samples(data: str, report: Report, split: str | None = None, requi
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="folder (or parquet file) of UltraEdit shards")
     parser.add_argument("--split", default=None,
-                        help="only shards of this split prefix (e.g. FreeForm_0, RegionBased, train); default: all")
+                        help="only shards of this split prefix, as published (e.g. FreeForm_0, RegionBase, train); "
+                             "default: all")
     parser.add_argument("--kind", choices=["auto", "region"], default="auto",
                         help="'region' skips (and reports) rows without a mask; 'auto' keeps both kinds")
 
 
 def prefix_from_args(args: argparse.Namespace) -> str:
-    return f"{NAME}-{args.split or 'all'}"
+    """``ultraedit-{split}`` (``--kind auto``) or ``ultraedit-region-{split}`` (``--kind region``), ``split`` =
+    ``all`` by default: free-form and region-based conversions can share an output folder."""
+    kind = "region-" if args.kind == "region" else ""
+    return f"{NAME}-{kind}{args.split or 'all'}"
 
 
 def samples_from_args(args: argparse.Namespace, report: Report) -> Iterator[Sample]:

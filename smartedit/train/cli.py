@@ -98,7 +98,7 @@ def run_stage(stage: str, argv: list[str] | None = None, ds_dir: str | None = No
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
     from .checkpoint import RunLockedError
-    from .trainer import NonFiniteLossError, Trainer
+    from .trainer import BadDataError, NonFiniteLossError, Trainer
 
     try:
         cfg = experiment_from_args(stage, args)
@@ -107,6 +107,9 @@ def run_stage(stage: str, argv: list[str] | None = None, ds_dir: str | None = No
     except NonFiniteLossError as exc:
         logger.error("%s", exc)
         return 3
+    except BadDataError as exc:
+        logger.error("%s", exc)
+        return 2
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, ImportError, RunLockedError) as exc:
         logger.error("%s", exc)
         return 2

@@ -107,6 +107,10 @@ class DataConfig(_Section):
     prefetch_factor: int = 2
     resolution: int | None = None
     """Diffusion image size; null = the model's ``resolution``."""
+    max_skipped_fraction: float = 0.05
+    """Unreadable rows (corrupt or over-budget images, malformed samples) are skipped, replaced by a deterministic
+    draw, counted and logged; the run stops when more than this fraction of the rows drawn so far were skipped
+    (counted over at least 200 draws, so a few bad rows early on do not stop it; 0 = stop at the first one)."""
 
     def problems(self, prefix: str = "data.") -> list[str]:
         p: list[str] = []
@@ -126,6 +130,16 @@ class DataConfig(_Section):
         for name, r in self.ratios.items():
             if not (_number(r) and r >= 0):
                 p.append(f"{prefix}ratios.{name} must be a number >= 0, got {r!r}")
+        unweighted = sorted(n for n in self.sources if n not in self.ratios)
+        if unweighted:
+            p.append(f"{prefix}sources name {unweighted} but {prefix}ratios gives them no ratio, so they would never "
+                     f"be drawn: add --set {prefix}ratios.{unweighted[0]}=R (a weight beside the others, "
+                     f"{dict(self.ratios)}; 0 switches a source off on purpose)")
+        if self.root and self.ratios and all(n in self.sources for n in self.ratios if _number(self.ratios[n])
+                                             and self.ratios[n] > 0):
+            p.append(f"{prefix}root is {self.root!r} but every source with a ratio has its own path in "
+                     f"{prefix}sources, so the root would be ignored: drop the sources' own paths to read "
+                     f"root/<name> (--set {prefix}sources={{}}), or drop --data-root")
         if (self.sources or self.root) and not any(_number(r) and r > 0 for r in self.ratios.values()):
             p.append(f"{prefix}ratios must give at least one source a ratio > 0")
         if self.samples_per_epoch is not None and not _int(self.samples_per_epoch, 1):
@@ -136,6 +150,8 @@ class DataConfig(_Section):
             p.append(f"{prefix}prefetch_factor must be a positive integer")
         if self.resolution is not None and not _int(self.resolution, 1):
             p.append(f"{prefix}resolution must be null or a positive integer")
+        if not (_number(self.max_skipped_fraction) and 0 <= self.max_skipped_fraction <= 1):
+            p.append(f"{prefix}max_skipped_fraction must lie in [0, 1], got {self.max_skipped_fraction!r}")
         return p
 
 

@@ -7,6 +7,13 @@ use the key ``(seed, epoch, index)``. Optimizer step ``s`` consumes micro-batche
 (``A`` = accumulation steps), so the data position of a checkpoint is just its step: a resumed run rebuilds the
 loader from ``k = s·A`` and sees exactly the samples, in exactly the order, that the uninterrupted run saw.
 Processes never share a draw.
+
+A row that cannot be read or encoded (a corrupt or over-budget image, a malformed sample, an unreadable shard) is
+skipped: draw ``g`` then takes replacement attempt 1, 2, … of the same key
+(:meth:`~smartedit.data.mixture.MixtureDataset.choose`), so the replacement, too, is a pure function of the position
+and resume stays exact. Each skip travels with its batch (``batch["skipped"]``: source, shard, row, sample id,
+reason) for the trainer to count, log and hold against ``data.max_skipped_fraction``; :class:`BadDataError` ends
+the run when :data:`MAX_ATTEMPTS` draws in a row are bad.
 """
 
 from __future__ import annotations
@@ -19,7 +26,25 @@ from ..data.collate import SampleCollator
 from ..data.mixture import MixtureDataset
 from ..data.schema import Sample
 
-__all__ = ["StepBatches", "build_loader"]
+__all__ = ["StepBatches", "build_loader", "BadDataError", "MAX_ATTEMPTS"]
+
+MAX_ATTEMPTS = 16
+"""Bad draws in a row (the draw and its replacements) that end the run: the data is broken, not a row."""
+
+
+class BadDataError(ValueError):
+    """The training data is too broken to go on (too many bad rows); the message names examples."""
+
+
+def _where(source: Sequence[Sample], index: int) -> tuple[str | None, int]:
+    """(shard, row in shard) of a source's sample (parquet sources), else (None, index)."""
+    locate = getattr(source, "locate", None)
+    if locate is not None:
+        try:
+            return locate(index)
+        except Exception:  # noqa: BLE001 - only for the report
+            pass
+    return None, int(index)
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -44,6 +69,7 @@ class StepBatches(torch.utils.data.Dataset):
         return list(range(first, first + self.micro_batch_size))
 
     def draw(self, k: int) -> tuple[list[Sample], list[tuple[int, int, int]]]:
+        """The samples (first attempt of each draw, unchecked) and keys of micro-batch ``k``."""
         spe = self.samples_per_epoch
         samples, keys = [], []
         for g in self.draw_indices(k):
@@ -52,14 +78,37 @@ class StepBatches(torch.utils.data.Dataset):
             keys.append(key)
         return samples, keys
 
+    def encode_draw(self, g: int, skipped: list[dict]) -> dict:
+        """Draw ``g`` encoded by the collator; unreadable samples are replaced (and appended to ``skipped``)."""
+        epoch, index = divmod(g, self.samples_per_epoch)
+        key = (self.mixture.seed, epoch, index)
+        for attempt in range(MAX_ATTEMPTS):
+            name, i = self.mixture.choose(epoch, index, attempt)
+            source = self.mixture.sources[name]
+            sample = None
+            try:
+                sample = source[i]
+                return self.collator.encode(sample, key)
+            except Exception as exc:  # noqa: BLE001 - any unreadable row is skipped, counted and reported
+                shard, row = _where(source, i)
+                reason = getattr(exc, "reason", None) or type(exc).__name__
+                skipped.append({"draw": g, "attempt": attempt, "source": name, "index": int(i), "shard": shard,
+                                "row": row, "id": getattr(sample, "id", None), "reason": reason,
+                                "detail": str(exc)[:300]})
+        examples = "; ".join(f"{s['shard'] or s['source']} row {s['row']} ({s['id']}): {s['detail']}"
+                             for s in skipped[-3:])
+        raise BadDataError(f"draw {g}: {MAX_ATTEMPTS} samples in a row were unreadable, the data is broken "
+                           f"(e.g. {examples}); check it with `smartedit data validate`")
+
     def __len__(self) -> int:
         return 1 << 62
 
     def __getitem__(self, k: int) -> dict:
-        samples, keys = self.draw(k)
-        batch = self.collator(samples, keys)
+        skipped: list[dict] = []
+        batch = self.collator.collate([self.encode_draw(g, skipped) for g in self.draw_indices(k)])
         batch["micro_index"] = k
         batch["epoch"] = (self.draw_indices(k)[0]) // self.samples_per_epoch
+        batch["skipped"] = skipped
         return batch
 
 

@@ -16,6 +16,11 @@ Exact resume: the data of micro-batch ``k`` and the diffusion noise / CFG dropou
 functions of (seed, process, k) (:mod:`smartedit.train.data`, :func:`smartedit.train.rng.step_generator`); the global
 random state (dropout) is saved per process with each checkpoint and restored after everything is built; model,
 optimizer and scheduler come from DeepSpeed's checkpoint.
+
+Bad data: an unreadable row is replaced by a deterministic draw (:mod:`smartedit.train.data`), logged with its
+source, shard, row and sample id, appended to ``skipped-rank{R}.jsonl`` and counted (``skipped_rows`` in
+``metrics.jsonl`` and the checkpoints); when more than ``data.max_skipped_fraction`` of the rows drawn so far (over
+at least 200 draws) were skipped, the run stops with :class:`~smartedit.train.data.BadDataError` on every process.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from .checkpoint import (CHECKPOINTS_DIR, TRAINER_STATE_NAME, NoValidCheckpointE
                          write_json, write_manifest)
 from .clip_text import ClipTextTarget
 from .config import ExperimentConfig
-from .data import StepBatches, build_loader
+from .data import BadDataError, StepBatches, build_loader
 from .distributed import DistInfo, all_reduce, barrier, init_distributed
 from .engine import (build_optimizer, initialize_engine, load_ds_config, prepare_ds_config, resolve_optimizer_impl,
                      resolve_precision)
@@ -54,12 +59,13 @@ from .stage_model import EXPORT_DIR, StageModule, enable_gradient_checkpointing,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "LOSS_TERMS"]
+__all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "BadDataError", "LOSS_TERMS"]
 
 LOSS_TERMS = {"stage1": ("lm_loss", "align_mse", "loss"),
               "stage2a": ("lm_loss", "diffusion_loss", "loss"),
               "stage2b": ("lm_loss", "diffusion_loss", "loss")}
 _RESUME_KEYS = ("stage", "seed", "world_size", "micro_batch_size", "accumulation_steps", "data")
+_MIN_DRAWS_FOR_BUDGET = 200
 
 
 class NonFiniteLossError(RuntimeError):
@@ -74,6 +80,7 @@ class TrainResult:
     skipped_steps: int
     metrics_path: str
     resumed_from: str | None = None
+    skipped_rows: int = 0
 
 
 class Trainer:
@@ -200,6 +207,7 @@ class Trainer:
         self.step = 0
         self.skipped_total = 0
         self.consecutive_bad = 0
+        self.skipped_rows = 0
         if self.resumed_from is not None:
             self._load_checkpoint(self.resumed_from)
 
@@ -215,6 +223,11 @@ class Trainer:
         self.metrics = MetricsLogger(self.output_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
                                      run_config=cfg.to_dict(), resume_step=resume_step, enabled=dist.is_main)
         self.ids_path = os.path.join(self.output_dir, f"samples-rank{dist.rank:05d}.jsonl")
+        self.skips_path = os.path.join(self.output_dir, f"skipped-rank{dist.rank:05d}.jsonl")
+        if resume_step is not None:
+            truncate_jsonl(self.skips_path, resume_step)
+        elif os.path.exists(self.skips_path):
+            os.remove(self.skips_path)
         if cfg.log.sample_ids:
             if resume_step is not None:
                 truncate_jsonl(self.ids_path, resume_step)
@@ -236,6 +249,7 @@ class Trainer:
             state = read_json(os.path.join(path, TRAINER_STATE_NAME))
             layout = state["layout"]
             step, skipped, bad = int(state["step"]), int(state["skipped_total"]), int(state["consecutive_bad"])
+            skipped_rows = int(state.get("skipped_rows", 0))
             if not isinstance(layout, dict):
                 raise TypeError("layout is not an object")
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -252,7 +266,7 @@ class Trainer:
                                                        load_optimizer_states=True, load_lr_scheduler_states=True)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path}")
-        self.step, self.skipped_total, self.consecutive_bad = step, skipped, bad
+        self.step, self.skipped_total, self.consecutive_bad, self.skipped_rows = step, skipped, bad, skipped_rows
         logger.info("resumed from %s at step %d", path, self.step)
 
     def _restore_rng(self, path: str) -> None:
@@ -277,7 +291,7 @@ class Trainer:
             model = self.module.model
             write_json(os.path.join(staging, TRAINER_STATE_NAME),
                        {"step": step, "skipped_total": self.skipped_total, "consecutive_bad": self.consecutive_bad,
-                        "next_micro_batch": step * self.accum, "layout": self._layout()})
+                        "skipped_rows": self.skipped_rows, "next_micro_batch": step * self.accum, "layout": self._layout()})
             self.config.save(os.path.join(staging, "experiment.json"))
             os.makedirs(os.path.join(staging, "model"))
             model.config.save(os.path.join(staging, "model"))
@@ -313,28 +327,52 @@ class Trainer:
         self.engine.step()
         return terms, finite
 
-    def _accumulate(self, it, names: tuple[str, ...]) -> tuple[list[float], bool, list, int, float]:
+    def _accumulate(self, it, names: tuple[str, ...]) -> tuple[list[float], bool, list, int, float, list, int]:
         """The micro-batches of one optimizer step: (loss terms averaged over micro-batches and processes, whether
-        any process saw a non-finite term, this process's sample ids, epoch, seconds spent waiting for data)."""
+        any process saw a non-finite term, this process's sample ids, epoch, seconds spent waiting for data, this
+        process's skipped rows, the number of rows skipped by all processes)."""
         sums = torch.zeros(len(names), dtype=torch.float64)
-        bad, wait, ids, epoch = 0.0, 0.0, [], 0
+        bad, wait, ids, epoch, skips = 0.0, 0.0, [], 0, []
         for m in range(self.accum):
             t = time.perf_counter()
-            batch = next(it)
+            try:
+                batch = next(it)
+            except BadDataError as exc:  # (from a loader worker, the message carries the worker's traceback)
+                raise BadDataError(str(exc).strip().splitlines()[-1].split("BadDataError: ")[-1]) from None
             wait += time.perf_counter() - t
             expected = self.step * self.accum + m
             if int(batch["micro_index"]) != expected:
                 raise RuntimeError(f"data loader out of order: got micro-batch {batch['micro_index']}, "
                                    f"expected {expected}")
             ids.append(list(batch["ids"]))
+            skips += batch.get("skipped") or []
             epoch = int(batch["epoch"])
             terms, finite = self._micro_step(batch, names)
             sums += terms.double().cpu()
             bad = max(bad, 0.0 if finite else 1.0)
-        packed = torch.cat([sums / self.accum, torch.tensor([bad], dtype=torch.float64)]).to(self.device)
+        packed = torch.cat([sums / self.accum, torch.tensor([bad, len(skips)], dtype=torch.float64)]).to(self.device)
         reduced = all_reduce(packed, "sum").cpu()
-        values = (reduced[:-1] / self.dist.world_size).tolist()
-        return values, bool(reduced[-1].item() > 0), ids, epoch, wait
+        values = (reduced[:-2] / self.dist.world_size).tolist()
+        return values, bool(reduced[-2].item() > 0), ids, epoch, wait, skips, int(reduced[-1].item())
+
+    def _count_skips(self, skips: list[dict], skipped_now: int, skips_file) -> None:
+        """Log and record this process's skipped rows of the step just taken; stop when the budget is spent."""
+        for s in skips:
+            logger.warning("step %d: skipped unreadable row %s row %s (sample %s, source %s): %s; replaced by a "
+                           "deterministic draw", self.step, s["shard"] or s["source"], s["row"], s["id"],
+                           s["source"], s["detail"])
+            skips_file.write(json.dumps({"step": self.step, **s}) + "\n")
+        if skips:
+            skips_file.flush()
+        self.skipped_rows += skipped_now
+        budget = self.config.data.max_skipped_fraction
+        drawn = self.step * self.global_batch
+        if self.skipped_rows > budget * max(drawn, _MIN_DRAWS_FOR_BUDGET):
+            raise BadDataError(
+                f"step {self.step}: {self.skipped_rows} of the {drawn} rows drawn so far were unreadable and skipped, "
+                f"more than data.max_skipped_fraction = {budget:g} allows (see {os.path.basename(self.skips_path)} "
+                f"in {self.output_dir}). Fix or remove the bad rows (smartedit data validate DIR), or raise "
+                f"data.max_skipped_fraction")
 
     def train(self) -> TrainResult:
         from tqdm.auto import tqdm
@@ -351,15 +389,17 @@ class Trainer:
                    desc=cfg.stage, dynamic_ncols=True)
         ids_file = open(self.ids_path, "a", encoding="utf-8") if cfg.log.sample_ids else None
         stack = contextlib.ExitStack()
+        skips_file = stack.enter_context(open(self.skips_path, "a", encoding="utf-8"))
         try:
             if not bar.disable:  # log lines above the progress bar instead of through it
                 stack.enter_context(logging_redirect_tqdm())
             while self.step < cfg.max_steps:
                 start = time.perf_counter()
                 lr = float(self.scheduler.get_last_lr()[0])
-                values, nonfinite_loss, ids, epoch, wait = self._accumulate(it, names)
+                values, nonfinite_loss, ids, epoch, wait, skips, skipped_now = self._accumulate(it, names)
                 applied = engine.was_step_applied()
                 self.step += 1
+                self._count_skips(skips, skipped_now, skips_file)
                 terms_text = ", ".join(f"{n}={v:.6g}" for n, v in zip(names, values))
                 if nonfinite_loss and applied:
                     raise RuntimeError(f"step {self.step}: the loss was not finite ({terms_text}) but DeepSpeed "
@@ -376,10 +416,10 @@ class Trainer:
                 grad_norm = engine.get_global_grad_norm()
                 record = {"step": self.step, **dict(zip(names, values)), "lr": lr,
                           "grad_norm": None if grad_norm is None else float(grad_norm), "skipped": not applied,
-                          "skipped_total": self.skipped_total, "epoch": epoch,
+                          "skipped_total": self.skipped_total, "skipped_rows": self.skipped_rows, "epoch": epoch,
                           "samples": self.step * self.global_batch,
                           "samples_per_s": self.global_batch / elapsed, "data_wait_s": wait, "step_s": elapsed}
-                if self.step % cfg.log.every == 0 or self.step == cfg.max_steps or not applied:
+                if self.step % cfg.log.every == 0 or self.step == cfg.max_steps or not applied or skipped_now:
                     self.metrics.log(record)
                 if ids_file is not None:
                     ids_file.write(json.dumps({"step": self.step, "ids": ids}) + "\n")
@@ -407,9 +447,13 @@ class Trainer:
                 "experiment": cfg.to_dict()}
         export_from_engine(engine, self.module, self.model_dir, self.precision,
                            export_dtype(cfg.checkpoint.export_dtype, self.precision), dist.is_main, info=info)
+        if self.skipped_rows:
+            logger.warning("%d unreadable row(s) were skipped and replaced (listed in %s)", self.skipped_rows,
+                           self.skips_path if dist.world_size == 1 else os.path.join(self.output_dir,
+                                                                                    "skipped-rank*.jsonl"))
         return TrainResult(output_dir=self.output_dir, model_dir=self.model_dir, steps=self.step,
                            skipped_steps=self.skipped_total, metrics_path=self.metrics.path,
-                           resumed_from=self.resumed_from)
+                           resumed_from=self.resumed_from, skipped_rows=self.skipped_rows)
 
     def close(self) -> None:
         """Release DeepSpeed's hooks and buffers (lets one process run several trainings, e.g. in tests) and the
