@@ -422,7 +422,8 @@ class SmartEditPipeline(DiffusionPipeline):
         ``num_inference_steps`` / ``guidance_scale`` (text) / ``image_guidance_scale``: None → the model folder's
         :attr:`sampling_defaults`. ``num_images_per_prompt``: samples per image (consecutive in the output).
         ``seed``: an int gives sample i the seed ``seed + i``; a list gives one seed per sample (so a batch equals
-        the same edits made one by one); neither seed nor generator → a random seed, returned in ``output.seeds``.
+        the same edits made one by one; with ``num_images_per_prompt`` > 1, one seed per image gives its sample k
+        the seed + k); neither seed nor generator → a random seed, returned in ``output.seeds``.
         ``mask``: region mask(s) (white = edit here) with each image's size, for models with mask channels.
         ``prompt_embeds`` [B, 77, D]: bypass the MLLM/Q-Former/BIM and condition the UNet directly
         (``negative_prompt_embeds`` default: the model's null text embedding).
@@ -477,6 +478,8 @@ class SmartEditPipeline(DiffusionPipeline):
             mask_batch = torch.stack([self._resize(load_mask(m, (s[1], s[0]), f"mask {i}"), (res, res), "nearest")
                                       for i, (m, s) in enumerate(zip(masks, sizes))]).to(device)
 
+        if isinstance(seed, (list, tuple)) and n > 1 and len(seed) == len(images):  # sample k of image i: seed_i + k
+            seed = [int(s) + k for s in seed for k in range(n)]
         seeds, generators = self._seeds_and_generators(len(images) * n, generator, seed)
         cond = self.encode(batch, instructions, mask_batch, generate_reply, prompt_embeds)
         if not torch.isfinite(cond.context).all():
