@@ -47,7 +47,7 @@ QUANT = ["bitsandbytes>=0.48,<1"]
 EXTRAS = {
     # the test suite: notebooks are executed, the web demo is driven in a headless Chromium (Debian's chromium
     # package; playwright's own browser download is not used)
-    "dev": ["pytest>=9,<10", "nbclient>=0.11,<1", "nbformat>=5.11,<6", "ipykernel>=7,<8",
+    "dev": ["pytest>=9,<10", "nbclient>=0.11,<1", "nbformat>=5.11,<6", "ipykernel>=7,<8", "ipywidgets>=8.1,<9",
             "playwright>=1.50,<2", *DEMO_APP, *QUANT],
     "demo": [*DEMO_APP, "jupyter>=1.1,<2"],
     # TensorBoard logging (log.tensorboard: auto uses it when installed)
