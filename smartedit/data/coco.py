@@ -24,11 +24,19 @@ __all__ = ["CocoIndex", "load_instances", "annotation_mask", "polygons_to_mask",
            "counts_to_string", "string_to_counts", "load_json"]
 
 
-def load_json(path: str | os.PathLike, what: str):
-    """JSON from ``path`` (UTF-8, falling back to cp1252 as some annotation tools write); a missing or malformed
-    file is a :class:`LayoutError` naming ``what`` was expected."""
+MAX_JSON_BYTES = 8 << 30
+"""Largest annotation JSON read (COCO's instances files are a few hundred MB)."""
+
+
+def load_json(path: str | os.PathLike, what: str, max_bytes: int = MAX_JSON_BYTES):
+    """JSON from ``path`` (UTF-8, falling back to cp1252 as some annotation tools write); a missing, malformed,
+    too large or absurdly deeply nested file is a :class:`LayoutError` naming ``what`` was expected."""
     if not os.path.isfile(path):
         raise LayoutError(f"{path} not found: expected {what}")
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise LayoutError(f"{path} is {size:,} bytes, more than the {max_bytes:,} an annotation file may have: "
+                          f"expected {what}")
     with open(path, "rb") as f:
         raw = f.read()
     for encoding in ("utf-8", "cp1252"):
@@ -38,6 +46,8 @@ def load_json(path: str | os.PathLike, what: str):
             continue
         except json.JSONDecodeError as exc:
             raise LayoutError(f"{path} is not valid JSON ({exc}): expected {what}") from None
+        except RecursionError:
+            raise LayoutError(f"{path} nests too deeply to be an annotation file: expected {what}") from None
     raise LayoutError(f"{path} is neither UTF-8 nor cp1252 text: expected {what}")
 
 

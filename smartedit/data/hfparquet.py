@@ -83,6 +83,8 @@ def image_cell_bytes(cell, base_dir: str, what: str) -> bytes:
             data = read_file_bytes(base_dir, cell["path"])
     else:
         raise ItemError("malformed item", f"{what} is a {type(cell).__name__}, expected image bytes")
-    if not data:
+    if data is None:
         raise ItemError("missing field", what)
-    return bytes(data)
+    if not data:
+        raise ItemError("empty file", f"{what} is an empty (zero-byte) image")
+    return data if isinstance(data, bytes) else bytes(data)

@@ -87,6 +87,13 @@ def ref_sentences(ref: dict) -> list[tuple[int | str, str]]:
 
 
 def union_mask(coco: CocoIndex, ann_ids: Sequence[int], height: int, width: int) -> np.ndarray:
+    from ..image_io import pixel_budget
+
+    if height < 1 or width < 1:
+        raise ItemError("malformed item", f"image record declares {width}x{height} pixels")
+    if height * width > pixel_budget():
+        raise ItemError("too large", f"image record declares {width}x{height} = {width * height:,} pixels, more "
+                                     f"than the {pixel_budget():,} accepted (SMARTEDIT_MAX_PIXELS)")
     mask = np.zeros((height, width), dtype=bool)
     for ann_id in ann_ids:
         ann = coco.annotation(int(ann_id))

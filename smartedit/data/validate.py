@@ -43,21 +43,31 @@ class LayoutError(ValueError):
 
 
 class ItemError(ValueError):
-    """One item is bad; it is skipped and reported (``reason`` is the report's category)."""
+    """One item is bad; it is skipped and reported (``reason`` is the report's category). ``file``: the broken file
+    itself when it is not the annotation file being read (an image the item names); the skip record then names it,
+    and the item's place in the annotation file goes into the detail."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", file: str | None = None):
         self.reason = reason
         self.detail = detail
+        self.file = file
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class FileBytes(bytes):
+    """The bytes of a file, remembering its path (so a decode error later names the file)."""
+
+    path: str = ""
 
 
 def _item_errors() -> tuple[type[BaseException], ...]:
     from PIL import Image
 
     # PIL raises OSError (UnidentifiedImageError), SyntaxError ("broken PNG file"), EOFError, zlib/struct errors
-    # or DecompressionBombError for bad image bytes; JSON/field problems raise ValueError/KeyError/TypeError.
+    # or DecompressionBombError for bad image bytes; JSON/field problems raise ValueError/KeyError/TypeError, a
+    # hostile nesting RecursionError, absurd numbers OverflowError.
     return (ItemError, OSError, ValueError, KeyError, TypeError, IndexError, SyntaxError, EOFError, zlib.error,
-            struct.error, Image.DecompressionBombError)
+            struct.error, Image.DecompressionBombError, RecursionError, OverflowError)
 
 
 ITEM_ERRORS = _item_errors()
@@ -103,7 +113,9 @@ class Report:
         except ITEM_ERRORS as exc:
             if isinstance(exc, LayoutError):
                 raise
-            if isinstance(exc, ItemError):
+            if isinstance(exc, ItemError) and exc.file:
+                self.skip(exc.file, None, exc.reason, f"{exc.detail} (item {row} of {file})")
+            elif isinstance(exc, ItemError):
                 self.skip(file, row, exc.reason, exc.detail)
             else:
                 self.skip(file, row, f"unreadable item ({type(exc).__name__})", str(exc)[:500])
@@ -158,13 +170,26 @@ def safe_path(root: str | os.PathLike, relative: str) -> str:
     return full
 
 
-def read_file_bytes(root: str | os.PathLike, relative: str) -> bytes:
-    """Bytes of ``root/relative`` (checked with :func:`safe_path`); a missing file is an :class:`ItemError`."""
+def read_file_bytes(root: str | os.PathLike, relative: str, image: bool = True) -> bytes:
+    """Bytes of ``root/relative`` (checked with :func:`safe_path`); a missing file is an :class:`ItemError`. For an
+    ``image`` the header is checked too (empty file, not an image, over the pixel budget), before any decoding; the
+    errors name the file itself."""
+    from ..image_io import ImageInputError, probe_image
+
     path = safe_path(root, relative)
     if not os.path.isfile(path):
         raise ItemError("file not found", relative)
     with open(path, "rb") as f:
-        return f.read()
+        data = FileBytes(f.read())
+    data.path = path
+    if image:
+        if not data:
+            raise ItemError("empty file", f"{relative} is an empty (zero-byte) file", file=path)
+        try:
+            probe_image(data, relative)
+        except ImageInputError as exc:
+            raise ItemError(exc.reason, str(exc), file=path) from None
+    return data
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".webp")
@@ -191,9 +216,10 @@ def check_image(data: bytes | None, what: str = "image", mode: str = "RGB"):
     try:
         return decode_image(data, mode)
     except ImageInputError as exc:
-        raise ItemError(exc.reason, f"{what}: {exc}"[:300]) from None
+        raise ItemError(exc.reason, f"{what}: {exc}"[:300], file=getattr(data, "path", None)) from None
     except ITEM_ERRORS as exc:
-        raise ItemError("corrupt or unreadable image", f"{what}: {type(exc).__name__}: {exc}"[:300]) from None
+        raise ItemError("corrupt or unreadable image", f"{what}: {type(exc).__name__}: {exc}"[:300],
+                        file=getattr(data, "path", None)) from None
 
 
 def image_size(data: bytes) -> tuple[int, int]:
