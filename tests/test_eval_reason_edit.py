@@ -12,7 +12,8 @@ from PIL import Image
 from helpers import load_script
 
 from smartedit.eval import testing
-from smartedit.eval.reason_edit import find_category_dirs, match_category, parse_line, read_reason_edit
+from smartedit.eval.reason_edit import (UNDERSTANDING, find_category_dirs, match_category, parse_line,
+                                        read_reason_edit)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -244,3 +245,100 @@ def test_editor_seed_is_per_sample_and_failures_are_isolated(tmp_path, model_dir
              EditJob("z", tmp_path / "missing.png", "fine", tmp_path / "z.png")])
     assert (tmp_path / "x.png").is_file() and not (tmp_path / "y.png").exists()
     assert two.failures["y"] == "RuntimeError: model exploded" and "input not readable" in two.failures["z"]
+
+
+# ---- outputs in the reference SmartEdit's layout ------------------------------------------------------------
+def test_reference_layout_is_scored_completely_with_guidance_from_file_names(tmp_path, capsys):
+    from smartedit.eval.reason_edit import parse_reference_name
+
+    assert parse_reference_name("0012_T7.5_I1.5") == (12, 7.5, 1.5) and parse_reference_name("12") is None
+    data = testing.make_reason_edit_fixture(tmp_path / "data", per_category=2)
+    runs = testing.make_reference_outputs(data, tmp_path / "SmartEdit-7B")
+    script = _script("reason_edit")
+    # the two run folders the reference's test script writes, given as two --outputs
+    rc = script.main(["--data", str(data), "--outputs", str(runs / "Understand-15000"), str(runs / "Reason-15000"),
+                      "--out", str(tmp_path / "r1")])
+    assert rc == 0
+    summary = json.loads((tmp_path / "r1" / "summary.json").read_text())
+    assert summary["aggregates"]["understanding"]["n_scored"] == 10 and summary["aggregates"]["reasoning"][
+        "n_scored"] == 2
+    assert any("reference layout" in n for n in summary["notes"])
+    samples = json.loads((tmp_path / "r1" / "samples.json").read_text())["samples"]
+    s = next(x for x in samples if x["id"] == "3-Mirror/1")
+    assert s["meta"]["output"].endswith("Mirror_metrics_3/0002_T7.5_I1.5.png")
+    assert (s["meta"]["text_guidance"], s["meta"]["image_guidance"]) == (7.5, 1.5)
+    # the parent folder works too and gives the same scores
+    assert script.main(["--data", str(data), "--outputs", str(runs), "--out", str(tmp_path / "r2")]) == 0
+    again = json.loads((tmp_path / "r2" / "summary.json").read_text())
+    assert again["aggregates"] == summary["aggregates"]
+
+    # sweep folders with three image guidances: ambiguous until one is chosen
+    sweep = testing.make_reference_outputs(data, tmp_path / "sweep", guidance=((7.5, 1.4), (7.5, 1.5), (7.5, 1.6)),
+                                           metrics_only=False)
+    capsys.readouterr()
+    assert script.main(["--data", str(data), "--outputs", str(sweep), "--out", str(tmp_path / "r3")]) == 2
+    err = capsys.readouterr().err
+    assert "--output-guidance" in err and "(7.5, 1.4)" in err
+    assert script.main(["--data", str(data), "--outputs", str(sweep), "--output-guidance", "7.5,1.6",
+                        "--out", str(tmp_path / "r3")]) == 0
+    s = next(x for x in json.loads((tmp_path / "r3" / "samples.json").read_text())["samples"]
+             if x["id"] == "1-Left-Right/0")
+    assert s["meta"]["output"].endswith("LeftRight_1/0001_T7.5_I1.6.png") and s["meta"]["image_guidance"] == 1.6
+
+
+def test_mismatched_outputs_error_names_both_layouts_and_missing_samples_exit_1(tmp_path, capsys):
+    data = testing.make_reason_edit_fixture(tmp_path / "data", per_category=2)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "1").mkdir()
+    Image.new("RGB", (8, 8)).save(empty / "1" / "1.png")
+    script = _script("reason_edit")
+    assert script.main(["--data", str(data), "--outputs", str(empty), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no Reason-Edit outputs found") and "_metrics_" in err and "<category>" in err
+
+    runs = testing.make_reference_outputs(data, tmp_path / "runs")
+    (runs / "Understand-15000" / "Color_metrics_4" / "0001_T7.5_I1.5.png").unlink()
+    assert script.main(["--data", str(data), "--outputs", str(runs), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "1 of 12 samples were not scored (missing_output: 1)" in err and "4-Color/0" in err
+    assert "--allow-partial" in err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["excluded_samples"] == [{"id": "4-Color/0", "group": "4-Color", "status": "missing_output",
+                                            "message": summary["excluded_samples"][0]["message"]}]
+    assert "0001_T*_I*.png" in summary["excluded_samples"][0]["message"]
+    assert script.main(["--data", str(data), "--outputs", str(runs), "--out", str(tmp_path / "r"),
+                        "--allow-partial"]) == 0
+
+
+def test_unchanged_outputs_are_counted_and_the_psnr_cap_is_explicit(tmp_path):
+    from smartedit.eval.reason_edit import evaluate
+
+    data = testing.make_reason_edit_fixture(tmp_path / "data", per_category=2)
+    outs = testing.make_reason_edit_outputs(data, tmp_path / "outs")
+    import shutil
+
+    shutil.copy(data / "4-Color" / "1.png", outs / "4-Color" / "1.png")  # one output left unchanged
+    run = evaluate(data, out=tmp_path / "r", outputs=outs)
+    und = run.summary["aggregates"]["understanding"]["metrics"]
+    assert und["unchanged"]["count"] == 1 and und["unchanged"]["n"] == 10
+    for name in ("psnr_bg", "psnr_ref"):  # the unchanged output sits at the cap; the other mean is given too
+        assert und[name]["n_at_cap"] == 1
+        below = [r.metrics[name] for r in run.results if r.group in UNDERSTANDING and r.metrics[name] < 100]
+        assert len(below) == 9 and und[name]["mean_below_cap"] == pytest.approx(np.mean(below))
+        assert und[name]["mean"] == pytest.approx((sum(below) + 100) / 10)
+    md = (tmp_path / "r" / "summary.md").read_text()
+    assert "1 of 10 at the 100.00 cap" in md and "| unchanged outputs | — | 0 of 2 | 0 of 2 | 0 of 2 | 1 of 2" in md
+
+
+def test_ins_align_by_the_judge_beside_the_pixel_metrics(tmp_path):
+    from smartedit.eval.reason_edit import evaluate
+
+    data = testing.make_reason_edit_fixture(tmp_path / "data", per_category=1)
+    outs = testing.make_reason_edit_outputs(data, tmp_path / "outs")
+    judge = testing.ScriptedJudge(lambda parts: "Yes." if "number 0" in parts[-1] and len(parts) == 3 else "no")
+    run = evaluate(data, out=tmp_path / "r", outputs=outs, judge=judge)
+    assert run.summary["aggregates"]["understanding"]["metrics"]["ins_align"]["mean"] == 1.0
+    assert run.summary["metrics"]["ins_align"]["backbone"] == "scripted-judge"
+    assert all(r.meta["judge"][0]["question"] == "ins_align" for r in run.results)
+    assert any("not comparable" in n for n in run.summary["notes"])

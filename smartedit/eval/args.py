@@ -21,7 +21,7 @@ from .results import BenchmarkError
 
 __all__ = ["add_source_arguments", "add_backbone_arguments", "add_judge_arguments", "add_common_arguments",
            "settings_from_args", "load_judge_from_args", "resolve_device", "resolve_dtype", "setup_logging",
-           "describe_incomplete", "run_main"]
+           "describe_incomplete", "run_main", "judged_main"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -143,9 +143,9 @@ def describe_incomplete(run) -> str:
     bad = run.incomplete
     counts = Counter(r.status for r in bad)
     first = "; ".join(f"{r.id}: {r.message}" for r in bad[:3])
-    return (f"{len(bad)} of {len(run.results)} samples were not scored ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}"
-            f"); e.g. {first}; all are listed in {run.out_dir / 'summary.md'}; fix them, or pass --allow-partial "
-            f"to accept a partial score")
+    per_status = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    return (f"{len(bad)} of {len(run.results)} samples were not scored ({per_status}); e.g. {first}; all are "
+            f"listed in {run.out_dir / 'summary.md'}; fix them, or pass --allow-partial to accept a partial score")
 
 
 def run_main(fn: Callable[[], Any], args: argparse.Namespace | None = None) -> int:
@@ -173,3 +173,36 @@ def run_main(fn: Callable[[], Any], args: argparse.Namespace | None = None) -> i
         _error(describe_incomplete(run))
         return 1
     return 0
+
+
+def judged_main(argv: list[str] | None, *, prog: str, doc: str, data_help: str,
+                make_benchmark: Callable[[argparse.Namespace], Any],
+                add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """The whole ``main(argv)`` of a VLM-judged benchmark script (``eval/gedit.py`` …): ``--data``, ``--model`` or
+    ``--outputs``, ``--judge`` (required), the common options, plus ``add_arguments``; ``make_benchmark(args)``
+    builds the :class:`~smartedit.eval.benchmark.Benchmark`."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.strip().splitlines()[0])
+    parser.add_argument("--data", required=True, metavar="PATH", help=data_help)
+    add_source_arguments(parser)
+    add_judge_arguments(parser, required=True)
+    if add_arguments is not None:
+        add_arguments(parser)
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, args.verbose)
+
+    def run():
+        from .benchmark import run_benchmark
+        from .generate import Editor
+
+        device = resolve_device(args.device)
+        bench = make_benchmark(args)
+        judge = load_judge_from_args(args, device)
+        editor = None
+        if args.model is not None:
+            editor = Editor(args.model, settings_from_args(args), device=device, dtype=resolve_dtype(args.dtype),
+                            skip_existing=args.skip_existing)
+        return run_benchmark(bench, out=args.out, outputs=args.outputs, editor=editor, judge=judge, limit=args.limit,
+                             max_visual=args.max_visual, allow_size_mismatch=args.allow_size_mismatch)
+
+    return run_main(run, args)

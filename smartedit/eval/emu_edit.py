@@ -38,7 +38,7 @@ from PIL import Image
 from .benchmark import Benchmark, Sample, run_benchmark
 from .clip_score import cosine, direction_similarity
 from .generate import Editor, GenerationSettings
-from .images import ImageSource, check_size, load_rgb, resize
+from .images import ImageSource, check_size, image_cell, load_rgb, resize
 from .pixel import l1
 from .report import slug
 from .results import (BAD_ANNOTATION, BAD_CAPTION, MISSING_INPUT, MISSING_OUTPUT, Aggregate, BenchmarkError,
@@ -87,18 +87,6 @@ def caption_problem(input_caption: Any, output_caption: Any,
             return f"{name} is a placeholder: {cap!r}"
     if normalize_caption(input_caption) == normalize_caption(output_caption):
         return f"input_caption == output_caption: {input_caption!r}"
-    return None
-
-
-def _image_cell(value: Any, base: Path) -> ImageSource | None:
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return value["bytes"]
-        return base / value["path"] if value.get("path") else None
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, str) and value:
-        return base / value
     return None
 
 
@@ -151,7 +139,7 @@ def read_emu_edit(data: str | os.PathLike, split: str | None = None,
             if why is not None:
                 problem = (BAD_CAPTION, why)
         samples.append(EmuSample(id=sid, idx=idx, task=str(row.get("task") or "unknown"), split=row.get("split"),
-                                 instruction=str(instruction or ""), input=_image_cell(row.get("image"), base),
+                                 instruction=str(instruction or ""), input=image_cell(row.get("image"), base),
                                  input_caption=row.get("input_caption"), output_caption=row.get("output_caption"),
                                  problem=problem))
     return samples

@@ -29,6 +29,7 @@ __all__ = [
     "find_image",
     "resize",
     "to_float_array",
+    "image_cell",
 ]
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
@@ -119,3 +120,17 @@ def resize(image: Image.Image, size: tuple[int, int], resample: Image.Resampling
 def to_float_array(image: Image.Image) -> np.ndarray:
     """HxWx3 (or HxW) float64 array in [0, 1]."""
     return np.asarray(image, dtype=np.float64) / 255.0
+
+
+def image_cell(value, base: Path) -> ImageSource | None:
+    """A datasets / parquet image cell (``{"bytes", "path"}`` struct, raw bytes or a path relative to ``base``) as
+    an image source; None when the cell holds neither."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return value["bytes"]
+        return base / value["path"] if value.get("path") else None
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str) and value:
+        return base / value
+    return None

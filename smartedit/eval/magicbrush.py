@@ -39,7 +39,7 @@ from PIL import Image
 from .benchmark import Benchmark, Sample, run_benchmark
 from .clip_score import cosine
 from .generate import EditJob, Editor, GenerationSettings
-from .images import ImageSource, check_size, describe_source, find_image, load_rgb, resize
+from .images import ImageSource, check_size, image_cell, describe_source, find_image, load_rgb, resize
 from .pixel import l1, l2
 from .results import (BAD_ANNOTATION, MISSING_OUTPUT, MISSING_TARGET, Aggregate, BenchmarkError, MetricInfo,
                       SampleResult, read_parquet_table)
@@ -144,20 +144,6 @@ def _read_folder(root: Path, captions: dict[str, Any] | None) -> list[Session]:
     return sessions
 
 
-def _image_cell(value: Any, base: Path) -> ImageSource | None:
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            return value["bytes"]
-        if value.get("path"):
-            return base / value["path"]
-        return None
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, str) and value:
-        return base / value
-    return None
-
-
 def _read_parquet(files: list[Path], captions: dict[str, Any] | None) -> list[Session]:
     needed = {"img_id", "turn_index", "source_img", "instruction", "target_img"}
     rows: list[tuple[dict[str, Any], Path]] = []
@@ -177,8 +163,8 @@ def _read_parquet(files: list[Path], captions: dict[str, Any] | None) -> list[Se
             name = f"{sid}-output{t}.png"
             session.turns.append(Turn(
                 session=sid, turn=t, instruction=str(row.get("instruction") or ""),
-                input=_image_cell(row.get("source_img"), base), target=_image_cell(row.get("target_img"), base),
-                mask=_image_cell(row.get("mask_img"), base), target_name=name, caption=_caption(captions, sid, name),
+                input=image_cell(row.get("source_img"), base), target=image_cell(row.get("target_img"), base),
+                mask=image_cell(row.get("mask_img"), base), target_name=name, caption=_caption(captions, sid, name),
                 problem=(BAD_ANNOTATION, f"duplicate turn_index values {indices}") if duplicate else None))
         sessions.append(session)
     return sessions

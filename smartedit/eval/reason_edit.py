@@ -233,7 +233,7 @@ def _find_ours(roots: list[Path]) -> dict[str, Path]:
         for level in ([root], sorted(p for p in root.iterdir() if p.is_dir())):
             for folder in level:
                 for child in sorted(p for p in folder.iterdir() if p.is_dir()):
-                    cat = match_category(child.name)
+                    cat = None if _REF_DIR.match(child.name) else match_category(child.name)
                     if cat is not None and _images(child):
                         here.setdefault(cat, []).append(child)
             if here:
@@ -278,17 +278,17 @@ def discover_outputs(samples: list[ReasonEditSample], roots: list[Path], layout:
     """(layout used, sample id → output found, sample id → why its output is ambiguous or absent).
 
     ``auto`` picks the layout whose folders exist (nothing found: an empty mapping, which the benchmark loop
-    reports as an error naming both layouts). In the reference layout the NNNN of a file is the sample's position; several guidance pairs for one
-    sample need ``output_guidance`` (else that is an error listing the pairs found)."""
+    reports as an error naming both layouts). In the reference layout the NNNN of a file is the sample's
+    position; several guidance pairs for one sample need ``output_guidance`` (else that is an error listing the
+    pairs found)."""
     if layout not in ("auto", OURS, REFERENCE):
         raise ValueError(f"layout must be 'auto', 'ours' or 'reference', got {layout!r}")
     ours = _find_ours(roots) if layout in ("auto", OURS) else {}
     ref = _find_reference(roots) if layout in ("auto", REFERENCE) else {}
-    where = ", ".join(map(os.fspath, roots))
     if layout == "auto":
         if ours and ref:
-            raise BenchmarkError(f"{where} holds outputs in both layouts ({sorted(ours)} as {OURS}, {sorted(ref)} as "
-                                 f"{REFERENCE}); choose one with --layout")
+            raise BenchmarkError(f"{', '.join(map(os.fspath, roots))} holds outputs in both layouts ({sorted(ours)} "
+                                 f"as {OURS}, {sorted(ref)} as {REFERENCE}); choose one with --layout")
         layout = REFERENCE if ref else OURS
     found: dict[str, OutputFile] = {}
     problems: dict[str, str] = {}

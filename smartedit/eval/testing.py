@@ -1,9 +1,12 @@
-"""Tiny random metric backbones and tiny benchmark fixtures, saved in the real layouts.
+"""Tiny random metric backbones, a tiny random VLM judge and tiny benchmark fixtures, saved in the real layouts.
 
 For tests and smoke runs without real weights or data (nothing is downloaded): a tiny CLIP folder
 (``CLIPModel.save_pretrained`` + the shipped tiny tokenizer + a ``CLIPImageProcessor``), a tiny DINO folder
-(``ViTModel.save_pretrained``), a randomly initialised LPIPS folder in the torchvision / lpips key layout, and a
-few samples in the Reason-Edit, MagicBrush (folder and parquet) and Emu Edit (parquet and JSONL) layouts.
+(``ViTModel.save_pretrained``), a randomly initialised LPIPS folder in the torchvision / lpips key layout, a tiny
+llava-hf judge folder (``LlavaForConditionalGeneration`` + ``LlavaProcessor`` with a chat template), a scripted
+judge for exact protocol checks, and a few samples in the Reason-Edit (and the reference's output layout),
+MagicBrush (folder and parquet), Emu Edit (parquet and JSONL), GEdit-Bench (parquet), ImgEdit-Bench,
+KRIS-Bench and RISEBench layouts.
 Numbers computed with these backbones are meaningless; only the plumbing is real.
 """
 
@@ -19,9 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["TINY_TOKENIZER", "save_tiny_clip", "save_tiny_dino", "save_random_lpips", "shapes_image",
-           "make_reason_edit_fixture", "make_reason_edit_outputs", "make_magicbrush_fixture",
-           "make_magicbrush_parquet", "make_emu_edit_parquet", "make_emu_edit_jsonl", "png_bytes"]
+__all__ = ["TINY_TOKENIZER", "save_tiny_clip", "save_tiny_dino", "save_random_lpips", "save_tiny_vlm",
+           "ScriptedJudge", "shapes_image", "make_reason_edit_fixture", "make_reason_edit_outputs",
+           "make_reference_outputs", "make_magicbrush_fixture", "make_magicbrush_parquet", "make_emu_edit_parquet",
+           "make_emu_edit_jsonl", "make_gedit_fixture", "make_imgedit_fixture", "make_kris_fixture",
+           "make_rise_fixture", "write_outputs", "png_bytes"]
 
 TINY_TOKENIZER = Path(__file__).resolve().parent.parent / "assets" / "tiny_tokenizer"
 
@@ -246,3 +251,193 @@ def make_emu_edit_jsonl(root: str | os.PathLike, n: int = 5, size: tuple[int, in
             r["image"] = f"images/{r['idx']}.png"
             f.write(json.dumps(r) + "\n")
     return root
+
+
+# ---- judges ------------------------------------------------------------------------------------------------
+_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'].upper() }}: {% if m['content'] is string %}{{ m['content'] }}"
+                  "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
+                  "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}\n{% endfor %}"
+                  "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+def save_tiny_vlm(directory: str | os.PathLike, seed: int = 0, image_size: int = 32) -> Path:
+    """A random tiny llava-hf judge (CLIP vision tower + LLaMA, the shipped tiny tokenizer with an ``<image>``
+    token, a ``CLIPImageProcessor`` and a chat template) as ``AutoModelForImageTextToText`` /
+    ``AutoProcessor.from_pretrained`` load it. Its replies are random text."""
+    from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    directory = Path(directory)
+    tok = AutoTokenizer.from_pretrained(os.fspath(TINY_TOKENIZER), local_files_only=True)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": image_size},
+                                           crop_size={"height": image_size, "width": image_size}),
+        tokenizer=tok, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=_CHAT_TEMPLATE)
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                       image_size=image_size, patch_size=8),
+        text_config=LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                pad_token_id=tok.pad_token_id),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
+        vision_feature_layer=-2)
+    torch.manual_seed(seed)
+    LlavaForConditionalGeneration(config).eval().save_pretrained(os.fspath(directory))
+    processor.save_pretrained(os.fspath(directory))
+    return directory
+
+
+class ScriptedJudge:
+    """A judge whose reply to each question is ``reply(parts)`` (parts: the texts and PIL images asked); records
+    every question in :attr:`asked`. For checking a benchmark's protocol and arithmetic exactly."""
+
+    def __init__(self, reply, name: str = "scripted-judge"):
+        from .backbones import BackboneInfo
+
+        self.reply = reply
+        self.asked: list[list] = []
+        self.info = BackboneInfo(kind="judge", name=name, arch="scripted replies (tests)", path="", files={},
+                                 sha256="0" * 64)
+
+    def ask(self, parts):
+        self.asked.append(list(parts))
+        return self.reply(list(parts))
+
+    def note(self) -> str:
+        from .judge import NOT_COMPARABLE
+
+        return NOT_COMPARABLE.format(name=self.info.name, sha=self.info.sha256)
+
+
+# ---- more benchmark fixtures ---------------------------------------------------------------------------------
+def make_reference_outputs(data_root: str | os.PathLike, save_dir: str | os.PathLike,
+                           guidance: tuple[tuple[float, float], ...] = ((7.5, 1.5),), metrics_only: bool = True,
+                           color: tuple[int, int, int] = (40, 160, 40)) -> Path:
+    """Fake edits in the layout SmartEdit's ``test/DS_SmartEdit_test.py`` writes: ``save_dir/Understand-15000/
+    <Name>_metrics_<k>/<NNNN>_T<t>_I<i>.png`` and ``save_dir/Reason-15000/Reasoning_metrics_1/...`` (with
+    ``metrics_only=False`` the sweep folders ``<Name>_<k>/`` with one file per guidance pair instead)."""
+    from .reason_edit import REFERENCE_NAMES, read_reason_edit
+
+    save_dir = Path(save_dir)
+    numbers = {"LeftRight": 1, "RelativeSize": 2, "Mirror": 3, "Color": 4, "MultipleObjects": 5, "Reasoning": 1}
+    by_cat = {cat: name for name, cat in REFERENCE_NAMES.items()}
+    samples, _ = read_reason_edit(data_root)
+    for s in samples:
+        name = by_cat[s.category]
+        run = "Reason-15000" if name == "Reasoning" else "Understand-15000"
+        if metrics_only:
+            folder = save_dir / run / f"{name}_metrics_{numbers[name]}"
+        else:
+            folder = save_dir / run / (name if name == "Reasoning" else f"{name}_{numbers[name]}")
+        folder.mkdir(parents=True, exist_ok=True)
+        arr = np.asarray(Image.open(s.input_path).convert("RGB")).copy()
+        arr[np.asarray(Image.open(s.mask_path).convert("L")) > 127] = color
+        for t, i in guidance:
+            Image.fromarray(arr).save(folder / f"{s.position:04d}_T{t}_I{i}.png")
+    return save_dir
+
+
+def make_gedit_fixture(root: str | os.PathLike, per_task: int = 1, tasks: tuple[str, ...] = ("color_alter",
+                       "subject-remove"), size: tuple[int, int] = (48, 40), seed: int = 0) -> Path:
+    """stepfun-ai/GEdit-Bench as a parquet file ``root/data/train-00000-of-00001.parquet`` (task_type, key,
+    instruction, instruction_language, input_image, input_image_raw, Intersection_exist), en and cn rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for t, task in enumerate(tasks):
+        for i in range(per_task):
+            img = png_bytes(shapes_image(size, (8, 8, 24, 24), (200, 30, 30), seed=seed + 10 * t + i))
+            for lang, text in (("en", f"make the red square number {i} blue"), ("cn", f"把第{i}个红色方块变成蓝色")):
+                rows.append({"task_type": task, "key": f"k{t}{i:03d}", "instruction": text,
+                             "instruction_language": lang, "input_image": {"bytes": img, "path": None},
+                             "input_image_raw": {"bytes": img, "path": None}, "Intersection_exist": i % 2 == 0})
+    pq.write_table(pa.Table.from_pylist(rows), os.fspath(root / "data" / "train-00000-of-00001.parquet"))
+    return root
+
+
+def make_imgedit_fixture(root: str | os.PathLike, types: tuple[str, ...] = ("add", "remove", "style"),
+                         size: tuple[int, int] = (48, 40), seed: int = 0, prompts: bool = False) -> Path:
+    """ImgEdit-Bench basic: ``root/basic_edit.json`` and the originals under ``root/singleturn/<category>/``
+    (with ``prompts``: a ``prompts.json`` of per-type prompts with ``<edit_prompt>`` too)."""
+    root = Path(root)
+    edits = {}
+    for n, t in enumerate(types):
+        image_id = f"animal/{n:09d}.jpg"
+        (root / "singleturn" / "animal").mkdir(parents=True, exist_ok=True)
+        shapes_image(size, (8, 8, 24, 24), (30, 160, 30), seed=seed + n).save(root / "singleturn" / image_id)
+        edits[str(100 + n)] = {"id": image_id, "prompt": f"{t} something number {n}", "edit_type": t}
+    (root / "basic_edit.json").write_text(json.dumps(edits, indent=1), encoding="utf-8")
+    if prompts:
+        (root / "prompts.json").write_text(json.dumps({t: f"Rate this {t} edit. Instruction: <edit_prompt>. "
+                                                          f"Give Prompt Compliance: n" for t in types}),
+                                           encoding="utf-8")
+    return root
+
+
+def make_kris_fixture(root: str | os.PathLike, size: tuple[int, int] = (48, 40), seed: int = 0) -> Path:
+    """KRIS-Bench: ``root/KRIS_Bench/<task>/annotation.json`` + images for a plain task (color_change), a knowledge
+    task (chemistry), a task with a ground-truth image (viewpoint_change) and a multi-image one
+    (multi-element_composition). Returns the ``KRIS_Bench`` folder."""
+    bench = Path(root) / "KRIS_Bench"
+    tasks = {"color_change": {}, "chemistry": {"explain": "the copper turns green"},
+             "viewpoint_change": {"gt": True}, "multi-element_composition": {"multi": True}}
+    for t, (task, how) in enumerate(tasks.items()):
+        folder = bench / task
+        folder.mkdir(parents=True, exist_ok=True)
+        shapes_image(size, (8, 8, 24, 24), (200, 120, 30), seed=seed + t).save(folder / "1.jpg")
+        entry: dict[str, Any] = {"ori_img": "1.jpg", "ins_en": f"edit for {task}",
+                                 "explain_en": how.get("explain", "")}
+        if how.get("gt"):
+            shapes_image(size, (20, 8, 36, 24), (200, 120, 30), seed=seed + t).save(folder / "1_gt.jpg")
+            entry["gt_img"] = "1_gt.jpg"
+        if how.get("multi"):
+            shapes_image(size, (4, 4, 12, 12), (30, 30, 200), seed=seed + 9).save(folder / "1-2.jpg")
+            entry["ori_img"] = ["1.jpg", "1-2.jpg"]
+        (folder / "annotation.json").write_text(json.dumps({"1": entry}, indent=1), encoding="utf-8")
+    return bench
+
+
+def make_rise_fixture(root: str | os.PathLike, size: tuple[int, int] = (48, 40), seed: int = 0) -> Path:
+    """RISEBench: ``root/data/data_total.json`` + images, one sample per category (the logical one with a
+    reference image, one temporal sample consistency-free). Returns the ``data`` folder."""
+    data = Path(root) / "data"
+    rows = []
+    for c, cat in enumerate(("temporal_reasoning", "causal_reasoning", "spatial_reasoning", "logical_reasoning")):
+        (data / f"{cat}_images").mkdir(parents=True, exist_ok=True)
+        shapes_image(size, (8, 8, 24, 24), (120, 60, 30), seed=seed + c).save(data / f"{cat}_images" / "1.png")
+        row = {"index": f"{cat}_1", "category": cat, "instruction": f"what happens next ({cat})",
+               "image": f"{cat}_images/1.png", "reference": "a brown square"}
+        if cat == "logical_reasoning":
+            shapes_image(size, (20, 20, 40, 36), (0, 0, 0), seed=seed).save(data / f"{cat}_images" / "1_ref.png")
+            row["reference_img"] = f"{cat}_images/1_ref.png"
+        if cat == "temporal_reasoning":
+            row["consistency_free"] = True
+        rows.append(row)
+    (data / "data_total.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    return data
+
+
+def write_outputs(bench, outputs: str | os.PathLike, skip: tuple[str, ...] = ()) -> Path:
+    """Fake edits for any :class:`~smartedit.eval.benchmark.Benchmark`: each readable sample's input, colour-
+    inverted, at ``bench.output_path`` (sample ids in ``skip`` get none)."""
+    from .images import load_rgb
+
+    outputs = Path(outputs)
+    samples, _ = bench.read()
+    for s in samples:
+        if s.id in skip or s.input is None:
+            continue
+        try:
+            image = load_rgb(s.input, "missing_input", "input")
+        except Exception:
+            continue
+        path = bench.output_path(s, outputs)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(255 - np.asarray(image)).save(path)
+    return outputs
