@@ -357,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc) or type(exc).__name__
         if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
             message = f"{exc.filename}: {message}"
-        sys.stderr.write(f"error: {message}" + ("" if isinstance(exc, CLIError) else " (-v shows the traceback)")
+        plain = (CLIError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
+        sys.stderr.write(f"error: {message}" + ("" if isinstance(exc, plain) else " (-v shows the traceback)")
                          + "\n")
         return 2
 

@@ -50,15 +50,21 @@ def test_edit_random_tiny_writes_outputs(tmp_path, capsys):
     assert Image.open(result["side_by_side"]).size == (2 * edited.width, edited.height)
 
 
-def test_edit_errors_are_clear(tmp_path):
-    with pytest.raises(SystemExit, match="does not exist"):
-        main(["edit", "--model", "random:tiny", "--image", str(tmp_path / "nope.png"), "--instruction", "x"])
+def test_edit_errors_are_clear(tmp_path, capsys):
+    def error_of(argv):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err
+        return err
+
+    assert "does not exist" in error_of(["edit", "--model", "random:tiny", "--image", str(tmp_path / "nope.png"),
+                                         "--instruction", "x", "--output", str(tmp_path / "o.png")])
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"")
-    with pytest.raises(SystemExit, match="zero-byte"):
-        main(["edit", "--model", "random:tiny", "--image", str(bad), "--instruction", "x"])
-    with pytest.raises(SystemExit, match="real weights"):
-        main(["edit", "--model", "random:7b", "--image", EXAMPLE, "--instruction", "x"])
+    assert "zero-byte" in error_of(["edit", "--model", "random:tiny", "--image", str(bad), "--instruction", "x",
+                                    "--output", str(tmp_path / "o.png")])
+    assert "real weights" in error_of(["edit", "--model", "random:7b", "--image", EXAMPLE, "--instruction", "x",
+                                       "--output", str(tmp_path / "o.png")])
 
 
 @pytest.mark.slow
