@@ -28,7 +28,6 @@ INSTALL_REQUIRES = [
     "datasets>=5.2,<6",
     "pyarrow>=26",
     "torchmetrics>=1.9,<2",
-    "einops>=0.8.2,<1",
     "numpy>=2.4,<3",
     # gradio 6 (the web demo) needs Pillow < 13; both 12 and 13 are tested
     "Pillow>=12,<14",

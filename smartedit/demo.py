@@ -183,6 +183,11 @@ def page_intro(pipe: SmartEditPipeline, model_name: str) -> str:
             f"**Edit**; **Edit the result** applies the next instruction to the output, **Undo** steps back.")
 
 
+def _editor_value(image: Image.Image) -> dict:
+    """An ImageEditor value with ``image`` as its background and nothing painted yet."""
+    return {"background": image, "layers": [], "composite": image}
+
+
 def build_app(pipe: SmartEditPipeline, model_name: str = "model", examples: list[list[str]] | None = None):
     """The gradio Blocks page around :func:`edit` and :func:`undo`."""
     gr = import_gradio()
@@ -199,7 +204,7 @@ def build_app(pipe: SmartEditPipeline, model_name: str = "model", examples: list
                 if has_mask:
                     region = gr.ImageEditor(type="pil", label="region (optional): paint where to edit",
                                             elem_id="region", sources=[], transforms=[], layers=False,
-                                            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
+                                            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=6))
                 else:
                     region = gr.State(None)
                     gr.Markdown("Region edits need a model with mask channels (`unet.mask_channels = 4`); this "
@@ -236,13 +241,12 @@ def build_app(pipe: SmartEditPipeline, model_name: str = "model", examples: list
                 progress=lambda k, n: progress((k, n), desc="denoising", unit="steps"))
             shown_now = (new_state, shown, message, used, history(new_state))
             # the region brush paints on the image the next "Edit the result" starts from
-            return shown_now + ((shown if shown is not None else gr.skip()),) if has_mask else shown_now
+            return shown_now + (_editor_value(shown) if shown is not None else gr.skip(),) if has_mask else shown_now
 
         inputs = [state, source, instruction, region, steps, text_guidance, image_guidance, seed, randomize]
         outputs = [state, result, status, seed, strip] + ([region] if has_mask else [])
-        edit_btn.click(functools.partial(run, False), inputs, outputs)
-        more_btn.click(functools.partial(run, True), inputs, outputs)
-        instruction.submit(functools.partial(run, False), inputs, outputs)
+        for trigger, continue_result in ((edit_btn.click, False), (more_btn.click, True), (instruction.submit, False)):
+            trigger(functools.partial(run, continue_result), inputs, outputs, show_progress_on=[result])
 
         def on_undo(state):
             new_state, shown, message = undo(state)
@@ -250,7 +254,7 @@ def build_app(pipe: SmartEditPipeline, model_name: str = "model", examples: list
 
         undo_btn.click(on_undo, [state], [state, result, status, strip])
         if has_mask:
-            source.change(lambda im: im, [source], [region])
+            source.change(lambda im: _editor_value(im) if im is not None else None, [source], [region])
     return app
 
 
