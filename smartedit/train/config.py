@@ -134,7 +134,8 @@ class DataConfig(_Section):
         if unweighted:
             p.append(f"{prefix}sources name {unweighted} but {prefix}ratios gives them no ratio, so they would never "
                      f"be drawn: add --set {prefix}ratios.{unweighted[0]}=R (a weight beside the others, "
-                     f"{dict(self.ratios)}; 0 switches a source off on purpose)")
+                     f"{dict(self.ratios)}; 0 switches a source off on purpose), or leave them out of "
+                     f"{prefix}sources")
         if self.root and self.ratios and all(n in self.sources for n in self.ratios if _number(self.ratios[n])
                                              and self.ratios[n] > 0):
             p.append(f"{prefix}root is {self.root!r} but every source with a ratio has its own path in "
