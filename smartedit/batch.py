@@ -27,7 +27,7 @@ from .image_io import ImageInputError, load_image, load_mask, probe_image
 logger = logging.getLogger(__name__)
 
 __all__ = ["BatchRow", "REPORT_NAME", "SUMMARY_NAME", "read_jobs", "run_batch", "finished_rows", "record_failures",
-           "summarize"]
+           "merge_reports", "summarize"]
 
 REPORT_NAME = "batch_report.jsonl"
 """One JSON line per finished row, appended as rows finish."""
@@ -187,6 +187,15 @@ def finished_rows(report: str, rows: list[BatchRow]) -> dict[int, dict]:
         if record is not None and record.get("key") == row.key() and os.path.isfile(row.output):
             out[row.line] = record
     return out
+
+
+def merge_reports(output_dir: str, reports: list[str]) -> str:
+    """Append the records of several ranks' reports to ``output_dir``'s one report (in line order); returns it."""
+    merged = os.path.join(output_dir, REPORT_NAME)
+    records = sorted((r for path in reports for r in _read_report(path)), key=lambda r: r["line"])
+    for record in records:
+        _append(merged, record)
+    return merged
 
 
 def summarize(report: str) -> tuple[list[dict], list[dict]]:

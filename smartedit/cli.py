@@ -149,8 +149,9 @@ def cmd_edit(args) -> int:
 
 
 def _cmd_batch(args) -> int:
-    from .batch import (REPORT_NAME, SUMMARY_NAME, finished_rows, read_jobs, record_failures, run_batch,
-                        summarize)
+    from .batch import (REPORT_NAME, SUMMARY_NAME, finished_rows, merge_reports, read_jobs, record_failures,
+                        run_batch, summarize)
+    from .shard import ProgressLog, Shard, fingerprint, wait_for_ranks
     from .image_io import ImageInputError, pixel_budget
 
     problems = []
@@ -174,7 +175,15 @@ def _cmd_batch(args) -> int:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as exc:
         raise SystemExit(f"error: cannot create --output-dir {out_dir!r}: {exc.strerror or exc}") from None
-    report = os.path.join(out_dir, REPORT_NAME)
+    # torchrun / accelerate launch: row i belongs to rank i mod world size (its seed and output do not change);
+    # each rank appends to its own report, rank 0 waits for all of them and merges
+    shard = Shard.from_env()
+    report = os.path.join(out_dir, REPORT_NAME if not shard.distributed else f"batch_report.{shard.tag}.jsonl")
+    if shard.distributed:
+        from .devices import resolve_device
+
+        device = resolve_device(getattr(args, "device", "auto"))
+        args.device = shard.device(device.type) if device.type == "cuda" and device.index is None else str(device)
     try:
         rows, failures = read_jobs(args.batch, out_dir, base_seed=args.seed or 0,
                                    allow_outside=args.allow_outside_paths, max_pixels=max_pixels)
@@ -183,11 +192,22 @@ def _cmd_batch(args) -> int:
     previous = finished_rows(report, rows)
     if previous:
         logger.warning("%d row(s) already done by an earlier run of this batch (%s): skipped", len(previous), report)
-    record_failures(report, failures)
-    todo = [r for r in rows if r.line not in previous]
+    if shard.is_main:
+        record_failures(report, failures)
+    todo = [r for i, r in enumerate(rows) if shard.owns(i) and r.line not in previous]
     if todo:
         run_batch(_pipeline(args), todo, batch_size=args.batch_size, report=report, max_pixels=max_pixels,
                   **_edit_kwargs(args))
+    if shard.distributed:
+        ranks_dir = os.path.join(out_dir, "ranks")
+        fp = fingerprint({"batch": os.path.abspath(args.batch), "output_dir": os.path.abspath(out_dir),
+                          "world_size": shard.world_size})
+        ProgressLog(ranks_dir, shard, fp).mark_done(len(todo))
+        if not shard.is_main:
+            return 0
+        wait_for_ranks(ranks_dir, shard, fp)
+        report = merge_reports(out_dir, [os.path.join(out_dir, f"batch_report.{Shard(r, shard.world_size).tag}.jsonl")
+                                         for r in range(shard.world_size)])
     done, failed = summarize(report)
     lines = {r.line for r in rows} | {f["line"] for f in failures}
     done = [d for d in done if d["line"] in lines]
@@ -208,9 +228,11 @@ def cmd_assemble(args) -> int:
     overrides = {}
     if args.mask_channels:
         overrides["unet.mask_channels"] = 4
-    model = from_components(llm=args.llm, clip=args.clip, sd=args.sd, preset=args.preset, **overrides)
+    model = from_components(llm=args.llm, clip=args.clip, sd=args.sd, preset=args.preset, dtype=args.dtype,
+                            **overrides)
     model.save_pretrained(args.out)
-    sys.stdout.write(json.dumps({"out": args.out, "preset": args.preset}) + "\n")
+    sys.stdout.write(json.dumps({"out": args.out, "preset": args.preset,
+                                 "dtype": str(model.dtype).removeprefix("torch.")}) + "\n")
     return 0
 
 
@@ -303,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     assemble.add_argument("--sd", required=True, help="SD-1.5 or InstructPix2Pix folder (diffusers layout)")
     assemble.add_argument("--preset", default="7b", choices=["tiny", "7b", "13b"])
     assemble.add_argument("--mask-channels", action="store_true", help="add 4 region-mask UNet input channels")
+    assemble.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                          help="dtype of the written model (auto: bfloat16 for 7B / 13B, float32 below)")
     assemble.add_argument("--out", required=True)
     assemble.set_defaults(func=cmd_assemble)
 

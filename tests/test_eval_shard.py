@@ -13,7 +13,7 @@ import pytest
 from smartedit.eval import testing
 from smartedit.eval.benchmark import PARTIAL_DIR, run_benchmark
 from smartedit.eval.emu_edit import EmuEdit
-from smartedit.eval.shard import Shard
+from smartedit.shard import Shard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,3 +103,36 @@ def test_two_torchrun_processes_match_one_process_sample_for_sample(tmp_path):
     for s in sa:  # the same edit, pixel for pixel, whichever process made it
         rel = Path(s["meta"]["output"]).relative_to(tmp_path / "one")
         assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes()
+
+
+@pytest.mark.slow
+def test_batch_editing_under_two_torchrun_processes_matches_one(tmp_path):
+    """``smartedit edit --batch`` under torchrun: each rank edits its rows (row i → rank i mod 2) and rank 0 merges
+    one report; the images and the report equal a one-process run's, row for row."""
+    shutil = __import__("shutil")
+    example = ROOT / "checkpoints" / "examples" / "shapes.png"
+    jobs_dir = tmp_path / "jobs"
+    jobs_dir.mkdir()
+    shutil.copy(example, jobs_dir / "a.png")
+    lines = [json.dumps({"image": "a.png", "instruction": text})
+             for text in ("remove the red circle", "remove the blue square", "remove the green triangle")]
+    lines.insert(1, json.dumps({"image": "missing.png", "instruction": "x"}))
+    (jobs_dir / "jobs.jsonl").write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(var, None)
+    common = ["edit", "--model", str(ROOT / "checkpoints" / "smartedit-tiny"), "--batch",
+              str(jobs_dir / "jobs.jsonl"), "--batch-size", "1", "--steps", "3", "--device", "cpu"]
+    one = subprocess.run([sys.executable, "-m", "smartedit", *common, "--output-dir", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=900)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(_free_port()), "-m", "smartedit", *common, "--output-dir", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert one.returncode == 1 and two.returncode == 1, (one.stderr[-2000:], two.stderr[-2000:])  # the bad row
+    a, b = (json.loads((tmp_path / d / "batch_report.json").read_text()) for d in ("one", "two"))
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("output", "seconds")} for r in rows]  # noqa: E731
+    assert strip(a["done"]) == strip(b["done"]) and len(a["done"]) == 3
+    assert [f["line"] for f in a["failed"]] == [f["line"] for f in b["failed"]] == [2]
+    for row in a["done"]:
+        name = Path(row["output"]).name
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()

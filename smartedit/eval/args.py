@@ -120,7 +120,7 @@ def resolve_device(name: str | None) -> str:
     """``--device`` (default: cuda when available, else cpu); under torchrun / accelerate launch ``cuda`` becomes
     this process's GPU (``cuda:<LOCAL_RANK>``)."""
     from ..devices import resolve_device as _resolve
-    from .shard import Shard
+    from ..shard import Shard
 
     return Shard.from_env().device(str(_resolve(name or "auto")))
 

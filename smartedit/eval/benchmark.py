@@ -11,7 +11,7 @@ rows (:meth:`~Benchmark.metric_infos`, :meth:`~Benchmark.aggregates`). Everythin
   seed per sample), outputs under ``OUT/outputs`` in the benchmark's outputs layout;
 - **scoring** that never stops for one sample (a problem becomes the row's status);
 - **sharding**: under ``torchrun`` / ``accelerate launch`` every process takes every ``WORLD_SIZE``-th sample
-  (:class:`~smartedit.eval.shard.Shard`), writes each finished row to its own progress log under
+  (:class:`~smartedit.shard.Shard`), writes each finished row to its own progress log under
   ``OUT/partial/`` as it goes, and rank 0 merges all logs into one report, the same report a single process
   writes (every row is computed from its sample alone). A killed or restarted process skips the rows its log
   already holds (a scored row is reused only while its input and output files are unchanged);
@@ -37,7 +37,7 @@ from .report import write_report
 from .results import (ERROR, GENERATION_FAILED, OK, Aggregate, BenchmarkError, MetricInfo, SampleProblem,
                       SampleResult)
 from .runner import Backbones, EvalRun
-from .shard import ProgressLog, Shard, fingerprint, read_progress, wait_for_ranks
+from ..shard import ProgressLog, Shard, fingerprint, read_progress, wait_for_ranks
 
 logger = logging.getLogger(__name__)
 

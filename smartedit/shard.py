@@ -11,7 +11,7 @@ item, so a killed rank loses at most the item it was working on and skips the re
 Every log starts with a header holding a *fingerprint* of the run (what would make old records wrong: data,
 model, settings); records under another fingerprint are ignored. Ranks never talk to each other: when a rank is
 done it writes a marker file, and rank 0 waits for every marker and reads all logs (so a shared folder is all
-that several nodes need). Used by :mod:`smartedit.eval.benchmark`; ``smartedit edit --batch`` can reuse it.
+that several nodes need). Used by :mod:`smartedit.eval.benchmark` and ``smartedit edit --batch``.
 """
 
 from __future__ import annotations
