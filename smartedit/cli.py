@@ -131,8 +131,9 @@ def cmd_edit(args) -> int:
     pair = f"{root}_side_by_side{ext}"
     check_writable(args.output)
     check_writable(pair, "side-by-side output")
-    source = load_image(args.image, f"input image {args.image!r}")
-    mask = load_mask(args.mask, source.size, f"mask {args.mask!r}") if args.mask else None
+    max_pixels = getattr(args, "max_pixels", None)
+    source = load_image(args.image, f"input image {args.image!r}", max_pixels=max_pixels)
+    mask = load_mask(args.mask, source.size, f"mask {args.mask!r}", max_pixels=max_pixels) if args.mask else None
     pipe = _pipeline(args)
     settings = {k: v for k, v in _edit_kwargs(args).items() if k != "resolution"}
     settings = {k: pipe.sampling_defaults[k] if v is None else v for k, v in settings.items()}
@@ -314,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--allow-outside-paths", action="store_true",
                       help="let --batch rows name images outside the JSONL file's folder")
     edit.add_argument("--max-pixels", type=int, default=None,
-                      help="pixel budget of a --batch input image (default $SMARTEDIT_MAX_PIXELS or 40000000)")
+                      help="pixel budget of an input image or mask, checked from its header (default $SMARTEDIT_MAX_PIXELS or 40000000)")
     _add_edit_options(edit)
     edit.set_defaults(func=cmd_edit)
 
