@@ -315,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--allow-outside-paths", action="store_true",
                       help="let --batch rows name images outside the JSONL file's folder")
     edit.add_argument("--max-pixels", type=int, default=None,
-                      help="pixel budget of an input image or mask, checked from its header (default $SMARTEDIT_MAX_PIXELS or 40000000)")
+                      help="pixel budget of an input image or mask, checked from its header "
+                           "(default $SMARTEDIT_MAX_PIXELS or 40000000)")
     _add_edit_options(edit)
     edit.set_defaults(func=cmd_edit)
 
