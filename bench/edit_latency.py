@@ -47,13 +47,14 @@ def build(preset_name: str, device: str, dtype: torch.dtype):
 
     cfg = preset(preset_name)
     if preset_name == "tiny":
-        model = SmartEditModel.from_config(cfg)
-    else:  # random weights of the real shapes, built directly on the device (no tokenizer shipped: use tiny's)
+        model = SmartEditModel.from_config(cfg, dtype=dtype, device=device)
+    else:  # random weights of the real shapes, created on the device in the target dtype (no float32 copy first;
+        # no tokenizer shipped: use tiny's)
         from smartedit.model import TINY_TOKENIZER, load_tokenizer
 
-        with torch.device(device):
-            model = SmartEditModel(cfg.replace(**{"mllm.vocab_size": 1024}), load_tokenizer(TINY_TOKENIZER))
-    model = model.to(device=device, dtype=dtype).eval()
+        model = SmartEditModel.from_config(cfg.replace(**{"mllm.vocab_size": 1024}), load_tokenizer(TINY_TOKENIZER),
+                                           dtype=dtype, device=device)
+    model = model.eval()
     ours = SmartEditPipeline(model)
     ref = StableDiffusionInstructPix2PixPipeline(
         vae=model.vae, text_encoder=None, tokenizer=None, unet=model.unet,

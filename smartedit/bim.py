@@ -31,7 +31,7 @@ class GridPositionalEncoding(SamPositionalEmbedding):
 
     def __init__(self, num_pos_feats: int, scale: float):
         super().__init__(SimpleNamespace(scale=scale, num_pos_feats=num_pos_feats))
-        matrix = self.positional_embedding.detach().clone()
+        matrix = self.positional_embedding.detach().clone().float()  # float32 whatever the default dtype
         del self.positional_embedding
         self.register_buffer("positional_embedding", matrix)
 
@@ -48,7 +48,8 @@ class GridPositionalEncoding(SamPositionalEmbedding):
 class BidirectionalInteraction(nn.Module):
     """(f [B,Q,Dt], patches [B,P,Dv]) → (f' [B,Q,Dt], spatial feature [B,C0,h,w])."""
 
-    def __init__(self, cfg: BIMConfig, text_dim: int, grid_size: int, unet_channels: int):
+    def __init__(self, cfg: BIMConfig, text_dim: int, grid_size: int, unet_channels: int,
+                 attn_implementation: str = "sdpa"):
         super().__init__()
         self.config = cfg
         self.grid_size = grid_size
@@ -57,12 +58,17 @@ class BidirectionalInteraction(nn.Module):
         sam_cfg = SamMaskDecoderConfig(hidden_size=dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
                                        mlp_dim=cfg.mlp_dim, attention_downsample_rate=cfg.attention_downsample_rate,
                                        hidden_act=cfg.hidden_act, layer_norm_eps=cfg.layer_norm_eps)
-        sam_cfg._attn_implementation = "sdpa"
+        self._sam_config = sam_cfg  # (every attention layer reads its kernel from this one object at each call)
+        self.set_attn_implementation(attn_implementation)
         self.transformer = SamTwoWayTransformer(sam_cfg)
         self.pos_encoding = GridPositionalEncoding(dim // 2, cfg.pe_scale)
         self.text_out = nn.Linear(dim, text_dim)
         self.image_out = nn.Conv2d(dim, unet_channels, kernel_size=1)
         self.init_weights()
+
+    def set_attn_implementation(self, name: str) -> None:
+        """``sdpa``, ``eager`` or ``flash_attention_2`` (transformers' attention functions)."""
+        self._sam_config._attn_implementation = name
 
     @torch.no_grad()
     def init_weights(self) -> None:

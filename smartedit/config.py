@@ -520,6 +520,14 @@ class SmartEditConfig(_RootConfig):
     """Per sample u~U(0,1): u<p drops text and image; p≤u<2p drops text; 2p≤u<3p drops image."""
     lm_loss_weight: float = 1.0
     diffusion_loss_weight: float = 1.0
+    attn_implementation: str = "sdpa"
+    """Attention of the LLM, the vision tower and the BIM (transformers' ``attn_implementation``): ``sdpa`` (PyTorch's
+    fused attention, which picks its own flash / memory-efficient kernels on CUDA), ``eager``, or
+    ``flash_attention_2`` (the flash-attn package: CUDA and half precision, ``pip install -e .[gpu]``). The Q-Former
+    (transformers has no FlashAttention-2 path for it) and the UNet (diffusers' SDPA processor) use ``sdpa`` with
+    ``flash_attention_2``."""
+
+    ATTN_IMPLEMENTATIONS: ClassVar[tuple[str, ...]] = ("sdpa", "eager", "flash_attention_2")
 
     @property
     def latent_size(self) -> int:
@@ -535,6 +543,9 @@ class SmartEditConfig(_RootConfig):
         for name in ("lm_loss_weight", "diffusion_loss_weight"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
                 p.append(f"{prefix}{name} must be >= 0")
+        if self.attn_implementation not in self.ATTN_IMPLEMENTATIONS:
+            p.append(f"{prefix}attn_implementation must be one of {list(self.ATTN_IMPLEMENTATIONS)}, got "
+                     f"{self.attn_implementation!r}")
         if p:
             return p
         # cross-component consistency

@@ -63,7 +63,7 @@ import torch
 from .config import LoRAConfig, SmartEditConfig, preset as make_preset
 from .loading import (LLM_LAYOUT, LoadedCLIP, LoadedLLM, LoadedSD, _is_lfs_pointer, _llama_fields, _read_json,
                       _torch_load, load_clip, load_llm, load_sd)
-from .model import SmartEditModel
+from .model import SmartEditModel, save_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -665,7 +665,7 @@ def convert_released(smartedit: str | os.PathLike, llava: str | os.PathLike | Lo
                      clip: str | os.PathLike | LoadedCLIP, sd: str | os.PathLike | LoadedSD,
                      out: str | os.PathLike | None = None, *, vicuna: str | os.PathLike | None = None,
                      keep_lora: bool = False, stage: str = "auto", step: str | int | None = None,
-                     dtype: torch.dtype | str = torch.float32, preset: str | SmartEditConfig | None = None
+                     dtype: torch.dtype | str = "auto", preset: str | SmartEditConfig | None = None
                      ) -> SmartEditModel:
     """Convert a reference checkpoint folder (released SmartEdit-7B/13B, or a stage-1 / stage-2a training output)
     into a :class:`~smartedit.model.SmartEditModel`, written to ``out`` with ``save_pretrained`` when given.
@@ -675,13 +675,14 @@ def convert_released(smartedit: str | os.PathLike, llava: str | os.PathLike | Lo
     * ``vicuna``: Vicuna-v1.1 folder for the tokenizer and LLaMA config, as the reference (default: LLaVA's own);
     * ``keep_lora``: keep LoRA as a peft adapter (``config.lora.r`` = the file's r) instead of merging it;
     * ``stage``: ``auto`` (from the files present), ``stage1``, ``stage2a`` or ``smartedit``;
-    * ``step``: checkpoint step (default: the last); ``dtype``: dtype of the model (default float32);
+    * ``step``: checkpoint step (default: the last); ``dtype``: dtype of the model (``auto``: bfloat16 for 7B /
+      13B, float32 for smaller LLMs, :func:`smartedit.model.save_dtype`);
     * ``preset``: Q-Former / BIM sizes (default from the LLM's hidden size: 7b or 13b).
 
     Raises :class:`ReleasedCheckpointError` listing every missing / unexpected / wrongly shaped tensor, wrong
     vocabulary size or Git LFS pointer (with its file), ``FileNotFoundError`` for a folder that is not a checkpoint.
     """
-    dtype = _FLOAT_DTYPES[dtype] if isinstance(dtype, str) else dtype
+    dtype = None if dtype == "auto" else _FLOAT_DTYPES[dtype] if isinstance(dtype, str) else dtype
     layout = find_released(smartedit, stage, step)
     what = (f"the {layout.stage} checkpoint in {layout.root}" + (f" (step {layout.step})" if layout.step else "")
             + " does not fit the published SmartEdit layout")
@@ -730,6 +731,8 @@ def convert_released(smartedit: str | os.PathLike, llava: str | os.PathLike | Lo
         overrides["lora.r"] = 0
     base = _choose_preset(preset, llm.mllm["hidden_size"])
     config = _assemble_config(llm, clip, sd, base, overrides)
+    if dtype is None:
+        dtype = save_dtype(config)
     spec_lora = lora or LoRAConfig(r=REFERENCE_LORA["r"])
     spec = published_spec(config.replace(**{"lora.r": spec_lora.r, "lora.alpha": spec_lora.alpha,
                                             "lora.target_modules": list(spec_lora.target_modules),

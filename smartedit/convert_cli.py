@@ -34,7 +34,8 @@ def cmd_convert_released(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {exc}") from None
     cfg = model.config
     sys.stdout.write(json.dumps({"out": args.out, "bim": cfg.bim.enabled, "lora_r": cfg.lora.r,
-                                 "lora": "adapter" if cfg.lora.r else "merged", "dtype": args.dtype,
+                                 "lora": "adapter" if cfg.lora.r else "merged",
+                                 "dtype": str(model.dtype).removeprefix("torch."),
                                  "vocab": cfg.mllm.full_vocab_size}) + "\n")
     return 0
 
@@ -72,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--stage", default="auto", choices=["auto", "stage1", "stage2a", "smartedit"],
                          help="which reference checkpoint (default: from the folders present)")
     convert.add_argument("--step", default=None, help="checkpoint step N (default: the last one in the folder)")
-    convert.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the written model")
+    convert.add_argument("--dtype", default="auto", choices=("auto",) + DTYPES,
+                         help="dtype of the written model (auto: bfloat16 for 7B / 13B, float32 below)")
     convert.add_argument("--preset", default="auto", choices=["auto", "7b", "13b", "tiny"],
                          help="Q-Former / BIM sizes (default: from the LLM's hidden size)")
     convert.set_defaults(func=cmd_convert_released)

@@ -917,7 +917,7 @@ def _with_new_rows(weight: torch.Tensor, full: int, dtype: torch.dtype) -> torch
 
 def from_components(llm: str | os.PathLike | LoadedLLM, clip: str | os.PathLike | LoadedCLIP | None = None,
                     sd: str | os.PathLike | LoadedSD | None = None, preset: str | SmartEditConfig | None = None,
-                    *, dtype: torch.dtype = torch.float32, seed: int | None = 0, **overrides: Any):
+                    *, dtype: torch.dtype | str = torch.float32, seed: int | None = 0, **overrides: Any):
     """Assemble a :class:`~smartedit.model.SmartEditModel` from pretrained parts (folders or ``load_*`` results).
 
     * ``llm``: LLaMA/Vicuna, LLaVA-1.1 or llava-hf folder (:func:`load_llm`);
@@ -928,7 +928,8 @@ def from_components(llm: str | os.PathLike | LoadedLLM, clip: str | os.PathLike 
     * ``overrides``: dotted config keys, e.g. ``**{"bim.enabled": False}``.
 
     Vision, MLLM, UNet, VAE and scheduler configs come from the folders. Loaded weights are assigned (cast to
-    ``dtype``); the Q-Former, BIM and (for a plain LLaMA folder) the projector are freshly initialised with
+    ``dtype``: a torch dtype or its name, ``auto`` = :func:`smartedit.model.save_dtype`); the Q-Former, BIM and
+    (for a plain LLaMA folder) the projector are freshly initialised with
     ``seed``, and the 35 new token rows are the mean of the base rows. A ``LoadedSD`` passed in shares its
     tensors with the returned model.
     """
@@ -936,7 +937,7 @@ def from_components(llm: str | os.PathLike | LoadedLLM, clip: str | os.PathLike 
 
     from .bim import BidirectionalInteraction
     from .mllm import build_projector
-    from .model import SmartEditModel
+    from .model import SmartEditModel, save_dtype
     from .qformer import SmartEditQFormer
     from .unet import widen_conv_in
 
@@ -995,15 +996,17 @@ def from_components(llm: str | os.PathLike | LoadedLLM, clip: str | os.PathLike 
                         f"{len(llm.tokenizer)}")
     _raise_problems(problems, f"the components do not fit together ({origin})")
 
+    if isinstance(dtype, str):
+        dtype = save_dtype(config, dtype)
     with init_empty_weights(include_buffers=False):
         model = SmartEditModel(config, llm.tokenizer)
     # new parts: a real initialisation
     if seed is not None:
         torch.manual_seed(seed)
-    model.qformer = SmartEditQFormer(config.qformer, config.mllm.hidden_size)
+    model.qformer = SmartEditQFormer(config.qformer, config.mllm.hidden_size, config.attn_implementation)
     if config.bim.enabled:
         model.bim = BidirectionalInteraction(config.bim, config.qformer.hidden_size, config.vision.grid_size,
-                                             config.unet.block_out_channels[0])
+                                             config.unet.block_out_channels[0], config.attn_implementation)
     if llm.projector_state is None:
         logger.warning("%s holds no vision projector: it is randomly initialised (train it, LLaVA stage 1, before "
                        "editing)", llm.path)

@@ -8,6 +8,7 @@ the editing conversation (see :mod:`smartedit.prompt`) and returns the last-laye
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 
@@ -35,7 +36,23 @@ def build_projector(kind: str, vision_dim: int, llm_dim: int) -> nn.Module:
     raise ValueError(f"unknown projector {kind!r}; use 'linear' or 'mlp2x_gelu'")
 
 
-def llama_config(cfg: MLLMConfig) -> LlamaConfig:
+def check_attn_implementation(name: str) -> str:
+    """``name`` if this machine can run it (``flash_attention_2`` needs the flash-attn package and CUDA), else a
+    ValueError saying what is missing."""
+    if name != "flash_attention_2":
+        return name
+    missing = []
+    if importlib.util.find_spec("flash_attn") is None:
+        missing.append("the flash-attn package is not installed (pip install -e .[gpu], on a CUDA machine)")
+    if not torch.cuda.is_available():
+        missing.append("there is no CUDA device")
+    if missing:
+        raise ValueError(f"attn_implementation 'flash_attention_2' cannot run here: {'; '.join(missing)}. Use "
+                         f"'sdpa' (the default; PyTorch picks its own flash kernels on CUDA)")
+    return name
+
+
+def llama_config(cfg: MLLMConfig, attn_implementation: str = "sdpa") -> LlamaConfig:
     """transformers ``LlamaConfig`` for the MLLM, vocabulary already extended by the new tokens."""
     return LlamaConfig(
         vocab_size=cfg.full_vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
@@ -43,16 +60,16 @@ def llama_config(cfg: MLLMConfig) -> LlamaConfig:
         num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=cfg.max_position_embeddings,
         rms_norm_eps=cfg.rms_norm_eps, rope_theta=cfg.rope_theta, tie_word_embeddings=False,
         pad_token_id=cfg.pad_token_id, bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
-        attn_implementation="sdpa",
+        attn_implementation=attn_implementation,
     )
 
 
-def clip_vision_config(cfg: VisionConfig) -> CLIPVisionConfig:
+def clip_vision_config(cfg: VisionConfig, attn_implementation: str = "sdpa") -> CLIPVisionConfig:
     return CLIPVisionConfig(
         hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
         image_size=cfg.image_size, patch_size=cfg.patch_size, projection_dim=cfg.projection_dim,
-        layer_norm_eps=cfg.layer_norm_eps, hidden_act=cfg.hidden_act, attn_implementation="sdpa",
+        layer_norm_eps=cfg.layer_norm_eps, hidden_act=cfg.hidden_act, attn_implementation=attn_implementation,
     )
 
 
@@ -70,20 +87,30 @@ class MLLMOutput:
 class SmartEditMLLM(nn.Module):
     """CLIP ViT + projector + LLaMA with SmartEdit's new tokens."""
 
-    def __init__(self, vision: VisionConfig, mllm: MLLMConfig, lora: LoRAConfig | None = None):
+    def __init__(self, vision: VisionConfig, mllm: MLLMConfig, lora: LoRAConfig | None = None,
+                 attn_implementation: str = "sdpa"):
         super().__init__()
         self.vision_config = vision
         self.config = mllm
         self.token_ids = TokenIds(mllm.vocab_size, mllm.num_image_tokens)
-        self.vision_tower = CLIPVisionModel(clip_vision_config(vision))
+        attn = check_attn_implementation(attn_implementation)
+        self.vision_tower = CLIPVisionModel(clip_vision_config(vision, attn))
         self.projector = build_projector(mllm.projector, vision.hidden_size, mllm.hidden_size)
-        self.llm = LlamaForCausalLM(llama_config(mllm))
+        self.llm = LlamaForCausalLM(llama_config(mllm, attn))
         self._grad_mask_handles: list = []
-        self.register_buffer("clip_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("clip_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("clip_mean", torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("clip_std", torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
         self.lora_config = None
         if lora is not None and lora.r > 0:
             self.add_lora(lora)
+
+    def set_attn_implementation(self, name: str) -> None:
+        """Switch the vision tower's and the LLM's attention (``sdpa``, ``eager``, ``flash_attention_2``)."""
+        check_attn_implementation(name)
+        self.vision_tower.set_attn_implementation(name)
+        self.llm.set_attn_implementation(name)
 
     # ---- LoRA ------------------------------------------------------------------------------------------
     def add_lora(self, lora: LoRAConfig) -> None:

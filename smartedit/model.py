@@ -68,15 +68,18 @@ class SmartEditModel(nn.Module):
     def __init__(self, config: SmartEditConfig, tokenizer=None):
         super().__init__()
         self.config = config.validate()
-        self.mllm = SmartEditMLLM(config.vision, config.mllm, config.lora)
-        self.qformer = SmartEditQFormer(config.qformer, config.mllm.hidden_size)
+        attn = config.attn_implementation
+        self.mllm = SmartEditMLLM(config.vision, config.mllm, config.lora, attn_implementation=attn)
+        self.qformer = SmartEditQFormer(config.qformer, config.mllm.hidden_size, attn_implementation=attn)
         self.bim = (BidirectionalInteraction(config.bim, config.qformer.hidden_size, config.vision.grid_size,
-                                             config.unet.block_out_channels[0]) if config.bim.enabled else None)
+                                             config.unet.block_out_channels[0], attn_implementation=attn)
+                    if config.bim.enabled else None)
         self.unet = build_unet(config.unet)
         self.vae = build_vae(config.vae)
         self.noise_scheduler = build_noise_scheduler(config.scheduler)
         self.register_buffer("null_text_embedding",
-                             torch.zeros(1, config.qformer.num_queries, config.qformer.hidden_size))
+                             torch.zeros(1, config.qformer.num_queries, config.qformer.hidden_size,
+                                         dtype=torch.float32))
         self.conv_in_residual = ConvInResidual(self.unet)
         self.vae_upcast = "auto"
         """float16 VAE overflow guard: ``auto``, ``always`` or ``never`` (see :meth:`decode_latent`)."""
@@ -86,14 +89,23 @@ class SmartEditModel(nn.Module):
 
     # ---- construction --------------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: SmartEditConfig, tokenizer=None, seed: int | None = 0) -> "SmartEditModel":
+    def from_config(cls, config: SmartEditConfig, tokenizer=None, seed: int | None = 0,
+                    dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> "SmartEditModel":
         """A randomly initialised model (new token rows mean-initialised). The ``tiny`` preset gets the shipped
-        tiny tokenizer when none is given."""
+        tiny tokenizer when none is given. ``dtype`` / ``device``: the weights are created there in that dtype
+        (no float32 copy first: a 7B model in bfloat16 takes 16 GB, not 32 GB and then 16 GB more); the
+        :data:`FLOAT32_BUFFERS` stay float32."""
         if tokenizer is None:
             tokenizer = load_tokenizer(TINY_TOKENIZER) if config.mllm.vocab_size == TINY_VOCAB_SIZE else None
         if seed is not None:
             torch.manual_seed(seed)
-        model = cls(config, tokenizer)
+        previous = torch.get_default_dtype()
+        try:
+            with torch.device(device or "cpu"):
+                torch.set_default_dtype(dtype or previous)
+                model = cls(config, tokenizer)
+        finally:
+            torch.set_default_dtype(previous)
         model.mllm.init_new_token_rows()
         return model
 
@@ -121,6 +133,16 @@ class SmartEditModel(nn.Module):
             if new is not None and new.dtype in (torch.float16, torch.bfloat16):
                 module._buffers[attr] = old.to(new.device)
         return self
+
+    def set_attn_implementation(self, name: str) -> None:
+        """Switch the attention kernels (see ``SmartEditConfig.attn_implementation``) and record the choice in the
+        config (saved with the model)."""
+        config = self.config.replace(attn_implementation=name)  # (an unknown name is a ConfigError)
+        self.mllm.set_attn_implementation(name)  # (flash_attention_2 where it cannot run: a ValueError)
+        self.qformer.set_attn_implementation(name)
+        if self.bim is not None:
+            self.bim.set_attn_implementation(name)
+        self.config = config
 
     def add_lora(self, r: int | None = None) -> None:
         """Add LoRA adapters to the LLM (stage 2) and record them in the config so they are saved and reloaded."""
@@ -397,10 +419,17 @@ class SmartEditModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | None = None) -> "SmartEditModel":
-        """Load a folder written by :meth:`save_pretrained` (no random init of the weights: built empty, then
-        every tensor is assigned from the safetensors files; a missing or unexpected tensor is an error)."""
+                        dtype: torch.dtype | None = None, attn_implementation: str | None = None
+                        ) -> "SmartEditModel":
+        """Load a folder written by :meth:`save_pretrained`.
+
+        Low memory: the model is built on the meta device (no random init), then the safetensors files are read
+        one tensor at a time straight onto ``device`` and cast to ``dtype`` there (None: the file's dtype), so the
+        peak is the model in its target dtype plus one tensor, never a float32 copy of the whole model. The
+        :data:`FLOAT32_BUFFERS` stay float32. A missing, unexpected or wrongly shaped tensor is an error (all
+        listed at once). ``attn_implementation`` overrides the folder's config."""
         from accelerate import init_empty_weights
+        from safetensors import SafetensorError, safe_open
 
         directory = os.fspath(directory)
         if not os.path.isdir(directory):
@@ -408,26 +437,51 @@ class SmartEditModel(nn.Module):
                                     f"{CONFIG_NAME}, {WEIGHTS_NAME} (or sharded model-*.safetensors + "
                                     f"{WEIGHTS_INDEX_NAME}) and {TOKENIZER_DIR}/")
         config = SmartEditConfig.load(directory)
-        state = load_weights(directory)
+        if attn_implementation is not None:
+            config = config.replace(attn_implementation=attn_implementation)
+        files = weight_files(directory)
+        shapes = {}
+        for path in files:
+            shapes.update({k: tuple(v) for k, v in safetensors_shapes(path).items()})
         tok_dir = os.path.join(directory, TOKENIZER_DIR)
         tokenizer = load_tokenizer(tok_dir) if os.path.isdir(tok_dir) else None
         with init_empty_weights(include_buffers=False):
             model = cls(config, tokenizer)
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        wrong = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                       for k in set(expected) & set(state) if state[k].shape != expected[k].shape)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        missing = sorted(set(expected) - set(shapes))
+        unexpected = sorted(set(shapes) - set(expected))
+        wrong = sorted(f"{k}: file {shapes[k]} vs model {expected[k]}"
+                       for k in set(expected) & set(shapes) if shapes[k] != expected[k])
         if missing or unexpected or wrong:
             problems = ([f"missing: {k}" for k in missing] + [f"unexpected: {k}" for k in unexpected]
                         + [f"wrong shape: {k}" for k in wrong])
             raise ValueError(f"weights in {directory} do not fit its config ({len(problems)} problem(s)):\n  "
                              + "\n  ".join(problems))
-        model.load_state_dict(state, strict=True, assign=True)
+        device = torch.device(device)
+        target = "cpu" if device.type == "meta" else (str(device) if device.type != "cuda" or device.index is not None
+                                                      else f"cuda:{torch.cuda.current_device()}")
+        for path in files:
+            try:
+                with safe_open(path, framework="pt", device=target) as f:
+                    for name in f.keys():
+                        tensor = f.get_tensor(name)
+                        if dtype is not None and tensor.is_floating_point() and not name.endswith(FLOAT32_BUFFERS):
+                            tensor = tensor.to(dtype)
+                        model._assign_tensor(name, tensor)
+            except (SafetensorError, OSError) as exc:
+                raise ValueError(f"cannot read weights file {path} ({exc}): the file is truncated or not "
+                                 f"safetensors; download or copy it again (or re-run save_pretrained)") from None
         model.conv_in_residual.reattach(model.unet)
-        if dtype is not None:
-            model.to(dtype)
         return model.to(device).eval()
+
+    def _assign_tensor(self, name: str, tensor: torch.Tensor) -> None:
+        """Put ``tensor`` in place of the parameter or buffer ``name`` (its ``requires_grad`` kept)."""
+        owner, _, attr = name.rpartition(".")
+        module = self.get_submodule(owner)
+        if attr in module._parameters:
+            module._parameters[attr] = nn.Parameter(tensor, requires_grad=module._parameters[attr].requires_grad)
+        else:
+            module._buffers[attr] = tensor
 
 
 def read_safetensors(path: str) -> dict[str, torch.Tensor]:
@@ -442,24 +496,60 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
                          f"download or copy it again (or re-run save_pretrained)") from None
 
 
-def load_weights(directory: str) -> dict[str, torch.Tensor]:
-    """All tensors of a model folder (single file or sharded with an index)."""
+SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def save_dtype(config: SmartEditConfig, name: str = "auto") -> torch.dtype:
+    """The dtype a model folder is written in: ``name`` (``float32``, ``bfloat16``, ``float16``), or for ``auto``
+    bfloat16 when the LLM has a billion parameters or more (7B / 13B: half the disk and no float32 copy when
+    loading) and float32 below (the tiny models, whose tests compare exactly)."""
+    if name != "auto":
+        if name not in SAVE_DTYPES:
+            raise ValueError(f"dtype must be auto or one of {sorted(SAVE_DTYPES)}, got {name!r}")
+        return SAVE_DTYPES[name]
+    m = config.mllm
+    llm_parameters = m.num_hidden_layers * (4 * m.hidden_size ** 2 + 3 * m.hidden_size * m.intermediate_size)
+    return torch.bfloat16 if llm_parameters >= 1e9 else torch.float32
+
+
+def weight_files(directory: str) -> list[str]:
+    """The safetensors files of a model folder: the single file, or every shard its index lists."""
     single = os.path.join(directory, WEIGHTS_NAME)
     index = os.path.join(directory, WEIGHTS_INDEX_NAME)
     if os.path.isfile(single):
-        return read_safetensors(single)
+        return [single]
     if os.path.isfile(index):
         with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-        state: dict[str, torch.Tensor] = {}
-        for name in files:
+            names = sorted(set(json.load(f)["weight_map"].values()))
+        paths = []
+        for name in names:
             path = os.path.join(directory, name)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{index} lists {name}, which is missing from {directory}")
-            state.update(read_safetensors(path))
-        return state
+            paths.append(path)
+        return paths
     raise FileNotFoundError(f"no weights in {directory}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} "
                             f"(written by SmartEditModel.save_pretrained)")
+
+
+def safetensors_shapes(path: str) -> dict[str, list[int]]:
+    """Tensor name → shape of one safetensors file, read from its header alone (no tensor data)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {name: f.get_slice(name).get_shape() for name in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"cannot read weights file {path} ({exc}): the file is truncated or not safetensors; "
+                         f"download or copy it again (or re-run save_pretrained)") from None
+
+
+def load_weights(directory: str) -> dict[str, torch.Tensor]:
+    """All tensors of a model folder (single file or sharded with an index)."""
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(directory):
+        state.update(read_safetensors(path))
+    return state
 
 
 def load_tokenizer(path: str):
@@ -472,4 +562,5 @@ def load_tokenizer(path: str):
                                 f"LLaMA tokenizer.model) with tokenizer_config.json") from None
 
 
-__all__ = ["SmartEditModel", "Condition", "load_weights", "read_safetensors", "load_tokenizer", "IGNORE_INDEX"]
+__all__ = ["SmartEditModel", "Condition", "FLOAT32_BUFFERS", "SAVE_DTYPES", "save_dtype", "load_weights",
+           "read_safetensors", "weight_files", "safetensors_shapes", "load_tokenizer", "IGNORE_INDEX"]

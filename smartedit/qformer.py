@@ -16,26 +16,33 @@ from transformers import Blip2QFormerConfig, Blip2QFormerModel
 from .config import QFormerConfig
 
 
-def blip2_qformer_config(cfg: QFormerConfig, encoder_hidden_size: int) -> Blip2QFormerConfig:
+def blip2_qformer_config(cfg: QFormerConfig, encoder_hidden_size: int, attn_implementation: str = "sdpa"
+                         ) -> Blip2QFormerConfig:
+    """(transformers has no FlashAttention-2 path for the Q-Former: ``flash_attention_2`` gives ``sdpa``.)"""
     return Blip2QFormerConfig(
         hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
         num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
         cross_attention_frequency=cfg.cross_attention_frequency, encoder_hidden_size=encoder_hidden_size,
         layer_norm_eps=cfg.layer_norm_eps, hidden_dropout_prob=cfg.hidden_dropout_prob,
         attention_probs_dropout_prob=cfg.attention_probs_dropout_prob, hidden_act="gelu",
-        use_qformer_text_input=False, attn_implementation="sdpa",
+        use_qformer_text_input=False,
+        attn_implementation="eager" if attn_implementation == "eager" else "sdpa",
     )
 
 
 class SmartEditQFormer(nn.Module):
     """LLM states [B, N, H_llm] → context [B, num_queries, hidden] (77 × 768 at paper scale)."""
 
-    def __init__(self, cfg: QFormerConfig, llm_hidden_size: int):
+    def __init__(self, cfg: QFormerConfig, llm_hidden_size: int, attn_implementation: str = "sdpa"):
         super().__init__()
         self.config = cfg
         self.query_tokens = nn.Parameter(torch.zeros(1, cfg.num_queries, cfg.hidden_size))
-        self.qformer = Blip2QFormerModel(blip2_qformer_config(cfg, llm_hidden_size))
+        self.qformer = Blip2QFormerModel(blip2_qformer_config(cfg, llm_hidden_size, attn_implementation))
         self.reset_queries()
+
+    def set_attn_implementation(self, name: str) -> None:
+        """``eager`` or ``sdpa`` (``flash_attention_2`` gives ``sdpa``, see :func:`blip2_qformer_config`)."""
+        self.qformer.set_attn_implementation("eager" if name == "eager" else "sdpa")
 
     @torch.no_grad()
     def reset_queries(self) -> None:

@@ -49,8 +49,10 @@ def resolve_init(path: str) -> str:
                             f"training run (whose model is in {EXPORT_DIR}/)")
 
 
-def load_init_model(spec: str, seed: int = 0) -> SmartEditModel:
-    """``random:PRESET`` (only ``tiny``: a random model for tests and smoke runs) or a model / run folder."""
+def load_init_model(spec: str, seed: int = 0, dtype: torch.dtype | None = None) -> SmartEditModel:
+    """``random:PRESET`` (only ``tiny``: a random model for tests and smoke runs) or a model / run folder, read with
+    :meth:`SmartEditModel.from_pretrained`'s low-memory loading in ``dtype`` (None: the files' dtype): each process
+    holds the model once, in its training precision, never a float32 copy next to it."""
     if spec.startswith(RANDOM_PREFIX):
         name = spec[len(RANDOM_PREFIX):]
         if name != "tiny":
@@ -58,7 +60,7 @@ def load_init_model(spec: str, seed: int = 0) -> SmartEditModel:
                              f"real weights assembled with smartedit.loading (see docs/training.md)")
         logger.warning("starting from a RANDOMLY INITIALISED tiny model")
         return SmartEditModel.from_config(preset(name, **{"bim.enabled": False}), seed=seed)
-    return SmartEditModel.from_pretrained(resolve_init(spec))
+    return SmartEditModel.from_pretrained(resolve_init(spec), dtype=dtype)
 
 
 def set_bim(model: SmartEditModel, enabled: bool, seed: int = 0) -> SmartEditModel:
@@ -74,7 +76,7 @@ def set_bim(model: SmartEditModel, enabled: bool, seed: int = 0) -> SmartEditMod
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         bim = BidirectionalInteraction(cfg.bim, cfg.qformer.hidden_size, cfg.vision.grid_size,
-                                       cfg.unet.block_out_channels[0])
+                                       cfg.unet.block_out_channels[0], attn_implementation=cfg.attn_implementation)
     model.bim = bim.to(device=ref.device, dtype=next(model.qformer.parameters()).dtype)
     return model
 

@@ -176,7 +176,9 @@ class Trainer:
 
         # model: identical on every process (same seed), then the stage's architecture and freezing
         seed_everything(cfg.seed)
-        model = load_init_model(cfg.init, seed=cfg.seed)
+        # (in the run's precision: DeepSpeed casts to it anyway, and its float32 master weights start from that cast)
+        model = load_init_model(cfg.init, seed=cfg.seed,
+                                dtype=torch.bfloat16 if self.precision == "bf16" else torch.float32)
         prepare_stage_model(model, cfg.stage, seed=cfg.seed, also_train=cfg.also_train)
         self.clip = None
         if cfg.stage == "stage1":
