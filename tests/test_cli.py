@@ -106,15 +106,16 @@ def test_batch_edits_report_bad_rows_and_do_the_rest(tmp_path, capsys):
     assert np.abs(single - batch).max() <= 1
 
 
-def test_assemble_and_demo_callback(tmp_path):
-    from smartedit.demo import edit_callback
+def test_demo_edit_callback(tmp_path):
+    from smartedit.demo import DemoState, edit
     from smartedit.model import SmartEditModel
     from smartedit.pipeline import SmartEditPipeline
 
     pipe = SmartEditPipeline(SmartEditModel.from_config(__import__("smartedit").preset("tiny")))
     pipe.set_progress_bar_config(disable=True)
-    image, status = edit_callback(pipe, Image.open(EXAMPLE), "remove the red circle", steps=1, seed=3)
-    assert image.size == (128, 128) and "seed 3" in status
-    assert edit_callback(pipe, None, "x") == (None, "Upload an image first.")
-    none, message = edit_callback(pipe, Image.open(EXAMPLE), "   ", steps=1)
-    assert none is None and "non-empty" in message
+    state, image, status, seed = edit(pipe, DemoState(), Image.open(EXAMPLE), "remove the red circle", steps=1,
+                                      seed=3)
+    assert image.size == (128, 128) and "seed 3" in status and seed == 3
+    assert edit(pipe, DemoState(), None, "x")[2].startswith("Upload an image first")
+    _, none, message, _ = edit(pipe, DemoState(), Image.open(EXAMPLE), "   ", steps=1)
+    assert none is None and "instruction" in message
