@@ -29,6 +29,7 @@ __all__ = [
     "VAEConfig",
     "SchedulerConfig",
     "SamplingConfig",
+    "BackboneConfig",
     "SmartEditConfig",
     "preset",
     "PRESETS",
@@ -496,6 +497,41 @@ class SamplingConfig(_Section):
 
 
 @dataclass
+class BackboneConfig(_Section):
+    """Which MLLM family and which diffusers generator the model is built from (:mod:`smartedit.backbones`).
+
+    ``llava`` + ``sd15`` is the paper's model, built from the ``vision`` / ``mllm`` / ``unet`` sections alone. Other
+    families carry the config of the published model itself (``mllm_config``: a transformers ``config.to_dict()``;
+    ``generator_config``: a diffusers UNet config), and ``vision`` / ``mllm`` / ``unet`` then describe what the rest
+    of SmartEdit reads off them (feature width and grid for the BIM, LLM width for the Q-Former, context width)."""
+
+    mllm: str = "llava"
+    generator: str = "sd15"
+    mllm_config: dict = field(default_factory=dict)
+    generator_config: dict = field(default_factory=dict)
+
+    MLLMS: ClassVar[tuple[str, ...]] = ("llava", "qwen2_5_vl")
+    GENERATORS: ClassVar[tuple[str, ...]] = ("sd15", "sdxl")
+
+    def problems(self, prefix: str = "backbone.") -> list[str]:
+        p: list[str] = []
+        if self.mllm not in self.MLLMS:
+            p.append(f"{prefix}mllm must be one of {list(self.MLLMS)}, got {self.mllm!r}")
+        if self.generator not in self.GENERATORS:
+            p.append(f"{prefix}generator must be one of {list(self.GENERATORS)}, got {self.generator!r}")
+        for name in ("mllm_config", "generator_config"):
+            if not isinstance(getattr(self, name), dict):
+                p.append(f"{prefix}{name} must be a JSON object")
+        if not p and (self.mllm == "llava") != (not self.mllm_config):
+            p.append(f"{prefix}mllm_config must be empty for 'llava' (built from vision/mllm) and hold the "
+                     f"transformers config for {self.mllm!r}")
+        if not p and (self.generator == "sd15") != (not self.generator_config):
+            p.append(f"{prefix}generator_config must be empty for 'sd15' (built from unet) and hold the diffusers "
+                     f"UNet config for {self.generator!r}")
+        return p
+
+
+@dataclass
 class SmartEditConfig(_RootConfig):
     """The whole SmartEdit model: MLLM → Q-Former → BIM → InstructPix2Pix UNet."""
 
@@ -516,6 +552,7 @@ class SmartEditConfig(_RootConfig):
     vae: VAEConfig = field(default_factory=VAEConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
     cfg_dropout_prob: float = 0.05
     """Per sample u~U(0,1): u<p drops text and image; p≤u<2p drops text; 2p≤u<3p drops image."""
     lm_loss_weight: float = 1.0
@@ -535,7 +572,7 @@ class SmartEditConfig(_RootConfig):
 
     def problems(self, prefix: str = "") -> list[str]:
         p: list[str] = []
-        for name in ("vision", "mllm", "lora", "qformer", "bim", "unet", "vae", "scheduler", "sampling"):
+        for name in ("vision", "mllm", "lora", "qformer", "bim", "unet", "vae", "scheduler", "sampling", "backbone"):
             p += getattr(self, name).problems(f"{prefix}{name}.")
         _positive(self, ["resolution"], p, prefix)
         if not 0.0 <= self.cfg_dropout_prob <= 1.0 / 3.0:
@@ -605,6 +642,19 @@ PRESETS = {
     "tiny": _tiny,
     "7b": lambda: _llava_sd15("7b", 4096, 11008, 32, 32),
     "13b": lambda: _llava_sd15("13b", 5120, 13824, 40, 40),
+}
+
+
+def _backbone_preset(name: str):
+    def build() -> SmartEditConfig:
+        from .backbones.presets import backbone_preset
+
+        return backbone_preset(name)
+    return build
+
+
+PRESETS |= {name: _backbone_preset(name) for name in (
+    "llava1.5-7b+sd15", "llava1.5-7b+sdxl", "qwen2.5vl-7b+sd15", "qwen2.5vl-7b+sdxl", "tiny-sdxl")
 }
 
 

@@ -21,10 +21,10 @@ def parameter_counts(model) -> dict[str, int]:
     def count(module) -> int:
         return 0 if module is None else sum(p.numel() for p in module.parameters())
 
+    mllm = getattr(model.mllm, "parameter_counts", None)  # (an MLLM whose projector sits in its vision tower)
     return {
-        "llm": count(model.mllm.llm),
-        "vision": count(model.mllm.vision_tower),
-        "projector": count(model.mllm.projector),
+        **(mllm() if mllm else {"llm": count(model.mllm.llm), "vision": count(model.mllm.vision_tower),
+                                "projector": count(model.mllm.projector)}),
         "qformer": count(model.qformer),
         "bim": count(model.bim),
         "unet": count(model.unet),
@@ -80,7 +80,9 @@ def memory_parts(model) -> dict[str, int]:
                   for m in llm.get_decoder().modules() if isinstance(m, nn.Linear))
     vae = model.vae
     return {"llm_linear": linears, "llm_rest": _numel(llm) - linears,
-            "vision": _numel(model.mllm.vision_tower) + _numel(model.mllm.projector),
+            "vision": _numel(model.mllm.vision_tower) + (0 if any(m is model.mllm.projector for m in
+                                                                  model.mllm.vision_tower.modules())
+                                                         else _numel(model.mllm.projector)),
             "qformer_bim": _numel(model.qformer) + _numel(model.bim) + model.null_text_embedding.numel(),
             "unet": _numel(model.unet),
             "vae_encoder": _numel(vae.encoder) + _numel(getattr(vae, "quant_conv", None)),

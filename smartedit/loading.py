@@ -386,7 +386,12 @@ def _load_tokenizer(path: str, what: str):
         raise FileNotFoundError(f"no {what} tokenizer in {path!r}: {expected}")
     _check_lfs(files)
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if not os.path.isfile(os.path.join(path, "tokenizer.json")):  # LLaVA-1.1 / Vicuna: tokenizer.model only
+            from .backbones.llama_tokenizer import use_reference_spacing
+
+            tok = use_reference_spacing(tok)
+        return tok
     except (OSError, ValueError, TypeError, ImportError) as exc:
         raise ValueError(f"cannot load the {what} tokenizer from {path!r} ({exc}); {expected} (a SentencePiece "
                          f"tokenizer.model without tokenizer.json needs the sentencepiece package)") from None

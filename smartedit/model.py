@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from .bim import BidirectionalInteraction
 from .cfg import apply_dropout, sample_dropout
 from .config import CONFIG_NAME, SmartEditConfig
-from .mllm import SmartEditMLLM
 from .prompt import IGNORE_INDEX, add_smartedit_tokens, edit_conversation, pad_batch, tokenize_conversation
 from .qformer import SmartEditQFormer
-from .unet import ConvInResidual, build_noise_scheduler, build_unet, build_vae
+from .backbones import build_generator, build_mllm, chat_format
+from .unet import ConvInResidual, build_noise_scheduler, build_vae
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +69,12 @@ class SmartEditModel(nn.Module):
         super().__init__()
         self.config = config.validate()
         attn = config.attn_implementation
-        self.mllm = SmartEditMLLM(config.vision, config.mllm, config.lora, attn_implementation=attn)
+        self.mllm = build_mllm(config, attn)  # (SmartEditMLLM for the paper's LLaVA; smartedit.backbones)
         self.qformer = SmartEditQFormer(config.qformer, config.mllm.hidden_size, attn_implementation=attn)
         self.bim = (BidirectionalInteraction(config.bim, config.qformer.hidden_size, config.vision.grid_size,
                                              config.unet.block_out_channels[0], attn_implementation=attn)
                     if config.bim.enabled else None)
-        self.unet = build_unet(config.unet)
+        self.unet = build_generator(config)
         self.vae = build_vae(config.vae)
         self.noise_scheduler = build_noise_scheduler(config.scheduler)
         self.register_buffer("null_text_embedding",
@@ -150,6 +150,10 @@ class SmartEditModel(nn.Module):
         self.mllm.add_lora(self.config.lora)
 
     # ---- conditioning --------------------------------------------------------------------------------
+    def chat_format(self):
+        """How this model's MLLM family writes conversations (:func:`smartedit.backbones.chat_format`)."""
+        return chat_format(self.config, self.tokenizer)
+
     def tokenize_edit(self, instructions: list[str], num_patches: int | None = None) -> dict[str, torch.Tensor]:
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer; pass one to SmartEditModel(config, tokenizer)")
@@ -158,8 +162,9 @@ class SmartEditModel(nn.Module):
         for text in instructions:
             if not isinstance(text, str) or not text.strip():
                 raise ValueError("instruction must be a non-empty string, e.g. 'remove the smaller cup'")
-            prompt, reply = edit_conversation(text, num_patches, self.config.mllm.num_image_tokens)
-            items.append(tokenize_conversation(self.tokenizer, [(prompt, reply)],
+            segments = (self.chat_format().edit(text) if self.config.backbone.mllm != "llava" else
+                        [edit_conversation(text, num_patches, self.config.mllm.num_image_tokens)])
+            items.append(tokenize_conversation(self.tokenizer, segments,
                                                max_length=self.config.mllm.max_position_embeddings))
         return pad_batch(items, self.config.mllm.pad_token_id)
 
@@ -269,7 +274,8 @@ class SmartEditModel(nn.Module):
         num_patches = features.shape[1]
         device = features.device
         for b, text in enumerate(instructions):
-            prompt, _ = edit_conversation(text, num_patches, self.config.mllm.num_image_tokens)
+            prompt = (self.chat_format().edit(text)[0][0] if self.config.backbone.mllm != "llava" else
+                      edit_conversation(text, num_patches, self.config.mllm.num_image_tokens)[0])
             prompt_ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
             reply_ids = self.mllm.generate_reply(prompt_ids, features[b:b + 1])
             ids = torch.cat([prompt_ids, reply_ids], dim=1)

@@ -92,9 +92,15 @@ def add_smartedit_tokens(tokenizer, num_image_tokens: int, base_vocab_size: int 
         base = vocab[IMAGE_TOKEN]
     else:
         base = len(tokenizer)
-        tokenizer.add_tokens(names[:1], special_tokens=False)
-        tokenizer.add_tokens(names[1:3], special_tokens=True)
-        tokenizer.add_tokens(names[3:], special_tokens=False)
+        if getattr(tokenizer, "smartedit_strip_added_tokens", False):  # (smartedit.backbones.llama_tokenizer)
+            from tokenizers import AddedToken
+
+            names_or_tokens = [AddedToken(n, lstrip=True, rstrip=True, normalized=False) for n in names]
+        else:
+            names_or_tokens = names
+        tokenizer.add_tokens(names_or_tokens[:1], special_tokens=False)
+        tokenizer.add_tokens(names_or_tokens[1:3], special_tokens=True)
+        tokenizer.add_tokens(names_or_tokens[3:], special_tokens=False)
         vocab = tokenizer.get_vocab()
     ids = TokenIds(base, num_image_tokens)
     expected = {n: base + i for i, n in enumerate(names)}

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import SmartEditConfig
-from ..prompt import (EDIT_ANSWERS, EDIT_TEMPLATES, caption_conversation, chat_conversation, edit_conversation,
-                      pad_batch, tokenize_conversation)
+from ..backbones import chat_format
+from ..prompt import EDIT_ANSWERS, EDIT_TEMPLATES, pad_batch, tokenize_conversation
 from .schema import EDIT_TASKS, Sample, decode_image
 
 
@@ -49,6 +49,7 @@ class SampleCollator:
         self.config = config
         self.tokenizer = tokenizer
         self.resolution = resolution or config.resolution
+        self.format = chat_format(config, tokenizer)
 
     def encode(self, sample: Sample, key: tuple[int, int, int]) -> dict:
         problems = sample.problems()
@@ -56,19 +57,17 @@ class SampleCollator:
             raise ValueError(f"sample {sample.id!r}: " + "; ".join(problems))
         rng = sample_rng(*key, stream=1)
         cfg = self.config
-        patches, n_img = cfg.vision.num_patches, cfg.mllm.num_image_tokens
+        fmt = self.format  # the MLLM family's conversation (Vicuna-v1 for LLaVA)
         if sample.task in EDIT_TASKS:
-            segments = [edit_conversation(sample.instruction, patches, n_img,
-                                          template=int(rng.integers(len(EDIT_TEMPLATES))),
-                                          answer=int(rng.integers(len(EDIT_ANSWERS))))]
+            segments = fmt.edit(sample.instruction, template=int(rng.integers(len(EDIT_TEMPLATES))),
+                                answer=int(rng.integers(len(EDIT_ANSWERS))))
         elif sample.task == "chat":
-            segments = chat_conversation([tuple(t) for t in sample.conversation], patches)
+            segments = fmt.chat([tuple(t) for t in sample.conversation])
         elif sample.source_image is not None:  # caption = an edit instruction, aligned in the edit prompt
-            segments = [edit_conversation(sample.caption, patches, n_img,
-                                          template=int(rng.integers(len(EDIT_TEMPLATES))),
-                                          answer=int(rng.integers(len(EDIT_ANSWERS))))]
+            segments = fmt.edit(sample.caption, template=int(rng.integers(len(EDIT_TEMPLATES))),
+                                answer=int(rng.integers(len(EDIT_ANSWERS))))
         else:  # caption (text only)
-            segments = [caption_conversation(sample.caption, n_img)]
+            segments = fmt.caption(sample.caption)
         limit = cfg.mllm.max_position_embeddings
         if sample.task == "chat":
             item = self._fit_chat(segments, limit)

@@ -1,0 +1,241 @@
+"""Other MLLMs and generators (smartedit.backbones): tokenizers as published, Qwen2.5-VL hidden states against
+transformers, the SDXL InstructPix2Pix UNet against diffusers' pipeline, preset sizes, and stage 1 → 2a → 2b → edit
+on tiny random models saved in the published layouts."""
+
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from smartedit.prompt import (EDIT_ANSWERS, EDIT_TEMPLATES, SYSTEM_PROMPT, add_smartedit_tokens, edit_conversation,
+                              new_tokens, tokenize_conversation)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    pass
+
+
+# ---- LLaVA-1.1 / Vicuna: SentencePiece tokenizer.model only -------------------------------------------------
+
+def _llama_sentencepiece_folder(folder):
+    """A small SentencePiece BPE model trained with LLaMA's settings, saved as LLaVA-1.1 / Vicuna ship theirs."""
+    import sentencepiece as spm
+
+    corpus = os.path.join(folder, "corpus.txt")
+    lines = [SYSTEM_PROMPT, "USER: Please edit the image following this instruction: remove the red circle "
+             "ASSISTANT: Sure, here is the edited image"] * 50 + ["the quick brown fox jumps over 1234 dogs."] * 20
+    with open(corpus, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    spm.SentencePieceTrainer.train(
+        input=corpus, model_prefix=os.path.join(folder, "tokenizer"), vocab_size=400, model_type="bpe",
+        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, split_digits=True, add_dummy_prefix=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+        character_coverage=0.99995, minloglevel=2)
+    os.remove(corpus)
+    os.remove(os.path.join(folder, "tokenizer.vocab"))
+
+    def token(content):
+        return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": True, "rstrip": False,
+                "single_word": False}
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"add_bos_token": True, "add_eos_token": False, "bos_token": token("<s>"),
+                   "clean_up_tokenization_spaces": False, "eos_token": token("</s>"), "model_max_length": 2048,
+                   "pad_token": None, "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer",
+                   "unk_token": token("<unk>")}, f)
+    with open(os.path.join(folder, "special_tokens_map.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, f)
+    return spm.SentencePieceProcessor(model_file=os.path.join(folder, "tokenizer.model"))
+
+
+def _slow_llama_ids(sp, text, added, bos):
+    """What transformers 4.28's slow LlamaTokenizer (the reference's) gives: split at added tokens, whitespace next
+    to them stripped, each text piece SentencePiece-encoded on its own."""
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)))
+    pieces, pos = [], 0
+    for m in pattern.finditer(text):
+        pieces += [text[pos:m.start()], m.group()]
+        pos = m.end()
+    pieces.append(text[pos:])
+    for i, piece in enumerate(pieces):
+        if piece in added:
+            if i > 0 and pieces[i - 1] not in added:
+                pieces[i - 1] = pieces[i - 1].rstrip()
+            if i + 1 < len(pieces) and pieces[i + 1] not in added:
+                pieces[i + 1] = pieces[i + 1].lstrip()
+    ids = [sp.bos_id()] if bos else []
+    for piece in pieces:
+        ids += [added[piece]] if piece in added else (sp.encode(piece) if piece else [])
+    return ids
+
+
+def test_llama_sentencepiece_tokenizer_gives_the_reference_ids(tmp_path):
+    from smartedit.loading import _load_tokenizer
+
+    sp = _llama_sentencepiece_folder(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["special_tokens_map.json", "tokenizer.model", "tokenizer_config.json"]
+    assert [sp.id_to_piece(i) for i in range(3)] == ["<unk>", "<s>", "</s>"]
+    tok = _load_tokenizer(str(tmp_path), "LLM")  # what load_llm / smartedit assemble use
+    base = sp.get_piece_size()
+    ids = add_smartedit_tokens(tok, 32, base)
+    names = new_tokens(32)
+    assert [tok.convert_tokens_to_ids(n) for n in names] == list(range(base, base + 35))  # 32000..32034 at 7B
+    assert (ids.image, ids.im_start, ids.im_end, ids.img0) == (base, base + 1, base + 2, base + 3)
+    added = {n: base + i for i, n in enumerate(names)}
+    for k, instruction in enumerate(["remove the red circle", "make the sky blue, please!", "add 3 cats  here"]):
+        prompt, reply = edit_conversation(instruction, 4, 32, template=k % len(EDIT_TEMPLATES),
+                                          answer=k % len(EDIT_ANSWERS))
+        got = tokenize_conversation(tok, [(prompt, reply)])["input_ids"].tolist()
+        want = _slow_llama_ids(sp, prompt, added, True) + _slow_llama_ids(sp, reply, added, False) + [sp.eos_id()]
+        assert got == want, instruction
+    # plain text (no added tokens) is SentencePiece's own encoding
+    text = "the quick brown fox jumps over 1234 dogs. Ünï ☃"
+    assert tok(text)["input_ids"] == [1] + sp.encode(text)
+    # saved with a model and loaded again: the same ids
+    tok.save_pretrained(str(tmp_path / "saved"))
+    from smartedit.model import load_tokenizer
+
+    again = load_tokenizer(str(tmp_path / "saved"))
+    prompt, reply = edit_conversation("remove the red circle", 4, 32)
+    assert tokenize_conversation(again, [(prompt, reply)])["input_ids"].tolist() == \
+        tokenize_conversation(tok, [(prompt, reply)])["input_ids"].tolist()
+
+
+# ---- Qwen2.5-VL -------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    from smartedit.backbones.testing import build_tiny_qwen_vl
+
+    return build_tiny_qwen_vl(str(tmp_path_factory.mktemp("qwen")))
+
+
+@pytest.fixture(scope="module")
+def qwen_model(qwen_dir):
+    from smartedit.backbones.assemble import from_qwen_vl
+
+    return from_qwen_vl(qwen_dir, preset="tiny")
+
+
+def test_qwen_tokenizer_and_chat_template(qwen_model, qwen_dir):
+    from transformers import AutoTokenizer
+
+    tok = qwen_model.tokenizer
+    base = len(AutoTokenizer.from_pretrained(qwen_dir))
+    assert qwen_model.config.mllm.vocab_size == base
+    assert [tok.convert_tokens_to_ids(n) for n in new_tokens(32)] == list(range(base, base + 35))
+    segments = qwen_model.chat_format().edit("remove the red circle")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": EDIT_TEMPLATES[0].format(
+        instruction="remove the red circle")}]}, {"role": "assistant", "content": segments[0][1]}]
+    rendered = tok.apply_chat_template(messages, tokenize=False)  # the template's own text of the conversation
+    rendered = rendered.replace("<|image_pad|>", "<|image_pad|>" * qwen_model.mllm.num_placeholders)
+    ours = tokenize_conversation(tok, segments)["input_ids"].tolist()
+    assert ours == tok(rendered.rstrip("\n"), add_special_tokens=False)["input_ids"]
+    assert tok.decode(ours).startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
+    assert ours.count(tok.convert_tokens_to_ids("<|image_pad|>")) == qwen_model.mllm.num_placeholders == 16
+
+
+def test_qwen_patches_are_the_image_processors(qwen_model, qwen_dir):
+    from transformers import AutoImageProcessor
+
+    images = torch.rand(2, 3, 32, 32)
+    ours = qwen_model.mllm.preprocess_images(images)  # [B, P, 3·T·p·p]
+    proc = AutoImageProcessor.from_pretrained(qwen_dir)
+    ref = proc(images=list(images), do_resize=False, do_rescale=False, return_tensors="pt")
+    assert ref["image_grid_thw"].tolist() == [[1, 8, 8]] * 2
+    torch.testing.assert_close(ours.reshape(-1, ours.shape[-1]), ref["pixel_values"].float(), atol=1e-5, rtol=0)
+
+
+def test_qwen_states_fed_to_the_qformer_equal_transformers(qwen_model, qwen_dir):
+    """The <img_i> hidden states SmartEdit gives the Q-Former = transformers' Qwen2_5_VLForConditionalGeneration
+    (loaded from the same folder) on the same sequence, image included; the merged visual tokens too."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    ref = Qwen2_5_VLForConditionalGeneration.from_pretrained(qwen_dir).eval()
+    mllm = qwen_model.mllm
+    base = qwen_model.config.mllm.vocab_size
+    ref.resize_token_embeddings(qwen_model.config.mllm.full_vocab_size)
+    with torch.no_grad():  # the reference gets SmartEdit's 35 new rows too (mean-initialised on our side)
+        ref.get_input_embeddings().weight[base:] = mllm.llm.get_input_embeddings().weight[base:]
+    images = torch.rand(2, 3, 32, 32)
+    batch = qwen_model.tokenize_edit(["remove the red circle", "make the square blue please"])
+    with torch.no_grad():
+        features = mllm.encode_images(mllm.preprocess_images(images))
+        assert features.shape == (2, 64, 32)  # the BIM's [B, P, Dv] grid
+        ours = mllm(batch["input_ids"], batch["attention_mask"], image_features=features)
+        pixels = mllm.preprocess_images(images).reshape(2 * 64, -1)
+        out = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=pixels,
+                  image_grid_thw=torch.tensor([[1, 8, 8]] * 2), mm_token_type_ids=(
+                      batch["input_ids"] == ref.config.image_token_id).int(), output_hidden_states=True)
+        merged = torch.cat(ref.model.get_image_features(pixels, torch.tensor([[1, 8, 8]] * 2)).pooler_output)
+    is_img = mllm.token_ids.is_output_image_token(batch["input_ids"])
+    want = out.hidden_states[-1][is_img].view(2, 32, -1)
+    assert ours.img_hidden.shape == (2, 32, 64)
+    torch.testing.assert_close(ours.img_hidden, want, atol=1e-5, rtol=1e-5)
+    embeds = mllm.embed(batch["input_ids"], features)
+    torch.testing.assert_close(embeds[batch["input_ids"] == ref.config.image_token_id], merged, atol=1e-5, rtol=1e-5)
+
+
+# ---- SDXL InstructPix2Pix ---------------------------------------------------------------------------------------
+
+def test_sdxl_denoising_matches_diffusers_pipeline():
+    """Given the same embeddings, SmartEditPipeline's SDXL denoising loop = diffusers'
+    StableDiffusionXLInstructPix2PixPipeline (3-branch CFG, time ids, pooled embeddings), within 1e-5."""
+    from diffusers import DDIMScheduler, StableDiffusionXLInstructPix2PixPipeline
+
+    from smartedit.config import preset
+    from smartedit.model import SmartEditModel
+    from smartedit.pipeline import SmartEditPipeline
+
+    model = SmartEditModel.from_config(preset("tiny-sdxl", **{"bim.enabled": False})).eval()
+    unet = model.unet
+    with torch.no_grad():
+        torch.nn.init.normal_(unet.pooled_proj.weight, std=0.5)  # (a trained head: not the zero init)
+        model.null_text_embedding.normal_()
+    assert type(unet).__name__ == "SDXLEditUNet" and unet.config.in_channels == 8
+    pipe = SmartEditPipeline(model)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    image = torch.rand(1, 3, 64, 64)
+    context = torch.randn(1, 77, 64)
+    cond = pipe.encode(image, None, prompt_embeds=context)
+    latents = torch.randn(1, 4, 16, 16)
+    with torch.no_grad():
+        ours = pipe.denoise(cond, 4, 3.0, 1.5, latents=latents.clone())
+        null = model.null_text_embedding
+        ref_pipe = StableDiffusionXLInstructPix2PixPipeline(
+            vae=model.vae, text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None, unet=unet,
+            scheduler=DDIMScheduler.from_config(pipe.scheduler.config), add_watermarker=False)
+        ref_pipe.set_progress_bar_config(disable=True)
+        ref = ref_pipe(image=image, prompt_embeds=context, negative_prompt_embeds=null,
+                       pooled_prompt_embeds=unet.pooled_proj(context.mean(1)),
+                       negative_pooled_prompt_embeds=unet.pooled_proj(null.mean(1)), num_inference_steps=4,
+                       guidance_scale=3.0, image_guidance_scale=1.5, latents=latents.clone(),
+                       output_type="latent").images
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)  # (float32 order of the guidance sums)
+
+
+# ---- presets ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,published", [
+    ("llava1.5-7b+sd15", {"mllm": 7_063_427_072, "unet": 859_520_964}),
+    ("qwen2.5vl-7b+sdxl", {"mllm": 8_292_166_656, "unet": 2_567_463_684}),
+    ("llava1.5-7b+sdxl", {"mllm": 7_063_427_072, "unet": 2_567_463_684}),
+    ("qwen2.5vl-7b+sd15", {"mllm": 8_292_166_656, "unet": 859_520_964}),
+])
+def test_7b_class_presets_match_published_sizes(name, published):
+    """llava-hf/llava-1.5-7b-hf 7.06 B, Qwen/Qwen2.5-VL-7B-Instruct 8.29 B, SD-1.5 UNet 859.5 M, SDXL UNet 2.567 B
+    (the sizes their model cards and files give)."""
+    from smartedit.config import preset
+    from smartedit.info import memory_report, report
+
+    info = report(preset(name))
+    c = info["components"]
+    mllm = c["llm"] + c["vision"] + c["projector"]
+    assert abs(mllm / published["mllm"] - 1) < 0.01, mllm
+    assert abs(c["unet"] / published["unet"] - 1) < 0.01, c["unet"]
+    mem = memory_report(preset(name))
+    for part, count in ((mem["parts"]["vision"], c["vision"] + c["projector"]),  # (buffers come on top)
+                        (mem["parts"]["llm_linear"] + mem["parts"]["llm_rest"], c["llm"])):
+        assert 0 <= part - count < 0.001 * count
