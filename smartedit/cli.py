@@ -78,7 +78,8 @@ def _pipeline(args):
         pipe = SmartEditPipeline(load_model(args.model, load_device, dtype))
     else:
         pipe = SmartEditPipeline.from_pretrained(args.model, torch_dtype=dtype, device=load_device,
-                                                 llm_quantization=quant)
+                                                 llm_quantization=quant,
+                                                 attn_implementation=getattr(args, "attn_implementation", None))
     if scheduler is not None:
         pipe.scheduler = scheduler.from_config(pipe.scheduler.config)
     if offload == "model":
@@ -284,6 +285,9 @@ def _add_edit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offload", default="none", choices=["none", "llm", "model"],
                         help="GPU memory: llm = the MLLM on the GPU only while it encodes; model = every component "
                              "only while it runs (smartedit info --preset 7b prints what each needs)")
+    parser.add_argument("--attn-implementation", default=None, choices=["sdpa", "eager", "flash_attention_2"],
+                        help="attention kernels of the LLM, vision tower and BIM (default: the model folder's, sdpa; "
+                             "flash_attention_2 needs CUDA and pip install -e '.[gpu]')")
     parser.add_argument("--quantize-llm", default=None, choices=list(QUANTIZATION_CHOICES),
                         help="8-bit or 4-bit (NF4) LLM weights through bitsandbytes (CUDA or CPU; needs "
                              "pip install -e '.[quant]')")

@@ -46,6 +46,22 @@ FLOAT32_BUFFERS = ("null_text_embedding", "mllm.clip_mean", "mllm.clip_std", "ro
 CLIP's normalisation, LLaMA's RoPE frequencies and the BIM's Fourier matrix."""
 
 
+def check_instructions(instructions: list[str], n_images: int | None = None) -> None:
+    """Every instruction a non-empty string, one per image (when ``n_images`` is given)."""
+    if n_images is not None and len(instructions) != n_images:
+        raise ValueError(f"got {n_images} images but {len(instructions)} instructions (prompts)")
+    for text in instructions:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("instruction (prompt) must be a non-empty string, e.g. 'remove the smaller cup'")
+
+
+def check_mask_support(config: SmartEditConfig, mask) -> None:
+    """A region mask needs a model with mask channels."""
+    if mask is not None and config.unet.mask_channels == 0:
+        raise ValueError("this model has no region-mask channels (unet.mask_channels = 0); edit without a mask "
+                         "or use a model trained with mask channels")
+
+
 @dataclass
 class Condition:
     """Everything fixed for one edit, computed once and reused at every denoising step."""
@@ -158,10 +174,9 @@ class SmartEditModel(nn.Module):
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer; pass one to SmartEditModel(config, tokenizer)")
         num_patches = self.config.vision.num_patches if num_patches is None else num_patches
+        check_instructions(instructions)
         items = []
         for text in instructions:
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError("instruction must be a non-empty string, e.g. 'remove the smaller cup'")
             segments = (self.chat_format().edit(text) if self.config.backbone.mllm != "llava" else
                         [edit_conversation(text, num_patches, self.config.mllm.num_image_tokens)])
             items.append(tokenize_conversation(self.tokenizer, segments,
@@ -241,11 +256,8 @@ class SmartEditModel(nn.Module):
         instructions = [instruction] if isinstance(instruction, str) else list(instruction)
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be a [B,3,H,W] tensor in [0,1], got shape {tuple(image.shape)}")
-        if len(instructions) != image.shape[0]:
-            raise ValueError(f"got {image.shape[0]} images but {len(instructions)} instructions")
-        if mask is not None and self.config.unet.mask_channels == 0:
-            raise ValueError("this model has no region-mask channels (unet.mask_channels = 0); edit without a mask "
-                             "or use a model trained with mask channels")
+        check_instructions(instructions, image.shape[0])
+        check_mask_support(self.config, mask)
         device = image.device  # the caller places the image where the MLLM runs
         factor = self.config.vae.downsample_factor
         if image.shape[-1] % factor or image.shape[-2] % factor:
@@ -254,7 +266,7 @@ class SmartEditModel(nn.Module):
         features = self.mllm.encode_images(self.mllm.preprocess_images(image))  # [B, P, Dv]
         replies = None
         if generate:
-            states, replies = self._generate_states(instructions, features)
+            states, replies = self._generate_states(instructions, features, max_new_tokens)
         else:
             batch = self.tokenize_edit(instructions)
             out = self.mllm(batch["input_ids"].to(device), batch["attention_mask"].to(device),
@@ -269,7 +281,7 @@ class SmartEditModel(nn.Module):
         return Condition(context=context, spatial=spatial, source_latent=self.encode_latent(source),
                          mask_latent=mask_latent, replies=replies)
 
-    def _generate_states(self, instructions: list[str], features: torch.Tensor):
+    def _generate_states(self, instructions: list[str], features: torch.Tensor, max_new_tokens: int = 64):
         states, replies = [], []
         num_patches = features.shape[1]
         device = features.device
@@ -277,7 +289,7 @@ class SmartEditModel(nn.Module):
             prompt = (self.chat_format().edit(text)[0][0] if self.config.backbone.mllm != "llava" else
                       edit_conversation(text, num_patches, self.config.mllm.num_image_tokens)[0])
             prompt_ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
-            reply_ids = self.mllm.generate_reply(prompt_ids, features[b:b + 1])
+            reply_ids = self.mllm.generate_reply(prompt_ids, features[b:b + 1], max_new_tokens=max_new_tokens)
             ids = torch.cat([prompt_ids, reply_ids], dim=1)
             out = self.mllm(ids, image_features=features[b:b + 1])
             states.append(out.img_hidden)
@@ -568,5 +580,6 @@ def load_tokenizer(path: str):
                                 f"LLaMA tokenizer.model) with tokenizer_config.json") from None
 
 
-__all__ = ["SmartEditModel", "Condition", "FLOAT32_BUFFERS", "SAVE_DTYPES", "save_dtype", "load_weights",
-           "read_safetensors", "weight_files", "safetensors_shapes", "load_tokenizer", "IGNORE_INDEX"]
+__all__ = ["SmartEditModel", "Condition", "check_instructions", "check_mask_support", "FLOAT32_BUFFERS",
+           "SAVE_DTYPES", "save_dtype", "load_weights", "read_safetensors", "weight_files", "safetensors_shapes",
+           "load_tokenizer", "IGNORE_INDEX"]

@@ -31,7 +31,7 @@ from PIL import Image
 from .cfg import combine_guidance, guidance_branches
 from .config import SchedulerConfig
 from .image_io import ImageInputError, load_image, load_mask, to_unit_tensor
-from .model import Condition, SmartEditModel
+from .model import Condition, SmartEditModel, check_instructions, check_mask_support
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,46 @@ def prepare_image(image, name: str = "image") -> torch.Tensor:
             raise ImageInputError(f"{name} tensor values must be finite and lie in [0, 1]")
         return image.detach().float()
     return to_unit_tensor(load_image(image, name))
+
+
+def resize_image(t: torch.Tensor, size: tuple[int, int], mode: str = "bicubic", clamp: bool = True) -> torch.Tensor:
+    """[C, H, W] → [C, *size] (antialiased bicubic, or ``nearest`` for masks); ``clamp``: to [0, 1] after."""
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t
+    if mode == "nearest":
+        return F.interpolate(t[None], size=size, mode="nearest")[0]
+    out = F.interpolate(t[None], size=size, mode=mode, align_corners=False, antialias=True)[0]
+    return out.clamp(0, 1) if clamp else out
+
+
+def decode_latents(decode, latents: torch.Tensor, scaling_factor: float,
+                   source_latent: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled latents → images [B, 3, H, W] in [0, 1]. ``source_latent`` (unscaled; for a model that diffuses the
+    latent change, ``scheduler.diffuse = "change"``) is added back first. ``decode``: unscaled latents → pixels in
+    about [-1, 1] (:meth:`SmartEditModel.decode_latent`, or ``lambda z: vae.decode(z).sample`` of a diffusers VAE)."""
+    latents = latents / scaling_factor
+    if source_latent is not None:
+        latents = latents + source_latent.to(latents.device, latents.dtype)  # [B, C, h, w]
+    return (decode(latents).float() / 2 + 0.5).clamp(0, 1)  # [B, 3, H, W]
+
+
+def decode_latent_change(decode, latents: torch.Tensor, source_latent: torch.Tensor,
+                         scaling_factor: float) -> torch.Tensor:
+    """Sampled latent changes (scaled; ``scheduler.diffuse = "change"``) → the pixel change [B, 3, H, W] (in units of
+    [0, 1] images) they make: D(source latent + change) − D(source latent), so the VAE's reconstruction error
+    cancels where nothing changes (``scheduler.decode = "residual"``; apply it with :func:`apply_pixel_change`).
+    ``decode`` as for :func:`decode_latents`."""
+    latents = latents / scaling_factor
+    source_latent = source_latent.to(latents.device, latents.dtype)  # [B, C, h, w]
+    pair = decode(torch.cat([source_latent + latents, source_latent])).float()  # [2B, 3, H, W]
+    edited, rebuilt = pair.chunk(2)
+    return (edited.clamp(-1, 1) - rebuilt.clamp(-1, 1)) / 2  # [B, 3, H, W]
+
+
+def apply_pixel_change(image: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """An image [3, H, W] in [0, 1] + a pixel change [3, h, w] (:func:`decode_latent_change`, resized to H × W) → the
+    edited image [3, H, W] in [0, 1]: the change applied to the input itself, at the input's own size."""
+    return (image.to(delta.device, delta.dtype) + resize_image(delta, tuple(image.shape[-2:]), clamp=False)).clamp(0, 1)
 
 
 class NonFiniteOutputError(RuntimeError):
@@ -136,19 +176,22 @@ class SmartEditPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, torch_dtype: torch.dtype | None = None,
                         device: str | torch.device | None = None, scheduler=None,
-                        llm_quantization: str | None = None, **kwargs) -> "SmartEditPipeline":
+                        llm_quantization: str | None = None, attn_implementation: str | None = None,
+                        **kwargs) -> "SmartEditPipeline":
         """Load a local model folder. ``torch_dtype``: weights in this dtype (default: as saved); ``device``
         (default CPU); ``scheduler``: a diffusers scheduler instance (default: the folder's ``scheduler/`` if
         present, else the model config's sampler); ``llm_quantization``: ``int8`` / ``int4`` LLM weights (see
-        :func:`smartedit.quantize.quantize_llm`). Hub ids are never downloaded."""
+        :func:`smartedit.quantize.quantize_llm`); ``attn_implementation``: ``sdpa`` (default), ``eager`` or
+        ``flash_attention_2`` (CUDA with flash-attn installed). Hub ids are never downloaded."""
         if kwargs:
             raise TypeError(f"SmartEditPipeline.from_pretrained got unsupported argument(s) {sorted(kwargs)}; it "
-                            f"takes torch_dtype, device, scheduler and llm_quantization")
+                            f"takes torch_dtype, device, scheduler, llm_quantization and attn_implementation")
         path = os.fspath(pretrained_model_name_or_path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"model folder {path!r} does not exist: give a local folder written by "
                                     f"save_pretrained (nothing is downloaded; e.g. checkpoints/smartedit-tiny)")
-        model = SmartEditModel.from_pretrained(path, device=device or "cpu", dtype=torch_dtype)
+        model = SmartEditModel.from_pretrained(path, device=device or "cpu", dtype=torch_dtype,
+                                               attn_implementation=attn_implementation)
         if scheduler is None and os.path.isfile(os.path.join(path, SCHEDULER_DIR, "scheduler_config.json")):
             scheduler = load_scheduler(os.path.join(path, SCHEDULER_DIR))
         pipe = cls(model, scheduler)
@@ -326,11 +369,7 @@ class SmartEditPipeline(DiffusionPipeline):
         if prompt_embeds is None:
             if instructions is None:
                 raise ValueError("give a prompt (the edit instruction, e.g. 'make the sky blue') or prompt_embeds")
-            if len(instructions) != n_images:
-                raise ValueError(f"got {n_images} images but {len(instructions)} prompts")
-            for text in instructions:
-                if not isinstance(text, str) or not text.strip():
-                    raise ValueError("prompt must be a non-empty string, e.g. 'make the sky blue'")
+            check_instructions(instructions, n_images)
         elif prompt_embeds.ndim != 3 or prompt_embeds.shape[0] != n_images:
             raise ValueError(f"prompt_embeds must be [num_images, tokens, dim], got {tuple(prompt_embeds.shape)}")
         for name, value in (("num_inference_steps", num_inference_steps),
@@ -344,9 +383,7 @@ class SmartEditPipeline(DiffusionPipeline):
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not available; choose from "
                              f"{self._callback_tensor_inputs}")
-        if mask is not None and self.model.config.unet.mask_channels == 0:
-            raise ValueError("this model has no region-mask channels (unet.mask_channels = 0); edit without a mask "
-                             "or use a model trained with mask channels")
+        check_mask_support(self.model.config, mask)
 
     def _resolution(self, resolution: int | None) -> int:
         cfg = self.model.config
@@ -356,14 +393,7 @@ class SmartEditPipeline(DiffusionPipeline):
             raise ValueError(f"resolution must be a positive multiple of {factor}, got {res!r}")
         return res
 
-    @staticmethod
-    def _resize(t: torch.Tensor, size: tuple[int, int], mode: str = "bicubic", clamp: bool = True) -> torch.Tensor:
-        if tuple(t.shape[-2:]) == tuple(size):
-            return t
-        if mode == "nearest":
-            return F.interpolate(t[None], size=size, mode="nearest")[0]
-        out = F.interpolate(t[None], size=size, mode=mode, align_corners=False, antialias=True)[0]
-        return out.clamp(0, 1) if clamp else out
+    _resize = staticmethod(resize_image)
 
     @staticmethod
     def _seeds_and_generators(n: int, generator, seed) -> tuple[list[int] | None, object]:
@@ -511,8 +541,7 @@ class SmartEditPipeline(DiffusionPipeline):
             # the change applied in pixel space, to the input itself (at its own size unless keep_model_size)
             delta = self.decode_change(latents, cond.source_latent)  # [B, 3, R, R] in [-1, 1] units of [0, 1]
             sources = [batch[i] for i in range(len(tensors))] if keep_model_size else tensors
-            decoded = [(src.to(d.device, d.dtype) + self._resize(d, tuple(src.shape[-2:]), clamp=False)).clamp(0, 1)
-                       for src, d in zip(sources, delta)]
+            decoded = [apply_pixel_change(src, d) for src, d in zip(sources, delta)]
         else:
             decoded = self.decode(latents, cond.source_latent)  # [B, 3, R, R] in [0, 1]
             if not keep_model_size:
@@ -571,12 +600,13 @@ class SmartEditPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
-        if latents is None:
+        if latents is None:  # drawn in the model's dtype (a float32 model: exactly diffusers' draw)
             latents = randn_tensor((batch, channels, h, w), generator=generator, device=device,
                                    dtype=cond.context.dtype)
         elif tuple(latents.shape) != (batch, channels, h, w):
             raise ValueError(f"latents must have shape {(batch, channels, h, w)}, got {tuple(latents.shape)}")
-        latents = latents.to(device, cond.context.dtype) * self.scheduler.init_noise_sigma  # [B, 4, h, w]
+        # the sampler's arithmetic in float32 whatever the model's dtype (as in training); the UNet gets its own
+        latents = latents.to(device, torch.float32) * self.scheduler.init_noise_sigma  # [B, 4, h, w]
         null = model.null_text_embedding if negative_prompt_embeds is None else negative_prompt_embeds
         contexts, sources = guidance_branches(cond.context, null.to(device, cond.context.dtype), cond.source_latent)
         spatial = None if cond.spatial is None else torch.cat([cond.spatial] * 3, dim=0)
@@ -591,7 +621,7 @@ class SmartEditPipeline(DiffusionPipeline):
             for i, t in enumerate(self.progress_bar(timesteps)):
                 if self.interrupt:
                     continue
-                x = self.scheduler.scale_model_input(torch.cat([latents] * 3), t)  # [3B, 4, h, w]
+                x = self.scheduler.scale_model_input(torch.cat([latents] * 3), t).to(contexts.dtype)  # [3B, 4, h, w]
                 pred = model.predict(model.unet_input(x, sources, masks), t, contexts, spatial)  # [3B, 4, h, w]
                 guided = combine_guidance(pred.to(latents.dtype), text_guidance_scale, image_guidance_scale)
                 latents = self.scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
@@ -607,12 +637,11 @@ class SmartEditPipeline(DiffusionPipeline):
         vae = self.model.vae
         if self.model.config.scheduler.diffuse == "change" and source_latent is None:
             raise ValueError("this model diffuses the latent change from the source: decode needs source_latent")
+        change = self.model.config.scheduler.diffuse == "change"
         with self._running(vae):  # the VAE first, then its inputs to the execution device
-            latents = latents.to(self._execution_device, vae.dtype) / self.model.config.vae.scaling_factor
-            if self.model.config.scheduler.diffuse == "change":
-                latents = latents + source_latent.to(latents.device, latents.dtype)  # [B, 4, h, w]
-            image = vae.decode(latents).sample
-        return (image.float() / 2 + 0.5).clamp(0, 1)
+            latents = latents.to(self._execution_device, vae.dtype)  # (float16 overflow guarded by decode_latent)
+            return decode_latents(self.model.decode_latent, latents, self.model.config.vae.scaling_factor,
+                                  source_latent if change else None)
 
     def decode_change(self, latents: torch.Tensor, source_latent: torch.Tensor) -> torch.Tensor:
         """Sampled latent changes (``scheduler.diffuse = "change"``) → the pixel change [B, 3, H, W] (in units of
@@ -623,11 +652,9 @@ class SmartEditPipeline(DiffusionPipeline):
                              f"'change'), this one diffuses {self.model.config.scheduler.diffuse!r}")
         vae = self.model.vae
         with self._running(vae):  # the VAE first, then its inputs to the execution device
-            latents = latents.to(self._execution_device, vae.dtype) / self.model.config.vae.scaling_factor
-            source_latent = source_latent.to(latents.device, latents.dtype)  # [B, C, h, w]
-            pair = vae.decode(torch.cat([source_latent + latents, source_latent])).sample.float()  # [2B, 3, H, W]
-        edited, rebuilt = pair.chunk(2)
-        return (edited.clamp(-1, 1) - rebuilt.clamp(-1, 1)) / 2  # [B, 3, H, W]
+            latents = latents.to(self._execution_device, vae.dtype)
+            return decode_latent_change(self.model.decode_latent, latents, source_latent,
+                                        self.model.config.vae.scaling_factor)
 
     # ---- multi-turn ----------------------------------------------------------------------------------
     def session(self, image, seed: int = 0, **defaults) -> "EditSession":
