@@ -150,12 +150,7 @@ def cmd_edit(args) -> int:
     return 0
 
 
-def _cmd_batch(args) -> int:
-    from .batch import (REPORT_NAME, SUMMARY_NAME, finished_rows, merge_reports, read_jobs, record_failures,
-                        run_batch, summarize)
-    from .shard import ProgressLog, Shard, fingerprint, wait_for_ranks
-    from .image_io import ImageInputError, pixel_budget
-
+def _batch_problems(args) -> list[str]:
     problems = []
     if args.batch_size < 1:
         problems.append(f"--batch-size must be a positive integer, got {args.batch_size}")
@@ -166,6 +161,16 @@ def _cmd_batch(args) -> int:
     if not os.path.isfile(args.batch):
         problems.append(f"batch file {args.batch!r} does not exist" if not os.path.isdir(args.batch) else
                         f"batch file {args.batch!r} is a folder; give a .jsonl file")
+    return problems
+
+
+def _cmd_batch(args) -> int:
+    from .batch import (REPORT_NAME, SUMMARY_NAME, finished_rows, merge_reports, read_jobs, record_failures,
+                        run_batch, summarize)
+    from .shard import ProgressLog, Shard, fingerprint, wait_for_ranks
+    from .image_io import ImageInputError, pixel_budget
+
+    problems = _batch_problems(args)
     if problems:
         raise SystemExit("error: " + "; ".join(problems))
     try:

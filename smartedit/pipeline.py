@@ -463,17 +463,8 @@ class SmartEditPipeline(DiffusionPipeline):
         ``latents`` replace the current ones; ``pipe._interrupt = True`` stops the loop.
         ``instruction`` / ``text_guidance_scale``: older names of ``prompt`` / ``guidance_scale``.
         """
-        if instruction is not None:
-            if prompt is not None and image is not None:
-                raise ValueError("give prompt or instruction, not both")
-            if prompt is not None and image is None:  # pipe(image, instruction=...)
-                prompt, image = None, prompt
-            prompt = instruction
-        if text_guidance_scale is not None:
-            if guidance_scale is not None:
-                raise ValueError("give guidance_scale or text_guidance_scale, not both")
-            guidance_scale = text_guidance_scale
-        prompt, image = self._prompt_and_image(prompt, image)
+        prompt, image, guidance_scale = self._older_names(prompt, image, guidance_scale, instruction,
+                                                          text_guidance_scale)
         defaults = self.model.config.sampling
         num_inference_steps = defaults.num_inference_steps if num_inference_steps is None else num_inference_steps
         guidance_scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
@@ -494,23 +485,12 @@ class SmartEditPipeline(DiffusionPipeline):
                           prompt_embeds, mask, num_images_per_prompt, callback_on_step_end_tensor_inputs)
         self._guidance_scale, self._image_guidance_scale = guidance_scale, image_guidance_scale
         self._interrupt = False
-        res = self._resolution(resolution)
         n = num_images_per_prompt
-        tensors = [prepare_image(im, f"image {i}") for i, im in enumerate(images)]
-        sizes = [tuple(t.shape[-2:]) for t in tensors]
-        device = self._execution_device
-        batch = torch.stack([self._resize(t, (res, res)) for t in tensors]).to(device)  # [B, 3, R, R]
-        mask_batch = None
-        if mask is not None:
-            masks = list(mask) if isinstance(mask, (list, tuple)) else [mask]
-            if len(masks) != len(images):
-                raise ValueError(f"got {len(masks)} masks for {len(images)} images")
-            mask_batch = torch.stack([self._resize(load_mask(m, (s[1], s[0]), f"mask {i}"), (res, res), "nearest")
-                                      for i, (m, s) in enumerate(zip(masks, sizes))]).to(device)
-
+        tensors, batch, mask_batch = self._prepare_images(images, mask, self._resolution(resolution))
         if isinstance(seed, (list, tuple)) and n > 1 and len(seed) == len(images):  # sample k of image i: seed_i + k
             seed = [int(s) + k for s in seed for k in range(n)]
         seeds, generators = self._seeds_and_generators(len(images) * n, generator, seed)
+
         cond = self.encode(batch, instructions, mask_batch, generate_reply, prompt_embeds)
         if not torch.isfinite(cond.context).all():
             raise self._nonfinite_error("condition (MLLM → Q-Former → BIM context)")
@@ -518,25 +498,52 @@ class SmartEditPipeline(DiffusionPipeline):
             cond = Condition(context=_repeat(cond.context, n), spatial=_repeat(cond.spatial, n),
                              source_latent=_repeat(cond.source_latent, n), mask_latent=_repeat(cond.mask_latent, n),
                              replies=None if cond.replies is None else [r for r in cond.replies for _ in range(n)])
-            batch = _repeat(batch, n)
-            tensors = [t for t in tensors for _ in range(n)]
-            sizes = [s for s in sizes for _ in range(n)]
+            batch, tensors = _repeat(batch, n), [t for t in tensors for _ in range(n)]
+            if negative_prompt_embeds is not None and negative_prompt_embeds.shape[0] == len(images):
+                negative_prompt_embeds = _repeat(negative_prompt_embeds, n)
         latents = self.denoise(cond, num_inference_steps, guidance_scale, image_guidance_scale, generators,
-                               _repeat(negative_prompt_embeds, n) if negative_prompt_embeds is not None
-                               and negative_prompt_embeds.shape[0] == len(images) else negative_prompt_embeds,
-                               latents=latents, eta=eta, callback_on_step_end=callback_on_step_end,
+                               negative_prompt_embeds, latents=latents, eta=eta,
+                               callback_on_step_end=callback_on_step_end,
                                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
         if not torch.isfinite(latents).all():
             raise self._nonfinite_error("latents")
-        if output_type == "latent":
-            images_out = latents
-        else:
-            images_out = self._postprocess(latents, cond, batch, tensors, sizes, keep_model_size, output_type)
+        images_out = latents if output_type == "latent" else self._postprocess(latents, cond, batch, tensors,
+                                                                               keep_model_size, output_type)
         if not return_dict:
             return (images_out,)
         return SmartEditOutput(images=images_out, seeds=seeds, replies=cond.replies)
 
-    def _postprocess(self, latents, cond, batch, tensors, sizes, keep_model_size, output_type):
+    def _older_names(self, prompt, image, guidance_scale, instruction, text_guidance_scale):
+        """``instruction=`` / ``text_guidance_scale=`` and the ``pipe(image, instruction)`` order → diffusers' names."""
+        if instruction is not None:
+            if prompt is not None and image is not None:
+                raise ValueError("give prompt or instruction, not both")
+            if prompt is not None and image is None:  # pipe(image, instruction=...)
+                prompt, image = None, prompt
+            prompt = instruction
+        if text_guidance_scale is not None:
+            if guidance_scale is not None:
+                raise ValueError("give guidance_scale or text_guidance_scale, not both")
+            guidance_scale = text_guidance_scale
+        prompt, image = self._prompt_and_image(prompt, image)
+        return prompt, image, guidance_scale
+
+    def _prepare_images(self, images: list, mask, res: int):
+        """Inputs → (each image as [3, H, W] in [0, 1] at its own size, the batch [B, 3, R, R] on the execution
+        device, the mask batch [B, 1, R, R] or None)."""
+        tensors = [prepare_image(im, f"image {i}") for i, im in enumerate(images)]
+        device = self._execution_device
+        batch = torch.stack([self._resize(t, (res, res)) for t in tensors]).to(device)  # [B, 3, R, R]
+        if mask is None:
+            return tensors, batch, None
+        masks = list(mask) if isinstance(mask, (list, tuple)) else [mask]
+        if len(masks) != len(images):
+            raise ValueError(f"got {len(masks)} masks for {len(images)} images")
+        mask_batch = torch.stack([self._resize(load_mask(m, (t.shape[-1], t.shape[-2]), f"mask {i}"), (res, res),
+                                               "nearest") for i, (m, t) in enumerate(zip(masks, tensors))])
+        return tensors, batch, mask_batch.to(device)  # [B, 1, R, R]
+
+    def _postprocess(self, latents, cond, batch, tensors, keep_model_size, output_type):
         if self.model.config.scheduler.decode == "residual":
             # the change applied in pixel space, to the input itself (at its own size unless keep_model_size)
             delta = self.decode_change(latents, cond.source_latent)  # [B, 3, R, R] in [-1, 1] units of [0, 1]
@@ -545,7 +552,7 @@ class SmartEditPipeline(DiffusionPipeline):
         else:
             decoded = self.decode(latents, cond.source_latent)  # [B, 3, R, R] in [0, 1]
             if not keep_model_size:
-                decoded = [self._resize(d, s) for d, s in zip(decoded, sizes)]
+                decoded = [self._resize(d, tuple(t.shape[-2:])) for d, t in zip(decoded, tensors)]
         if any(not torch.isfinite(d).all() for d in decoded):
             raise self._nonfinite_error("pixels from the VAE decoder")
         same = len({tuple(d.shape) for d in decoded}) == 1
