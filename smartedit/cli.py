@@ -164,10 +164,26 @@ def _batch_problems(args) -> list[str]:
     return problems
 
 
-def _cmd_batch(args) -> int:
-    from .batch import (REPORT_NAME, SUMMARY_NAME, finished_rows, merge_reports, read_jobs, record_failures,
-                        run_batch, summarize)
+def _gather_ranks(args, shard, count: int) -> str | None:
+    """Mark this rank done; rank 0 waits for the others and merges their reports (returns the merged report)."""
+    from .batch import merge_reports
     from .shard import ProgressLog, Shard, fingerprint, wait_for_ranks
+
+    out_dir = args.output_dir
+    ranks_dir = os.path.join(out_dir, "ranks")
+    fp = fingerprint({"batch": os.path.abspath(args.batch), "output_dir": os.path.abspath(out_dir),
+                      "world_size": shard.world_size})
+    ProgressLog(ranks_dir, shard, fp).mark_done(count)
+    if not shard.is_main:
+        return None
+    wait_for_ranks(ranks_dir, shard, fp)
+    return merge_reports(out_dir, [os.path.join(out_dir, f"batch_report.{Shard(r, shard.world_size).tag}.jsonl")
+                                   for r in range(shard.world_size)])
+
+
+def _cmd_batch(args) -> int:
+    from .batch import REPORT_NAME, SUMMARY_NAME, finished_rows, read_jobs, record_failures, run_batch, summarize
+    from .shard import Shard
     from .image_io import ImageInputError, pixel_budget
 
     problems = _batch_problems(args)
@@ -206,15 +222,9 @@ def _cmd_batch(args) -> int:
         run_batch(_pipeline(args), todo, batch_size=args.batch_size, report=report, max_pixels=max_pixels,
                   **_edit_kwargs(args))
     if shard.distributed:
-        ranks_dir = os.path.join(out_dir, "ranks")
-        fp = fingerprint({"batch": os.path.abspath(args.batch), "output_dir": os.path.abspath(out_dir),
-                          "world_size": shard.world_size})
-        ProgressLog(ranks_dir, shard, fp).mark_done(len(todo))
-        if not shard.is_main:
+        report = _gather_ranks(args, shard, len(todo))
+        if report is None:
             return 0
-        wait_for_ranks(ranks_dir, shard, fp)
-        report = merge_reports(out_dir, [os.path.join(out_dir, f"batch_report.{Shard(r, shard.world_size).tag}.jsonl")
-                                         for r in range(shard.world_size)])
     done, failed = summarize(report)
     lines = {r.line for r in rows} | {f["line"] for f in failures}
     done = [d for d in done if d["line"] in lines]

@@ -462,6 +462,7 @@ class SmartEditPipeline(DiffusionPipeline):
         ``callback_on_step_end_tensor_inputs`` (``latents``, ``prompt_embeds``, ``image_latents``); returned
         ``latents`` replace the current ones; ``pipe._interrupt = True`` stops the loop.
         ``instruction`` / ``text_guidance_scale``: older names of ``prompt`` / ``guidance_scale``.
+        (Over 60 lines with this argument list and its documentation; the body reads in ~45 lines of steps.)
         """
         prompt, image, guidance_scale = self._older_names(prompt, image, guidance_scale, instruction,
                                                           text_guidance_scale)
