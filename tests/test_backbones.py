@@ -239,3 +239,94 @@ def test_7b_class_presets_match_published_sizes(name, published):
     for part, count in ((mem["parts"]["vision"], c["vision"] + c["projector"]),  # (buffers come on top)
                         (mem["parts"]["llm_linear"] + mem["parts"]["llm_rest"], c["llm"])):
         assert 0 <= part - count < 0.001 * count
+
+
+# ---- every pair: stage 1 → 2a → 2b through the stage scripts, then an edit ---------------------------------------
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    from smartedit.train.clip_text import build_tiny_clip_text
+
+    return build_tiny_clip_text(str(tmp_path_factory.mktemp("clip")), hidden_size=64)
+
+
+def _init_folder(mllm, generator, qwen_dir, folder):
+    """A stage-1 starting folder (save_pretrained layout): the tiny LLaVA from its preset, or the tiny Qwen2.5-VL
+    assembled from its published folder; the generator from ``tiny`` (SD-1.5) or ``tiny-sdxl``."""
+    from smartedit.backbones.assemble import from_qwen_vl
+    from smartedit.config import preset
+    from smartedit.model import SmartEditModel
+
+    base = "tiny" if generator == "sd15" else "tiny-sdxl"
+    if mllm == "qwen":
+        model = from_qwen_vl(qwen_dir, preset=base, **{"bim.enabled": False})
+    else:
+        model = SmartEditModel.from_config(preset(base, **{"bim.enabled": False}), seed=0)
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mllm,generator", [("llava", "sdxl"), ("qwen", "sd15"), ("qwen", "sdxl")])
+def test_every_pair_trains_stage1_to_2b_and_edits(mllm, generator, qwen_dir, clip_dir, tmp_path):
+    """Tiny random models of each new (MLLM, generator) pair (LLaVA + SD-1.5: tests/test_train_stages.py) go through
+    train/stage1_align.py → stage2_mllmsd.py → stage2_smartedit.py, each stage changing only what it trains, and
+    edit through SmartEditPipeline; the model folder survives save_pretrained → from_pretrained (meta-device
+    loading) with the same weights and the same edit."""
+    from PIL import Image
+
+    from helpers import assert_only_stage_parameters_changed, load_script
+    from smartedit.model import SmartEditModel, load_weights
+    from smartedit.pipeline import SmartEditPipeline
+
+    assembled = _init_folder(mllm, generator, qwen_dir, tmp_path / "init")
+    loaded = SmartEditModel.from_pretrained(tmp_path / "init")
+    want = {"llava": "llava", "qwen": "qwen2_5_vl"}[mllm]
+    assert (loaded.config.backbone.mllm, loaded.config.backbone.generator) == (want, generator)
+    assert type(loaded.mllm) is type(assembled.mllm) and type(loaded.unet) is type(assembled.unet)
+    ref = assembled.state_dict()
+    before = loaded.state_dict()
+    assert before.keys() == ref.keys() and all(torch.equal(before[k], ref[k]) for k in ref)
+    batch = assembled.tokenize_edit(["remove the red circle"])
+    image = torch.rand(1, 3, assembled.config.vision.image_size, assembled.config.vision.image_size)
+    with torch.no_grad():
+        mllm_a, mllm_b = assembled.mllm, loaded.mllm
+        out_a = mllm_a(batch["input_ids"], batch["attention_mask"],
+                       image_features=mllm_a.encode_images(mllm_a.preprocess_images(image)))
+        out_b = mllm_b(batch["input_ids"], batch["attention_mask"],
+                       image_features=mllm_b.encode_images(mllm_b.preprocess_images(image)))
+    assert torch.equal(out_a.img_hidden, out_b.img_hidden)  # (buffers rebuilt on loading: RoPE, mRoPE)
+    base_vocab = loaded.config.mllm.vocab_size
+    del assembled, loaded
+
+    common = ["--preset", "tiny", "--max-steps", "2", "--set", "precision=fp32", "--set", "log.progress=false",
+              "--set", "checkpoint.every=2"]
+    init = str(tmp_path / "init")
+    for stage, script, extra in (("stage1", "stage1_align", ["--clip-text", clip_dir]),
+                                 ("stage2a", "stage2_mllmsd", []), ("stage2b", "stage2_smartedit", [])):
+        out = str(tmp_path / stage)
+        rc = load_script(f"train/{script}.py").main(common + extra + ["--init", init, "--output", out])
+        assert rc == 0, stage
+        after = load_weights(os.path.join(out, "model"))
+        if stage == "stage1":  # (stage 1 sets the null text embedding: the CLIP text encoder's on "")
+            before["null_text_embedding"] = after["null_text_embedding"]
+        assert_only_stage_parameters_changed(before, after, stage, base_vocab)
+        before, init = after, out
+
+    pipe = SmartEditPipeline.from_pretrained(os.path.join(init, "model"))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.model.config.bim.enabled and pipe.model.config.backbone.mllm == want
+    source = Image.new("RGB", (48, 40), (20, 40, 200))
+    edited = pipe(prompt="make it red", image=source, num_inference_steps=2, seed=0, output_type="np").images
+    assert edited.shape == (1, 40, 48, 3) and np_isfinite(edited)
+    pipe.save_pretrained(tmp_path / "saved")
+    again = SmartEditPipeline.from_pretrained(tmp_path / "saved")
+    again.set_progress_bar_config(disable=True)
+    assert (again(prompt="make it red", image=source, num_inference_steps=2, seed=0, output_type="np").images
+            == edited).all()
+
+
+def np_isfinite(array) -> bool:
+    import numpy as np
+
+    return bool(np.isfinite(array).all())
