@@ -68,5 +68,9 @@ setup(
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["smartedit=smartedit.cli:main"]},
+    entry_points={
+        "console_scripts": ["smartedit=smartedit.cli:main"],
+        # data source kinds of the trainer (smartedit.train.sources): shapes:FAMILY:N, generated ShapesWorld samples
+        "smartedit.data_sources": ["shapes=smartedit.shapes.sources:open_shapes_source"],
+    },
 )

@@ -35,7 +35,7 @@ logger = logging.getLogger("bench.train_step")
 
 
 def _shapes_sources(families: dict[str, str], n: int) -> dict:
-    """Generated ShapesWorld samples (smartedit.data.shapes) per source name."""
+    """Generated ShapesWorld samples (smartedit.shapes.world) per source name."""
     from smartedit.train.sources import open_source
 
     return {name: open_source(f"shapes:{family}:{n}") for name, family in families.items()}

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from diffusers import AutoencoderKL
 
-    from smartedit.train.pretrain import vae_edit_ceiling
+    from smartedit.shapes.pretrain import vae_edit_ceiling
 
     torch.manual_seed(0)
     vae = AutoencoderKL.from_pretrained(args.vae, local_files_only=True).eval()

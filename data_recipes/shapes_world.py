@@ -17,7 +17,7 @@ import os
 import sys
 
 from smartedit.data.io import write_samples
-from smartedit.data.shapes import training_samples, write_reason_edit_testset
+from smartedit.shapes.world import training_samples, write_reason_edit_testset
 
 logger = logging.getLogger(__name__)
 

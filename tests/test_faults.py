@@ -581,7 +581,7 @@ def corrupt_data(tmp_path_factory):
     import dataclasses
 
     from smartedit.data.io import write_samples
-    from smartedit.data.shapes import training_samples
+    from smartedit.shapes.world import training_samples
 
     root = tmp_path_factory.mktemp("data")
     samples = list(training_samples("simple", 20, seed=4))
@@ -619,7 +619,7 @@ def test_training_data_faults_stop_with_a_reason(case, corrupt_data, stage_main,
 # ---- weight loading ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("case", ["payload-bin", "truncated-safetensors", "not-json-config", "missing-folder"])
 def test_weight_loading_faults(case, tmp_path):
-    from smartedit.loading import read_state_dict
+    from smartedit.weights import read_state_dict
     from smartedit.model import SmartEditModel
 
     marker = str(tmp_path / MARKER_NAME)

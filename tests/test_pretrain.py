@@ -1,4 +1,4 @@
-"""Pretraining the ShapesWorld components from scratch (smartedit.train.pretrain): each loop runs, resumes
+"""Pretraining the ShapesWorld components from scratch (smartedit.shapes.pretrain): each loop runs, resumes
 exactly, and writes what the next recipe step reads (diffusers folders, the MLLM state)."""
 
 import os
@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from smartedit.config import ConfigError
-from smartedit.train.pretrain import (PretrainSettings, edit_batch, pretrain_ip2p, pretrain_llava, pretrain_vae,
-                                      vae_edit_ceiling)
-from smartedit.train.recipe import shapes_config
+from smartedit.shapes.pretrain import (PretrainSettings, edit_batch, pretrain_ip2p, pretrain_llava, pretrain_vae,
+                                       vae_edit_ceiling)
+from smartedit.shapes.recipe import shapes_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -126,7 +126,7 @@ def test_resume_refuses_other_settings(tmp_path):
 def test_a_prefix_of_a_longer_schedule_equals_that_run_and_resumes_from_it(tmp_path):
     """steps=2 on a 4-step schedule == the 4-step run's checkpoint at step 2; a shorter run resumes from the longer
     run's checkpoints (same trajectory), another schedule length is refused."""
-    from smartedit.train.pretrain import _trajectory
+    from smartedit.shapes.pretrain import _trajectory
 
     long = tmp_path / "long"
     pretrain_vae(shapes_config(), str(long), _settings(4, keep_last=4))
@@ -164,8 +164,9 @@ def test_ip2p_folder_loads_with_load_sd_and_edits(vae_dir, tmp_path, objective):
     from diffusers import AutoencoderKL
     from PIL import Image
 
-    from smartedit.eval.generate import EditJob, GenerationSettings, IP2PEditor, RegressionEditor
-    from smartedit.loading import load_sd
+    from smartedit.eval.generate import EditJob, GenerationSettings
+    from smartedit.shapes.editors import IP2PEditor, RegressionEditor
+    from smartedit.weights import load_sd
 
     scale = AutoencoderKL.from_pretrained(vae_dir).config.scaling_factor
     cfg = shapes_config(**{"vae.scaling_factor": scale})

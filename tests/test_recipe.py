@@ -8,7 +8,7 @@ import os
 import pytest
 
 from smartedit.config import ConfigError
-from smartedit.train.recipe import MODELS, STEPS, RecipeConfig, compare_runs, run_recipe, ship
+from smartedit.shapes.recipe import MODELS, STEPS, RecipeConfig, compare_runs, run_recipe, ship
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -111,7 +111,7 @@ def test_ship_copies_both_models_and_the_ablation(recipe_dir, tmp_path):
 def test_paired_differences_match_samples_by_id_and_bound_the_mean(tmp_path):
     """A model better by exactly 0.1 on every shared sample: difference 0.1 with a zero-width interval, whatever
     the order of the samples or samples only one model has."""
-    from smartedit.train.recipe import _Paths, paired_differences
+    from smartedit.shapes.recipe import _Paths, paired_differences
 
     def write(name, scores):
         os.makedirs(tmp_path / "eval" / name)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from smartedit.data.collate import sample_rng
-from smartedit.data.shapes import (CATEGORIES, COLOURS, KIND_FACTS, caption, held_out_facts, knowledge_chat,
-                                   perception_edit, random_scene, reasoning_edit, render, shape_mask, simple_edit,
-                                   understanding_edit, vqa_chat)
+from smartedit.shapes.world import (CATEGORIES, COLOURS, KIND_FACTS, caption, held_out_facts, knowledge_chat,
+                                    perception_edit, random_scene, reasoning_edit, render, shape_mask, simple_edit,
+                                    understanding_edit, vqa_chat)
 
 
 def _edit(family, i):
@@ -68,8 +68,8 @@ def test_reasoning_uses_knowledge_not_names():
 def test_no_sample_seed_reaches_the_held_out_facts():
     """Sources such as ``shapes:reasoning:N:7`` (another sample seed) or the test set of another seed still use the
     world's one fact split: no training reasoning edit ever names a held-out fact."""
-    from smartedit.data.shapes import training_samples
-    from smartedit.train.pretrain import edit_batch
+    from smartedit.shapes.world import training_samples
+    from smartedit.shapes.pretrain import edit_batch
 
     train, test = held_out_facts()
     trained = {f for facts in train.values() for f in facts}
@@ -116,7 +116,7 @@ def test_recipe_writes_training_shards_and_a_scorable_testset(tmp_path, capsys):
 def test_the_shipped_example_is_the_example_scene_with_exact_edits():
     from PIL import Image
 
-    from smartedit.data.shapes import EXAMPLE_SCENE, example_edit, render
+    from smartedit.shapes.world import EXAMPLE_SCENE, example_edit, render
 
     shipped = np.asarray(Image.open("checkpoints/examples/shapes.png").convert("RGB"))
     assert np.array_equal(shipped, render(EXAMPLE_SCENE, 128))

@@ -57,7 +57,7 @@ def test_model_card_states_data_steps_time_and_scores():
 @pytest.mark.slow
 def test_readme_main_job_edits_the_shipped_example_correctly(tmp_path, capsys, one_torch_thread):
     from smartedit.cli import main
-    from smartedit.data.shapes import example_edit
+    from smartedit.shapes.world import example_edit
     from smartedit.eval.pixel import as_chw, change_mask, iou, psnr
 
     args = readme_main_job()
@@ -83,7 +83,7 @@ def test_held_out_simple_edits(one_torch_thread):
     evaluation settings: the shipped model edits the named shape (edit-region IoU; a model that does not edit scores 0,
     the untrained ``random:tiny`` about 0) and keeps the background."""
     from smartedit.data.collate import sample_rng
-    from smartedit.data.shapes import simple_edit
+    from smartedit.shapes.world import simple_edit
     from smartedit.eval.pixel import as_chw, change_mask, iou, psnr
     from smartedit.pipeline import SmartEditPipeline
 

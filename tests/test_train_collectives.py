@@ -29,7 +29,7 @@ import json
 import os
 import sys
 
-from smartedit.data.shapes import training_samples
+from smartedit.shapes.world import training_samples
 from smartedit.train.presets import experiment_preset
 from smartedit.train.trainer import Trainer
 
@@ -108,7 +108,7 @@ def test_an_all_chat_micro_batch_runs_the_edit_path_with_zero_weight(make_batch)
 
 def test_an_image_free_stage1_micro_batch_runs_the_vision_tower(tmp_path):
     from smartedit.data.collate import SampleCollator
-    from smartedit.data.shapes import training_samples
+    from smartedit.shapes.world import training_samples
 
     module = _stage_model("stage1")
     model = module.model

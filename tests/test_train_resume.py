@@ -21,7 +21,7 @@ from smartedit.config import preset
 from smartedit.model import SmartEditModel, load_weights
 from smartedit.data.io import write_samples
 from smartedit.data.mixture import MixtureDataset
-from smartedit.data.shapes import training_samples
+from smartedit.shapes.world import training_samples
 from smartedit.train.checkpoint import list_checkpoints
 from smartedit.train.metrics import read_jsonl
 from smartedit.train.presets import experiment_preset

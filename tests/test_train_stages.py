@@ -242,7 +242,7 @@ def test_stage1_grounded_instructions_align_inside_the_edit_prompt(tmp_path, cli
     that image; stage 1 then feeds the image's patches to the frozen LLM, and the alignment target is the CLIP text
     of the instruction."""
     from smartedit.data.collate import SampleCollator
-    from smartedit.data.shapes import training_samples
+    from smartedit.shapes.world import training_samples
     from smartedit.train.clip_text import ClipTextTarget
     from smartedit.train.stage_model import StageModule
 
@@ -274,7 +274,7 @@ def test_alignment_probe_tells_a_copy_from_a_collapse(clip_dir):
     retrieves every instruction with zero error; one collapsed to the mean CLIP text scores the mean-answer error."""
     from smartedit.eval.alignment import alignment_probe
     from smartedit.train.clip_text import ClipTextTarget
-    from smartedit.train.pretrain import edit_batch
+    from smartedit.shapes.pretrain import edit_batch
 
     clip = ClipTextTarget(clip_dir)
     model = SmartEditModel.from_config(preset("tiny", **{"bim.enabled": False}), seed=0)

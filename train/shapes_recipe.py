@@ -7,7 +7,7 @@ Reason-Edit-layout test set and write the ablation. Resumable: re-run the same c
     python train/shapes_recipe.py --output runs/shapes --ship checkpoints   # copy the results to checkpoints/
     python train/shapes_recipe.py --output runs/rerun --compare checkpoints/smartedit-tiny  # reproduced?
 
-The work is done by :mod:`smartedit.train.recipe`; budgets: ``--print-config``, change them with ``--set``.
+The work is done by :mod:`smartedit.shapes.recipe`; budgets: ``--print-config``, change them with ``--set``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from smartedit.train.recipe import STEPS
+    from smartedit.shapes.recipe import STEPS
 
     p = argparse.ArgumentParser(prog="train/shapes_recipe.py", description=__doc__.splitlines()[0])
     p.add_argument("--output", default="runs/shapes", help="recipe folder (default runs/shapes)")
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from smartedit.config import ConfigError
     from smartedit.train.config import parse_override
-    from smartedit.train.recipe import RecipeConfig, compare_runs, run_recipe, ship
+    from smartedit.shapes.recipe import RecipeConfig, compare_runs, run_recipe, ship
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),

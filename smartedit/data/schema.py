@@ -20,7 +20,7 @@ Tasks: ``edit`` (InstructPix2Pix / MagicBrush / UltraEdit pairs), ``perception``
 ``reasoning`` (synthetic reasoning edits, ReasonSeg), ``chat`` (LLaVA-Instruct: LM loss only),
 ``caption`` (stage-1 alignment: text only; with a ``source_image`` the caption is an edit instruction and the
 sample is laid out as an edit prompt with that image, so the ``<img_i>`` states are aligned in the context the
-editor uses them in; ShapesWorld's tiny LLM needs that, see ``smartedit.data.shapes``).
+editor uses them in; ShapesWorld's tiny LLM needs that, see ``smartedit.shapes.world``).
 """
 
 from __future__ import annotations

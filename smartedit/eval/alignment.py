@@ -11,7 +11,7 @@ encoder's last hidden state of the same instruction:
 * ``top1_retrieval``: how often the nearest CLIP text to an edit's context is its own instruction's (chance 1/count).
 
 It is what told the ShapesWorld recipe that the paper's text-only stage 1 does not carry over to edit prompts with a
-2-layer LLM (``smartedit.train.recipe``).
+2-layer LLM (``smartedit.shapes.recipe``).
 """
 
 from __future__ import annotations

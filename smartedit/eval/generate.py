@@ -8,7 +8,6 @@ its neighbours down; the failing sample is recorded and later reported as ``gene
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import zlib
@@ -26,8 +25,7 @@ from .results import MISSING_INPUT, SampleProblem
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FALLBACK_SAMPLING", "GenerationSettings", "model_sampling_defaults", "EditJob", "Editor", "IP2PEditor",
-           "RegressionEditor", "sample_seed"]
+__all__ = ["FALLBACK_SAMPLING", "GenerationSettings", "model_sampling_defaults", "EditJob", "Editor", "sample_seed"]
 
 
 def sample_seed(base_seed: int, sample_id: str) -> int:
@@ -62,10 +60,9 @@ class GenerationSettings:
                 values[k] = defaults.get(k, fallback) if defaults.get(k) is not None else fallback
         return GenerationSettings(**values)
 
-
-def _defaulted(requested: GenerationSettings) -> list[str]:
-    """The sampling settings the user left to the model folder's defaults."""
-    return [k for k in FALLBACK_SAMPLING if getattr(requested, k) is None]
+    def defaulted(self) -> list[str]:
+        """The sampling settings left to the model folder's defaults (None here)."""
+        return [k for k in FALLBACK_SAMPLING if getattr(self, k) is None]
 
 
 def model_sampling_defaults(config) -> dict[str, Any]:
@@ -110,7 +107,7 @@ class Editor:
             "device": str(device),
             "dtype": str(dtype or self.pipe.model.null_text_embedding.dtype),
             **settings.to_dict(),
-            "defaulted": _defaulted(self.requested),
+            "defaulted": self.requested.defaulted(),
         }
         self.failures: dict[str, str] = {}
         self.seeds: dict[str, int] = {}
@@ -165,107 +162,3 @@ class Editor:
         job.output_path.parent.mkdir(parents=True, exist_ok=True)
         image.save(job.output_path)
         self.failures.pop(job.sample_id, None)
-
-
-class IP2PEditor(Editor):
-    """A CLIP-text InstructPix2Pix editor (diffusers' ``StableDiffusionInstructPix2PixPipeline`` folder, e.g. the
-    ShapesWorld IP2P-tiny baseline) run with the same per-sample seeds, steps and guidance as :class:`Editor`."""
-
-    def __init__(self, pipeline_dir: str | os.PathLike, settings: GenerationSettings,
-                 device: str | torch.device = "cpu", skip_existing: bool = False):
-        from diffusers import StableDiffusionInstructPix2PixPipeline
-
-        self.model_dir = os.fspath(pipeline_dir)
-        self.requested = settings
-        self.settings = settings.resolved({})
-        self.skip_existing = skip_existing
-        self.pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-            self.model_dir, local_files_only=True, safety_checker=None, requires_safety_checker=False).to(device)
-        self.pipe.set_progress_bar_config(disable=True)
-        info = Path(self.model_dir) / "smartedit.json"  # smartedit.train.pretrain: what the UNet diffuses
-        meta = json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
-        self.diffuse = meta.get("diffuse", "target")
-        self.decode_mode = meta.get("decode", "latent")  # see smartedit.config.SchedulerConfig.decode
-        from ..config import SchedulerConfig
-
-        problems = SchedulerConfig(diffuse=self.diffuse, decode=self.decode_mode).problems(prefix="")
-        if problems:
-            raise ValueError(f"{info}: " + "; ".join(problems) + "; fix the file")
-        self.info = self._describe(device)
-        self.failures: dict[str, str] = {}
-        self.seeds: dict[str, int] = {}
-
-    def _describe(self, device) -> dict[str, Any]:
-        weights = sorted(Path(self.model_dir).glob("*/*.safetensors"))
-        hashes = {os.path.relpath(w, self.model_dir): sha256_file(w) for w in weights}
-        return {"model_dir": self.model_dir, "kind": type(self).__name__, "weights": hashes,
-                "sha256": combined_sha256(hashes) if hashes else None, "device": str(device),
-                "scheduler": type(self.pipe.scheduler).__name__, "diffuse": self.diffuse,
-                "decode": self.decode_mode,
-                **self.settings.to_dict(), "defaulted": _defaulted(self.requested)}
-
-    def _resize(self, images: list[Image.Image]) -> list[Image.Image]:
-        r = self.settings.resolution
-        return [im.convert("RGB").resize((r, r), Image.Resampling.BICUBIC) if r else im.convert("RGB")
-                for im in images]
-
-    def _tensor(self, images: list[Image.Image]) -> torch.Tensor:
-        import numpy as np
-
-        x = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
-        return x.to(self.pipe.device)  # [B, 3, H, W] in [-1, 1]
-
-    @torch.no_grad()
-    def _decode(self, latents: torch.Tensor, images: list[Image.Image], ims: list[Image.Image]) -> list[Image.Image]:
-        """Scaled latents (of the target, or of the change from the source) → PIL images at the inputs' sizes."""
-        import numpy as np
-
-        vae = self.pipe.vae
-        latents = latents / vae.config.scaling_factor
-        if self.diffuse == "change":
-            source = vae.encode(self._tensor(ims)).latent_dist.mode()  # [B, C, h, w]
-            latents = latents + source
-        if self.decode_mode == "residual":  # output = input + D(source + change) − D(source), at the input's size
-            pair = vae.decode(torch.cat([latents, source])).sample.clamp(-1, 1)  # [2B, 3, H, W]
-            edited, rebuilt = pair.chunk(2)
-            delta = ((edited - rebuilt) * 127.5).permute(0, 2, 3, 1).float().cpu().numpy()  # [B, H, W, 3] in 0..255
-            out = []
-            for d, im in zip(delta, images):
-                if d.shape[:2] != (im.size[1], im.size[0]):
-                    d = np.stack([np.asarray(Image.fromarray(c).resize(im.size, Image.Resampling.BICUBIC))
-                                  for c in d.transpose(2, 0, 1)], axis=-1)
-                base = np.asarray(im.convert("RGB"), dtype=np.float32)
-                out.append(Image.fromarray(np.clip(np.round(base + d), 0, 255).astype(np.uint8)))
-            return out
-        image = vae.decode(latents).sample  # [B, 3, H, W]
-        arr = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        out = [Image.fromarray(a) for a in arr]
-        return [o.resize(im.size, Image.Resampling.BICUBIC) if o.size != im.size else o
-                for o, im in zip(out, images)]
-
-    def _edit(self, images: list[Image.Image], jobs: list[EditJob]) -> list[Image.Image]:
-        s = self.settings
-        gens = [torch.Generator().manual_seed(self.seeds[j.sample_id]) for j in jobs]
-        ims = self._resize(images)
-        latents = self.pipe(prompt=[j.instruction for j in jobs], image=ims,
-                            num_inference_steps=s.num_inference_steps, guidance_scale=s.text_guidance_scale,
-                            image_guidance_scale=s.image_guidance_scale, generator=gens, output_type="latent").images
-        return self._decode(latents, images, ims)
-
-
-class RegressionEditor(IP2PEditor):
-    """The one-step regression control (``smartedit.train.pretrain.pretrain_ip2p(objective="regression")``): the
-    UNet maps (zero latent, source latent, instruction) at the last timestep straight to the target latent; no
-    sampling, no guidance, no seed."""
-
-    @torch.no_grad()
-    def _edit(self, images: list[Image.Image], jobs: list[EditJob]) -> list[Image.Image]:
-        pipe = self.pipe
-        ims = self._resize(images)
-        source = pipe.vae.encode(self._tensor(ims)).latent_dist.mode()  # [B, C, h, w]
-        ids = pipe.tokenizer([j.instruction for j in jobs], padding="max_length", max_length=77, truncation=True,
-                             return_tensors="pt")["input_ids"].to(pipe.device)
-        context = pipe.text_encoder(ids).last_hidden_state  # [B, 77, D]
-        last = torch.full((len(jobs),), pipe.scheduler.config.num_train_timesteps - 1, device=pipe.device)
-        latent = pipe.unet(torch.cat([torch.zeros_like(source), source], 1), last, encoder_hidden_states=context).sample
-        return self._decode(latent, images, ims)

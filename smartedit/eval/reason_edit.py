@@ -543,7 +543,7 @@ def evaluate(data: str | os.PathLike, *, out: str | os.PathLike,
     several) and write the report into ``out``. ``judge``: a :class:`~smartedit.eval.judge.Judge` for Ins-align."""
     if sum(x is not None for x in (outputs, model, editor)) != 1:
         raise ValueError("give exactly one of outputs= (score existing edits), model= (run a SmartEdit model) or "
-                         "editor= (run any Editor, e.g. smartedit.eval.generate.IP2PEditor)")
+                         "editor= (run any Editor, e.g. smartedit.shapes.editors.IP2PEditor)")
     bench = ReasonEdit(data, targets=targets, change_threshold=change_threshold, layout=layout,
                        output_guidance=output_guidance)
     if editor is not None or model is not None:

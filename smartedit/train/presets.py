@@ -16,8 +16,8 @@ Data: stage 1 reads captions (``cc12m``) from the data root ``data_stage1/``; st
 dataset sizes; ``MixtureConfig.from_sizes`` recomputes it for the sizes you converted). Point ``--data-root`` (or
 ``--source NAME=DIR``) at your converted shards (docs/data.md).
 
-``tiny`` presets run in seconds on a CPU on generated ShapesWorld samples (:mod:`smartedit.data.shapes`) standing
-in for the real sources under the same names and ratios.
+``tiny`` presets run in seconds on a CPU on generated ShapesWorld samples (``shapes:FAMILY:N`` sources, a source kind
+that :mod:`smartedit.shapes.sources` registers) standing in for the real sources under the same names and ratios.
 """
 
 from __future__ import annotations

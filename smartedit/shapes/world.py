@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .collate import sample_rng
+from ..data.collate import sample_rng
+from ..data.schema import Sample, encode_png
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
@@ -435,13 +436,14 @@ def vqa_chat(rng, scene: Scene) -> list[list[str]]:
 
 # ---- datasets ----------------------------------------------------------------------------------------------
 
-def _png(array: np.ndarray) -> bytes:
-    from .schema import encode_png
-
+def png_bytes(array: np.ndarray) -> bytes:
+    """A uint8 [H, W, 3] (or [H, W]) array as encoded PNG bytes, the schema's image encoding."""
     return encode_png(Image.fromarray(array))
 
 
-def _edit_for(family: str, rng, facts: dict[str, list[str]]) -> Edit:
+def edit_for(family: str, rng, facts: dict[str, list[str]]) -> Edit:
+    """One edit of ``family`` (``simple``, ``perception``, ``understanding`` or ``reasoning``) drawn from ``rng``;
+    reasoning edits use ``facts`` (see :func:`held_out_facts`)."""
     if family == "simple":
         return simple_edit(rng)
     if family == "perception":
@@ -467,23 +469,21 @@ def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
     ``reasoning``, ``caption``, ``chat``, ``instruction`` — an edit instruction of any family as a stage-1 caption).
     Sample i is generated from ``(seed, 0, i)`` alone; reasoning uses only
     the training facts (see :func:`held_out_facts`)."""
-    from .schema import Sample
-
     train_facts, _ = held_out_facts()
     for i in range(count):
         rng = sample_rng(seed, 0, i, stream=10)
         if family in TRAIN_FAMILIES:
             name, task = TRAIN_FAMILIES[family]
-            edit = _edit_for(family, rng, train_facts)
+            edit = edit_for(family, rng, train_facts)
             src, tgt, mask = edit.images(side)
-            yield Sample(f"{name}/{i}", name, task, instruction=edit.instruction, source_image=_png(src),
-                         target_image=_png(tgt), mask_image=_png((mask * 255).astype(np.uint8)))
+            yield Sample(f"{name}/{i}", name, task, instruction=edit.instruction, source_image=png_bytes(src),
+                         target_image=png_bytes(tgt), mask_image=png_bytes((mask * 255).astype(np.uint8)))
         elif family in ("instruction", "grounded_instruction"):
             # stage 1 of ShapesWorld: align to the CLIP text encoder of IP2P-tiny, which reads instructions;
             # grounded: in the edit prompt with the scene (the tiny frozen LLM's <img_i> states aligned on text-only
             # caption prompts do not carry over to edit prompts: top-1 retrieval of the instruction 3 %)
-            edit = _edit_for(str(rng.choice(list(TRAIN_FAMILIES))), rng, train_facts)
-            image = _png(edit.images(side)[0]) if family == "grounded_instruction" else None
+            edit = edit_for(str(rng.choice(list(TRAIN_FAMILIES))), rng, train_facts)
+            image = png_bytes(edit.images(side)[0]) if family == "grounded_instruction" else None
             yield Sample(f"shapes_instructions/{i}", "shapes_instructions", "caption", caption=edit.instruction,
                          source_image=image)
         elif family == "caption":
@@ -493,7 +493,7 @@ def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
             scene = random_scene(rng)
             turns = knowledge_chat(rng) if rng.random() < 0.5 else vqa_chat(rng, scene)
             yield Sample(f"shapes_chat/{i}", "shapes_chat", "chat", conversation=turns,
-                         source_image=_png(render(scene, side)))
+                         source_image=png_bytes(render(scene, side)))
         else:
             raise ValueError(f"unknown ShapesWorld family {family!r}")
 

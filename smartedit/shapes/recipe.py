@@ -2,14 +2,14 @@
 
 Steps (each resumable; a finished step leaves ``OUTPUT/done/<step>.json`` and is skipped on re-runs):
 
-1. ``vae`` — pretrain the tiny VAE (:func:`smartedit.train.pretrain.pretrain_vae`);
+1. ``vae`` — pretrain the tiny VAE (:func:`smartedit.shapes.pretrain.pretrain_vae`);
 2. ``llava`` — pretrain the tiny LLaVA on captions, VQA chat and the knowledge Q&A;
 3. ``control`` — CLIP text + the InstructPix2Pix UNet trained as a one-step regressor on simple edits (the
    non-diffusion control, and where the text grounding is learnt); ``ip2p`` — the same network fine-tuned from it
    as an InstructPix2Pix diffusion model (the SD/IP2P of this world, and the IP2P-tiny baseline);
-4. ``assemble`` — LLaVA-tiny + IP2P-tiny (read back with :func:`smartedit.loading.load_sd`) → the initial model;
+4. ``assemble`` — LLaVA-tiny + IP2P-tiny (read back with :func:`smartedit.weights.load_sd`) → the initial model;
 5. ``stage1`` → ``stage2a`` (MLLM-SD-tiny, no BIM) → ``stage2b`` (SmartEdit-tiny): the project's training
-   scripts (:func:`smartedit.train.cli.run_stage`, DeepSpeed ZeRO-2, ``--resume latest``) on the DESIGN.md mixture
+   scripts (:func:`smartedit.train.cli.run_stage`, DeepSpeed ZeRO-2, ``--resume latest``) on the docs/design.md mixture
    with ShapesWorld families in each dataset's slot;
 6. ``testset`` — the held-out Reason-Edit-layout test set with exact targets (+ ``7-Simple`` plain edits);
 7. ``evaluate`` — every model (identity, IP2P-tiny, regression control, MLLM-SD-tiny, SmartEdit-tiny) through
@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, SmartEditConfig, _check_numbers, _RootConfig, _Section, preset
-from .checkpoint import write_json
+from ..config import ConfigError, ConfigSection, RootConfig, SmartEditConfig, check_numbers, preset
+from ..train.checkpoint import write_json
 from .pretrain import PretrainSettings
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def shapes_config(**overrides) -> SmartEditConfig:
 
 
 @dataclass
-class StageSettings(_Section):
+class StageSettings(ConfigSection):
     """One project training stage inside the recipe."""
 
     steps: int = 500
@@ -94,12 +94,12 @@ class StageSettings(_Section):
     """ShapesWorld samples generated for each data source of the mixture."""
 
     def problems(self, prefix: str = "") -> list[str]:
-        return _check_numbers(self, prefix, positive_int=("steps", "batch_size", "samples_per_source"),
+        return check_numbers(self, prefix, positive_int=("steps", "batch_size", "samples_per_source"),
                               nonneg_int=("warmup_steps",), positive=("lr",))
 
 
 @dataclass
-class EvalSettings(_Section):
+class EvalSettings(ConfigSection):
     """The held-out test set and how every model is sampled on it."""
 
     per_category: int = 30
@@ -113,7 +113,7 @@ class EvalSettings(_Section):
     seed: int = 0
 
     def problems(self, prefix: str = "") -> list[str]:
-        return _check_numbers(self, prefix, positive_int=("per_category", "simple", "steps"),
+        return check_numbers(self, prefix, positive_int=("per_category", "simple", "steps"),
                               nonneg=("text_guidance", "image_guidance"))
 
 
@@ -126,7 +126,7 @@ def _stage(**kw) -> Any:
 
 
 @dataclass
-class RecipeConfig(_RootConfig):
+class RecipeConfig(RootConfig):
     """Every budget of the ShapesWorld recipe (defaults: about 2 hours on 2 CPU cores)."""
 
     FILE_NAME = "recipe.json"
@@ -256,7 +256,7 @@ def _step_assemble(cfg: RecipeConfig, paths: _Paths) -> dict:
     """The stage-1 initial model: the tiny LLaVA's MLLM + IP2P-tiny's UNet, VAE and null text embedding."""
     from safetensors.torch import load_file
 
-    from ..loading import load_sd
+    from ..weights import load_sd
     from ..model import SmartEditModel
 
     from diffusers import AutoencoderKL
@@ -290,7 +290,8 @@ def _step_assemble(cfg: RecipeConfig, paths: _Paths) -> dict:
 
 def stage_experiment(cfg: RecipeConfig, stage: str, paths: _Paths):
     """The experiment config of one project stage inside the recipe (written next to the run)."""
-    from .presets import DEFAULT_STAGE2_RATIOS, TINY_STAGE2_SOURCES, experiment_preset
+    from ..data.mixture_config import DEFAULT_STAGE2_RATIOS
+    from ..train.presets import TINY_STAGE2_SOURCES, experiment_preset
 
     s: StageSettings = getattr(cfg, stage)
     n = s.samples_per_source
@@ -314,7 +315,7 @@ def stage_experiment(cfg: RecipeConfig, stage: str, paths: _Paths):
 
 
 def _step_stage(cfg: RecipeConfig, paths: _Paths, stage: str) -> dict:
-    from .cli import run_stage
+    from ..train.cli import run_stage
 
     experiment = stage_experiment(cfg, stage, paths)
     os.makedirs(os.path.join(paths.root, "configs"), exist_ok=True)
@@ -334,7 +335,7 @@ def stage1_alignment(paths: _Paths, seed: int, count: int = 32) -> dict:
     family (does its context carry the instruction the way IP2P-tiny's CLIP text does?)."""
     from ..eval.alignment import alignment_probe
     from ..model import SmartEditModel
-    from .clip_text import ClipTextTarget
+    from ..train.clip_text import ClipTextTarget
     from .pretrain import edit_batch
 
     model = SmartEditModel.from_pretrained(os.path.join(paths.stage["stage1"], "model"))
@@ -347,15 +348,16 @@ def stage1_alignment(paths: _Paths, seed: int, count: int = 32) -> dict:
 
 
 def _step_testset(cfg: RecipeConfig, paths: _Paths) -> dict:
-    from ..data.shapes import write_reason_edit_testset
+    from .world import write_reason_edit_testset
 
     return write_reason_edit_testset(paths.testset, per_category=cfg.eval.per_category, seed=cfg.seed,
                                      simple=cfg.eval.simple)
 
 
 def _step_evaluate(cfg: RecipeConfig, paths: _Paths, models: tuple[str, ...] = MODELS) -> dict:
-    from ..eval.generate import GenerationSettings, IP2PEditor, RegressionEditor
+    from ..eval.generate import GenerationSettings
     from ..eval.reason_edit import evaluate
+    from .editors import IP2PEditor, RegressionEditor
 
     e = cfg.eval
     settings = GenerationSettings(num_inference_steps=e.steps, text_guidance_scale=e.text_guidance,
@@ -396,7 +398,7 @@ METRICS = ("edit_iou", "psnr_fg_target", "psnr_bg")
 GROUPS = ("1-Left-Right", "2-Relative-Size", "3-Mirror", "4-Color", "5-Multiple-Objects", "6-Reasoning", "7-Simple",
           "7-Simple-RR")
 """Reported groups: the six Reason-Edit categories, the plain edits, and ``7-Simple-RR``, the plain recolour and
-remove edits alone (the issue's bar: a replace edit must also draw a new shape)."""
+remove edits alone (a replace edit must also draw a new shape, a harder task than recolouring or removing one)."""
 
 
 def _in_group(sample: dict, group: str) -> bool:
@@ -726,7 +728,7 @@ def model_card(output: str) -> str:
     total = sum(d.get("train_seconds", d.get("seconds", 0)) for d in done.values())
     lines = ["# SmartEdit-tiny (ShapesWorld)", "",
              "A laptop-scale SmartEdit trained from scratch with this repository's recipe "
-             "(`python train/shapes_recipe.py`) on ShapesWorld (`smartedit/data/shapes.py`): procedural 64×64 scenes "
+             "(`python train/shapes_recipe.py`) on ShapesWorld (`smartedit/shapes/world.py`): procedural 64×64 scenes "
              "of flat shapes with exact targets. Not a photo editor: it knows six shape kinds, eight colours, "
              "left/right, relative size, mirror reflections, counting and a handful of facts.", "",
              "Files: `config.json`, `model.safetensors`, `tokenizer/` (load with `SmartEditModel.from_pretrained` or "
@@ -743,11 +745,11 @@ def model_card(output: str) -> str:
                        "non-diffusion control; learns the text grounding)",
             "ip2p": "the same network fine-tuned from the control as an InstructPix2Pix diffusion model "
                     "(x0-prediction, cosine schedule, CFG dropout)",
-            "assemble": "LLaVA-tiny + IP2P-tiny (via smartedit.loading.load_sd) → initial model",
+            "assemble": "LLaVA-tiny + IP2P-tiny (via smartedit.weights.load_sd) → initial model",
             "stage1": ("Q-Former + new token rows" + (" + the LLM's decoder layers" if cfg.stage1_train_llm else "")
                        + ": LM CE + MSE to IP2P-tiny's text encoder on instructions"
                        + (" inside the edit prompt with their scene" if cfg.stage1_grounded else "")),
-            "stage2a": "MLLM-SD: + LoRA + UNet on the DESIGN.md mixture (ShapesWorld family in each slot)",
+            "stage2a": "MLLM-SD: + LoRA + UNet on the docs/design.md mixture (ShapesWorld family in each slot)",
             "stage2b": "SmartEdit: as 2a + BIM (zero-init heads)",
             "testset": "held-out test set (Reason-Edit layout + targets + 7-Simple)",
             "evaluate": "every model through eval/reason_edit's evaluate()", "report": "ablation table + grid"}

@@ -6,7 +6,7 @@ the recipe trains laptop-scale stand-ins first:
   GAN/LPIPS terms); its ``scaling_factor`` is set to 1 / std of the latents afterwards, as SD's was;
 * :func:`pretrain_ip2p` — a CLIP text encoder + InstructPix2Pix UNet trained jointly on simple edits with the
   frozen VAE (the "Stable Diffusion / InstructPix2Pix" of this world and the IP2P-tiny baseline), saved as a
-  diffusers ``StableDiffusionInstructPix2PixPipeline`` folder that :func:`smartedit.loading.load_sd` reads; with
+  diffusers ``StableDiffusionInstructPix2PixPipeline`` folder that :func:`smartedit.weights.load_sd` reads; with
   ``objective="regression"`` the same UNet is trained as a one-step regressor (noise-free input, x0 target), the
   non-diffusion control that tells what the data allows;
 * :func:`pretrain_llava` — the vision tower + projector + LLaMA of the tiny LLaVA, trained on captions, VQA chat and
@@ -31,26 +31,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ConfigError, SmartEditConfig, _check_numbers, _Section
+from ..config import ConfigError, ConfigSection, SmartEditConfig, check_numbers
 from ..data.collate import sample_rng
-from .checkpoint import (checkpoint_name, finalize, list_checkpoints, prune, read_json, staging_dir, write_json,
-                         write_manifest)
-from .metrics import MetricsLogger
-from .rng import derive_seed
-from .schedule import lr_factor
+from ..train.checkpoint import (checkpoint_name, finalize, list_checkpoints, prune, read_json, staging_dir,
+                               write_json, write_manifest)
+from ..train.metrics import MetricsLogger
+from ..train.rng import derive_seed
+from ..train.schedule import lr_factor
+from . import world
 
 logger = logging.getLogger(__name__)
 
 PIPELINE_INFO = "smartedit.json"
 """Written into the InstructPix2Pix folders made here: objective, ``diffuse`` (``target`` or ``change``) and ``decode``
-(``latent`` or ``residual``, see :class:`smartedit.config.SchedulerConfig`) — read by :func:`smartedit.loading.load_sd` and the IP2P editors."""
+(``latent`` or ``residual``, see :class:`smartedit.config.SchedulerConfig`) — read by :func:`smartedit.weights.load_sd` and the IP2P editors."""
 
 __all__ = ["PretrainSettings", "pretrain_vae", "pretrain_ip2p", "pretrain_llava", "vae_psnr", "vae_edit_ceiling",
            "edit_batch", "build_text_encoder"]
 
 
 @dataclass
-class PretrainSettings(_Section):
+class PretrainSettings(ConfigSection):
     """One pretraining loop: steps, batch, AdamW learning rate with linear warm-up + cosine decay, checkpoints."""
 
     steps: int = 1000
@@ -68,7 +69,7 @@ class PretrainSettings(_Section):
     ``steps`` steps of a longer schedule (the result equals that longer run's checkpoint at ``steps``)."""
 
     def problems(self, prefix: str = "") -> list[str]:
-        p = _check_numbers(self, prefix, positive_int=("steps", "batch_size", "checkpoint_every", "keep_last",
+        p = check_numbers(self, prefix, positive_int=("steps", "batch_size", "checkpoint_every", "keep_last",
                                                        "log_every"),
                            nonneg_int=("warmup_steps", "schedule_steps"), positive=("lr",),
                            nonneg=("grad_clip", "weight_decay"))
@@ -194,15 +195,14 @@ def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
 def edit_batch(family: str, seed: int, step: int, batch_size: int, side: int, stream: int = 40):
     """(sources [B,3,H,W], targets [B,3,H,W] in [-1,1], instructions) of fresh ShapesWorld edits of ``family``
     (``simple``, ``perception``, ``understanding``, ``reasoning`` or ``any``), a pure function of the arguments."""
-    from ..data import shapes
 
-    train_facts, _ = shapes.held_out_facts()
+    train_facts, _ = world.held_out_facts()
     families = ("simple", "perception", "understanding", "reasoning")
     srcs, tgts, texts = [], [], []
     for i in range(batch_size):
         rng = sample_rng(seed, step, i, stream=stream)
         fam = families[int(rng.integers(len(families)))] if family == "any" else family
-        edit = shapes._edit_for(fam, rng, train_facts)
+        edit = world.edit_for(fam, rng, train_facts)
         src, tgt, _ = edit.images(side)
         srcs.append(src)
         tgts.append(tgt)
@@ -284,13 +284,12 @@ def vae_edit_ceiling(vae, seed: int, side: int, count: int = 48, threshold: floa
     evaluation's own metric (:func:`smartedit.eval.pixel.change_mask` at ``threshold``, IoU with the true edit mask;
     PSNR outside it). ``latent``: the VAE decodes the target latent; ``residual``: the change is applied in pixel
     space, source + D(E(target)) − D(E(source)) (``SchedulerConfig.decode``). Medians; the raw targets score 1.0."""
-    from ..data import shapes
     from ..eval.pixel import change_mask, iou, psnr
 
     scores: dict[str, list[float]] = {"latent_iou": [], "latent_bg": [], "residual_iou": [], "residual_bg": []}
     index = 0
     while len(scores["latent_iou"]) < count:
-        edit = shapes.simple_edit(sample_rng(seed, 0, index, stream=44))
+        edit = world.simple_edit(sample_rng(seed, 0, index, stream=44))
         index += 1
         if edit.instruction.startswith("replace"):
             continue
@@ -418,22 +417,21 @@ def pretrain_ip2p(config: SmartEditConfig, vae_dir: str, output: str, settings: 
 
 def llava_samples(seed: int, step: int, batch_size: int, side: int):
     """Chat samples of one LLaVA step: image descriptions, VQA and knowledge Q&A (fresh every step)."""
-    from ..data import shapes
     from ..data.schema import Sample
 
     out = []
     for i in range(batch_size):
         rng = sample_rng(seed, step, i, stream=45)
-        scene = shapes.random_scene(rng)
+        scene = world.random_scene(rng)
         u = rng.random()
         if u < 0.3:
-            turns = [["Describe the image.", shapes.caption(scene).capitalize() + "."]]
+            turns = [["Describe the image.", world.caption(scene).capitalize() + "."]]
         elif u < 0.65:
-            turns = shapes.vqa_chat(rng, scene)
+            turns = world.vqa_chat(rng, scene)
         else:
-            turns = shapes.knowledge_chat(rng)
+            turns = world.knowledge_chat(rng)
         out.append(Sample(f"llava/{step}/{i}", "shapes_llava", "chat", conversation=turns,
-                          source_image=shapes._png(shapes.render(scene, side))))
+                          source_image=world.png_bytes(world.render(scene, side))))
     return out
 
 
@@ -471,7 +469,6 @@ def probe_llava(model, seed: int = 0, scenes: int = 24) -> dict[str, float]:
     """Greedy-reply accuracy of the tiny LLaVA on every knowledge fact (including the facts held out of the edit
     data) and on colour / leftmost-shape questions about fresh scenes: did pretraining teach what the reasoning
     and understanding edits need?"""
-    from ..data import shapes
     from ..prompt import chat_conversation
 
     mllm, tok = model.mllm, model.tokenizer
@@ -479,7 +476,7 @@ def probe_llava(model, seed: int = 0, scenes: int = 24) -> dict[str, float]:
     n_patches = model.config.vision.num_patches
 
     def ask(question: str, scene) -> str:
-        image = _to_tensor([shapes.render(scene, side)])
+        image = _to_tensor([world.render(scene, side)])
         features = mllm.encode_images(mllm.preprocess_images((image + 1) / 2))
         prompt = chat_conversation([(question, "")], n_patches)[0][0]
         ids = tok(prompt, return_tensors="pt")["input_ids"]
@@ -487,12 +484,12 @@ def probe_llava(model, seed: int = 0, scenes: int = 24) -> dict[str, float]:
         return tok.decode([t for t in reply.tolist() if t < model.config.mllm.vocab_size], skip_special_tokens=True)
 
     rng = sample_rng(seed, 0, 0, stream=46)
-    facts = [(f"Which shape is {fact}?", kind) for kind, fs in shapes.KIND_FACTS.items() for fact in fs]
-    facts += [(f"What is {fact}?", colour) for colour, fs in shapes.COLOUR_FACTS.items() for fact in fs]
-    knowledge = sum(answer in ask(q, shapes.random_scene(rng)) for q, answer in facts) / len(facts)
+    facts = [(f"Which shape is {fact}?", kind) for kind, fs in world.KIND_FACTS.items() for fact in fs]
+    facts += [(f"What is {fact}?", colour) for colour, fs in world.COLOUR_FACTS.items() for fact in fs]
+    knowledge = sum(answer in ask(q, world.random_scene(rng)) for q, answer in facts) / len(facts)
     colour_hits = colour_n = left_hits = 0
     for _ in range(scenes):
-        scene = shapes.random_scene(rng)
+        scene = world.random_scene(rng)
         ordered = sorted(scene.shapes, key=lambda s: s.x)
         left_hits += f"{ordered[0].colour} {ordered[0].kind}" in ask("Which shape is on the far left?", scene)
         unique = [s for s in scene.shapes if sum(t.kind == s.kind for t in scene.shapes) == 1]
