@@ -240,15 +240,15 @@ def _cmd_batch(args) -> int:
 
 
 def cmd_assemble(args) -> int:
-    from .loading import from_components
+    from .backbones.assemble import assemble
 
     overrides = {}
     if args.mask_channels:
         overrides["unet.mask_channels"] = 4
-    model = from_components(llm=args.llm, clip=args.clip, sd=args.sd, preset=args.preset, dtype=args.dtype,
-                            **overrides)
+    model = assemble(llm=args.llm, clip=args.clip, sd=args.sd, preset=args.preset, dtype=args.dtype, **overrides)
     model.save_pretrained(args.out)
-    sys.stdout.write(json.dumps({"out": args.out, "preset": args.preset,
+    sys.stdout.write(json.dumps({"out": args.out, "preset": args.preset, "backbone": [
+                                     model.config.backbone.mllm, model.config.backbone.generator],
                                  "dtype": str(model.dtype).removeprefix("torch.")}) + "\n")
     return 0
 
@@ -317,6 +317,9 @@ def _verbose_flag() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import PRESETS
+
+    PRESET_CHOICES = sorted(PRESETS)  # noqa: N806 (tiny, 7b, 13b and each backbone pair's)
     parser = argparse.ArgumentParser(prog="smartedit", description="SmartEdit: reasoning image editing")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -339,12 +342,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_edit_options(edit)
     edit.set_defaults(func=cmd_edit)
 
-    assemble = sub.add_parser("assemble", help="build a SmartEdit model folder from local LLaVA, CLIP and SD "
-                                               "folders (new parts randomly initialised, for training)")
-    assemble.add_argument("--llm", required=True, help="LLaMA / Vicuna / LLaVA-1.1 / llava-hf folder")
-    assemble.add_argument("--clip", help="CLIP ViT-L/14 folder (not needed for llava-hf)")
-    assemble.add_argument("--sd", required=True, help="SD-1.5 or InstructPix2Pix folder (diffusers layout)")
-    assemble.add_argument("--preset", default="7b", choices=["tiny", "7b", "13b"])
+    assemble = sub.add_parser("assemble", help="build a SmartEdit model folder from local MLLM, (CLIP) and "
+                                               "diffusers folders (new parts randomly initialised, for training)")
+    assemble.add_argument("--llm", required=True, help="MLLM folder: LLaMA / Vicuna / LLaVA-1.1 / llava-hf, or "
+                                                       "Qwen2.5-VL (transformers layout)")
+    assemble.add_argument("--clip", help="CLIP ViT-L/14 folder (not needed for llava-hf or Qwen2.5-VL)")
+    assemble.add_argument("--sd", required=True, help="generator folder (diffusers layout): SD-1.5 / InstructPix2Pix, "
+                                                      "or SDXL / SDXL InstructPix2Pix")
+    assemble.add_argument("--preset", default=None, choices=PRESET_CHOICES,
+                          help="Q-Former / BIM / training settings (default: the pair's 7B-class preset: 7b, "
+                               "llava1.5-7b+sdxl, qwen2.5vl-7b+sd15 or qwen2.5vl-7b+sdxl)")
     assemble.add_argument("--mask-channels", action="store_true", help="add 4 region-mask UNet input channels")
     assemble.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                           help="dtype of the written model (auto: bfloat16 for 7B / 13B, float32 below)")
@@ -372,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="parameter counts of a preset and the GPU memory an edit needs (built on "
                                        "the meta device)", parents=[_verbose_flag()])
-    info.add_argument("--preset", default="7b", choices=["tiny", "7b", "13b"])
+    info.add_argument("--preset", default="7b", choices=PRESET_CHOICES)
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
     return parser

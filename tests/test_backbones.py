@@ -72,12 +72,12 @@ def _slow_llama_ids(sp, text, added, bos):
 
 
 def test_llama_sentencepiece_tokenizer_gives_the_reference_ids(tmp_path):
-    from smartedit.loading import _load_tokenizer
+    from smartedit.weights.files import read_tokenizer
 
     sp = _llama_sentencepiece_folder(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["special_tokens_map.json", "tokenizer.model", "tokenizer_config.json"]
     assert [sp.id_to_piece(i) for i in range(3)] == ["<unk>", "<s>", "</s>"]
-    tok = _load_tokenizer(str(tmp_path), "LLM")  # what load_llm / smartedit assemble use
+    tok = read_tokenizer(str(tmp_path), "LLM")  # what load_llm / smartedit assemble use
     base = sp.get_piece_size()
     ids = add_smartedit_tokens(tok, 32, base)
     names = new_tokens(32)
@@ -330,3 +330,100 @@ def np_isfinite(array) -> bool:
     import numpy as np
 
     return bool(np.isfinite(array).all())
+
+
+# ---- published folders of every family through `smartedit assemble` ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def sdxl_dir(tmp_path_factory):
+    from smartedit.backbones.testing import build_tiny_sdxl_ip2p
+
+    return build_tiny_sdxl_ip2p(str(tmp_path_factory.mktemp("sdxl_ip2p")))
+
+
+@pytest.mark.parametrize("kind", ["llava-1.5", "llava-next"])
+def test_llava_hf_states_fed_to_the_qformer_equal_transformers(kind, sdxl_dir, tmp_path):
+    """A llava-hf LLaVA-1.5 / LLaVA-NeXT folder loads through the LLaVA-1.1 code (smartedit.weights.load_llm); the
+    <img_i> hidden states equal transformers' model from the same folder on the same sequence. LLaVA-NeXT is read
+    at its base tile: its reference sequence is built with its own vision tower and projector on that tile (its
+    any-resolution tiles and image_newline are not used)."""
+    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+
+    from smartedit.backbones.assemble import assemble
+    from smartedit.backbones.testing import build_tiny_llava_hf
+
+    folder = build_tiny_llava_hf(str(tmp_path / kind), seed=5, next_=kind == "llava-next")
+    model = assemble(folder, sdxl_dir, preset="tiny-sdxl", dtype="float32")
+    assert (model.config.backbone.mllm, model.config.backbone.generator) == ("llava", "sdxl")
+    cls = LlavaNextForConditionalGeneration if kind == "llava-next" else LlavaForConditionalGeneration
+    ref = cls.from_pretrained(folder).eval()
+    mllm = model.mllm
+    base = model.config.mllm.vocab_size
+    assert base == 1024 and mllm.token_ids.image == ref.config.image_token_index  # (<img> is llava-hf's <image>)
+    ref.resize_token_embeddings(model.config.mllm.full_vocab_size)
+    with torch.no_grad():
+        ref.get_input_embeddings().weight[base:] = mllm.llm.get_input_embeddings().weight[base:]
+        ref.get_output_embeddings().weight[base:] = mllm.llm.get_output_embeddings().weight[base:]
+    images = torch.rand(2, 3, 32, 32)
+    batch = model.tokenize_edit(["remove the red circle", "make the square blue please"])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        pixels = mllm.preprocess_images(images)
+        ours = mllm(ids, mask, image_features=mllm.encode_images(pixels))
+        if kind == "llava-1.5":
+            hidden = ref(input_ids=ids, attention_mask=mask, pixel_values=pixels,
+                         output_hidden_states=True).hidden_states[-1]
+        else:
+            tower = ref.model.vision_tower(pixels, output_hidden_states=True)
+            tokens = ref.model.multi_modal_projector(tower.hidden_states[ref.config.vision_feature_layer][:, 1:])
+            embeds = ref.get_input_embeddings()(ids)
+            embeds[ids == ref.config.image_token_index] = tokens.reshape(-1, tokens.shape[-1])
+            hidden = ref.model.language_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    want = hidden[mllm.token_ids.is_output_image_token(ids)].view(2, 32, -1)
+    torch.testing.assert_close(ours.img_hidden, want, atol=1e-5, rtol=1e-5)
+
+
+def test_assemble_cli_qwen_with_sdxl_then_edit(qwen_dir, sdxl_dir, tmp_path, capsys):
+    """`smartedit assemble` from a Qwen2.5-VL folder and an SDXL InstructPix2Pix folder (their published layouts)
+    writes a model folder holding their weights, which `smartedit edit` uses; a preset whose Q-Former does not
+    fit the generator is one error line."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    from smartedit.cli import main
+    from smartedit.model import SmartEditModel
+
+    out = tmp_path / "model"
+    assert main(["assemble", "--llm", qwen_dir, "--sd", sdxl_dir, "--preset", "tiny-sdxl", "--dtype", "float32",
+                 "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["backbone"] == ["qwen2_5_vl", "sdxl"]
+    model = SmartEditModel.from_pretrained(out)
+    unet = UNet2DConditionModel.from_pretrained(sdxl_dir, subfolder="unet")
+    ours = model.unet.state_dict()
+    for key, value in unet.state_dict().items():
+        assert torch.equal(ours[key], value), key
+    assert torch.equal(ours["pooled_proj.weight"], torch.zeros_like(ours["pooled_proj.weight"]))
+    assert torch.equal(model.null_text_embedding, torch.zeros(1, 77, 64))
+    qwen = load_file(os.path.join(qwen_dir, "model.safetensors"))
+    key = next(k for k in qwen if k.endswith("layers.1.mlp.down_proj.weight"))
+    assert torch.equal(model.mllm.llm.state_dict()["model.layers.1.mlp.down_proj.weight"], qwen[key])
+    from PIL import Image
+
+    Image.new("RGB", (40, 32), (200, 30, 30)).save(tmp_path / "in.png")
+    assert main(["edit", "--model", str(out), "--image", str(tmp_path / "in.png"), "--instruction", "make it blue",
+                 "--steps", "2", "--device", "cpu", "--output", str(tmp_path / "out.png")]) == 0
+    assert Image.open(tmp_path / "out.png").size == (40, 32)
+    capsys.readouterr()
+    assert main(["assemble", "--llm", qwen_dir, "--sd", sdxl_dir, "--preset", "7b", "--out",
+                 str(tmp_path / "bad")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "(77, 64) context" in err[0], err
+
+
+def test_info_prints_a_backbone_preset(capsys):
+    from smartedit.cli import main
+
+    assert main(["info", "--preset", "qwen2.5vl-7b+sdxl"]) == 0
+    text = capsys.readouterr().out
+    assert "preset 'qwen2.5vl-7b+sdxl'" in text and "unet                 2.570 B" in text
+    assert "GPU memory of the weights during one edit" in text and "bfloat16  int4" in text

@@ -1,6 +1,10 @@
-"""Assemble a SmartEdit model from a published Qwen2.5-VL folder (transformers layout, local; nothing downloaded).
+"""Assemble a SmartEdit model from published folders of any supported pair (local; nothing downloaded).
 
-The folder holds config.json (``model_type: qwen2_5_vl``), the weights (model.safetensors or shards + index; keys
+:func:`assemble` (``smartedit assemble``) reads the MLLM folder (LLaVA-1.1 / LLaMA / llava-hf: :mod:`smartedit.weights`;
+Qwen2.5-VL: :func:`from_qwen_vl`) and the generator folder (SD-1.5 / InstructPix2Pix: :func:`smartedit.weights.load_sd`;
+SDXL / SDXL InstructPix2Pix: :func:`load_sdxl`), telling them apart by their configs.
+
+A Qwen2.5-VL folder (transformers layout) holds config.json (``model_type: qwen2_5_vl``), the weights (model.safetensors or shards + index; keys
 ``model.visual.*``, ``model.language_model.*``, ``lm_head.weight``, or the older ``visual.*`` / ``model.*``), the
 tokenizer (tokenizer.json + tokenizer_config.json), the chat template (in tokenizer_config.json,
 chat_template.jinja or chat_template.json) and preprocessor_config.json (the Qwen2-VL image processor). The MLLM
@@ -18,17 +22,22 @@ import os
 import torch
 
 from ..config import SmartEditConfig, preset as make_preset
-from ..loading import read_state_dict
+from ..weights.files import read_state_dict
 from ..mllm import CLIP_MEAN, CLIP_STD
 from .presets import _compose, qwen_vl_sections
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QWEN_LAYOUT", "from_qwen_vl"]
+__all__ = ["QWEN_LAYOUT", "SDXL_LAYOUT", "from_qwen_vl", "load_sdxl", "sdxl_generator_config", "is_qwen_vl_folder", "is_sdxl_folder",
+           "assemble"]
 
 QWEN_LAYOUT = ("a Qwen2.5-VL folder holds config.json (model_type 'qwen2_5_vl'), model.safetensors (or shards with "
                "model.safetensors.index.json), tokenizer.json + tokenizer_config.json, the chat template "
                "(chat_template.jinja / chat_template.json / tokenizer_config.json) and preprocessor_config.json")
+SDXL_LAYOUT = ("an SDXL (InstructPix2Pix) diffusers folder holds model_index.json and the subfolders unet/ (config.json "
+               "with addition_embed_type 'text_time' + diffusion_pytorch_model.safetensors), vae/ (config.json + "
+               "diffusion_pytorch_model.safetensors) and scheduler/ (scheduler_config.json); text_encoder/ and "
+               "text_encoder_2/ are not read (the Q-Former replaces them)")
 _RULES = (("model.visual.", "vision_tower."), ("visual.", "vision_tower."), ("model.language_model.", "llm.model."),
           ("lm_head.", "llm.lm_head."), ("model.", "llm.model."))
 
@@ -131,3 +140,145 @@ def from_qwen_vl(path: str | os.PathLike, preset: str | SmartEditConfig = "tiny"
     logger.info("assembled SmartEdit on Qwen2.5-VL from %s (%s; base vocabulary %d, edit size %d px)", path,
                 ", ".join(sorted({os.path.basename(s) for s in sources.values()})), base, image_size)
     return model.eval()
+
+
+# ---- SDXL (InstructPix2Pix) diffusers folders ------------------------------------------------------------------
+
+def _folder_json(path: str, layout: str) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing; {layout}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); {layout}") from None
+
+
+def is_qwen_vl_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a transformers Qwen2.5-VL model (config.json ``model_type: qwen2_5_vl``)."""
+    config = os.path.join(os.fspath(path), "config.json")
+    return os.path.isfile(config) and _folder_json(config, QWEN_LAYOUT).get("model_type") == "qwen2_5_vl"
+
+
+def is_sdxl_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds an SDXL-family diffusers pipeline (its UNet takes SDXL's text_time conditions)."""
+    config = os.path.join(os.fspath(path), "unet", "config.json")
+    return os.path.isfile(config) and _folder_json(config, SDXL_LAYOUT).get("addition_embed_type") == "text_time"
+
+
+def load_sdxl(path: str | os.PathLike, in_channels: int | None = None):
+    """Read an SDXL or SDXL InstructPix2Pix diffusers folder (:data:`SDXL_LAYOUT`) into a
+    :class:`smartedit.weights.LoadedSD`: the UNet as an :class:`~smartedit.backbones.sdxl.SDXLEditUNet` (its
+    ``pooled_proj`` zero, ``conv_in`` widened to ``in_channels``, default 2 × latent channels when the folder's UNet
+    takes only the noisy latent), the VAE, the scheduler's noise schedule, and the null text embedding: zeros
+    [1, 77, 2048], which is what the SDXL pipelines use for an empty negative prompt
+    (``force_zeros_for_empty_prompt``, true in the published folders)."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from ..config import SchedulerConfig
+    from ..weights import LoadedSD
+    from ..unet import widen_conv_in
+    from .sdxl import SDXLEditUNet, sdxl_unet_fields
+
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"SDXL folder {path!r} does not exist; {SDXL_LAYOUT}")
+    index = _folder_json(os.path.join(path, "model_index.json"), SDXL_LAYOUT)
+    if not index.get("force_zeros_for_empty_prompt", True):
+        raise ValueError(f"{path}/model_index.json sets force_zeros_for_empty_prompt false: its empty-prompt "
+                         f"embedding comes from its two text encoders, which smartedit does not run; use a folder "
+                         f"with the published default (true)")
+    unet_raw = _folder_json(os.path.join(path, "unet", "config.json"), SDXL_LAYOUT)
+    if unet_raw.get("addition_embed_type") != "text_time":
+        raise ValueError(f"{path}/unet is not an SDXL UNet (addition_embed_type "
+                         f"{unet_raw.get('addition_embed_type')!r}, not 'text_time'); {SDXL_LAYOUT}")
+    for part, name in (("vae", "config.json"), ("scheduler", "scheduler_config.json")):
+        if not os.path.isfile(os.path.join(path, part, name)):
+            raise FileNotFoundError(f"{path}/{part}/{name} is missing; {SDXL_LAYOUT}")
+    try:
+        loaded = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ValueError(f"cannot read the SDXL weights in {path} ({exc}); {SDXL_LAYOUT}") from None
+    with init_empty_weights():
+        unet = SDXLEditUNet(**{k: v for k, v in dict(loaded.config).items() if not k.startswith("_")})
+    state = loaded.state_dict()  # + pooled_proj, not in the folder: zero (SDXL's empty-prompt pooled embedding)
+    state.update({f"pooled_proj.{k}": torch.zeros(v.shape) for k, v in unet.pooled_proj.state_dict().items()})
+    unet.load_state_dict(state, strict=True, assign=True)
+    del loaded, state
+    original = unet.conv_in.in_channels
+    latent = unet.config.out_channels
+    target = in_channels if in_channels is not None else (2 * latent if original == latent else original)
+    widen_conv_in(unet, target)
+    fields = dict(sdxl_unet_fields(sdxl_generator_config(unet)))
+    vae_fields = dict(block_out_channels=tuple(vae.config.block_out_channels),
+                      layers_per_block=vae.config.layers_per_block, latent_channels=vae.config.latent_channels,
+                      norm_num_groups=vae.config.norm_num_groups, scaling_factor=float(vae.config.scaling_factor))
+    sched = _folder_json(os.path.join(path, "scheduler", "scheduler_config.json"), SDXL_LAYOUT)
+    defaults = SchedulerConfig()
+    scheduler = {name: sched.get(name, getattr(defaults, name))
+                 for name in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")}
+    null = torch.zeros(1, 77, unet.config.cross_attention_dim)
+    logger.info("loaded SDXL from %s: UNet %s (conv_in %d → %d ch), VAE scaling %.5f", path,
+                tuple(fields["block_out_channels"]), original, target, vae_fields["scaling_factor"])
+    return LoadedSD(path=path, unet=unet, vae=vae, unet_config=fields, vae_config=vae_fields, scheduler=scheduler,
+                    null_text_embedding=null, original_in_channels=original)
+
+
+def sdxl_generator_config(unet) -> dict:
+    """``backbone.generator_config`` of an SDXL UNet: its diffusers config (``in_channels`` as the SDXL folder's
+    noisy latent only; :func:`smartedit.backbones.build_generator` sets ``conv_in`` from ``unet.in_channels``)."""
+    config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+    config["in_channels"] = config["out_channels"]
+    return config
+
+
+# ---- any pair ------------------------------------------------------------------------------------------------------
+
+def assemble(llm: str | os.PathLike, sd: str | os.PathLike, clip: str | os.PathLike | None = None,
+             preset: str | SmartEditConfig | None = None, dtype: torch.dtype | str = "auto", seed: int | None = 0,
+             **overrides) -> "SmartEditModel":  # noqa: F821
+    """A SmartEdit model from an MLLM folder ``llm`` (LLaMA / LLaVA-1.1 / llava-hf, or Qwen2.5-VL) and a generator
+    folder ``sd`` (SD-1.5 / InstructPix2Pix, or SDXL / SDXL InstructPix2Pix), whichever pair they are. ``preset``
+    gives the Q-Former, BIM and training settings (default: the 7B-class preset of the pair); its
+    ``qformer.hidden_size`` must equal the generator's context width."""
+    from ..weights import from_components, load_sd
+    from ..model import save_dtype
+    from ..unet import widen_conv_in
+
+    qwen, sdxl = is_qwen_vl_folder(llm), is_sdxl_folder(sd)
+    name = preset if preset is not None else {(False, False): "7b", (False, True): "llava1.5-7b+sdxl",
+                                              (True, False): "qwen2.5vl-7b+sd15",
+                                              (True, True): "qwen2.5vl-7b+sdxl"}[(qwen, sdxl)]
+    base = name if isinstance(name, SmartEditConfig) else make_preset(name)
+    if not qwen and not sdxl:
+        return from_components(llm=llm, clip=clip, sd=sd, preset=base, dtype=dtype, seed=seed, **overrides)
+    generator = load_sdxl(sd) if sdxl else load_sd(sd)
+    data = base.to_dict()
+    data["unet"] = dict(generator.unet_config, mask_channels=overrides.pop("unet.mask_channels",
+                                                                           base.unet.mask_channels))
+    data["vae"] = dict(generator.vae_config)
+    data["scheduler"] = dict(data["scheduler"], **generator.scheduler)
+    data["backbone"] = dict(data["backbone"], generator="sdxl" if sdxl else "sd15",
+                            generator_config=sdxl_generator_config(generator.unet) if sdxl else {})
+    want = tuple(generator.null_text_embedding.shape[1:])
+    if (base.qformer.num_queries, base.qformer.hidden_size) != want:
+        raise ValueError(f"preset {base.preset!r} has a Q-Former emitting ({base.qformer.num_queries}, "
+                         f"{base.qformer.hidden_size}) but the generator in {sd} reads a {want} context; choose a "
+                         f"preset made for this generator (e.g. {'llava1.5-7b+sdxl' if sdxl else '7b'})")
+    if not qwen:
+        data["preset"] = "custom"
+        return from_components(llm=llm, clip=clip, sd=generator, preset=SmartEditConfig.from_dict(data), dtype=dtype,
+                               seed=seed, **overrides)
+    if clip is not None:
+        raise ValueError(f"{llm} is a Qwen2.5-VL folder, which brings its own vision transformer: drop --clip")
+    model = from_qwen_vl(llm, preset=SmartEditConfig.from_dict(data), seed=seed, **overrides)
+    unet = generator.unet
+    widen_conv_in(unet, model.config.unet.in_channels)
+    model.unet.load_state_dict(unet.state_dict(), strict=True)
+    model.vae.load_state_dict(generator.vae.state_dict(), strict=True)
+    with torch.no_grad():
+        model.null_text_embedding.copy_(generator.null_text_embedding)
+    model.conv_in_residual.reattach(model.unet)
+    return model.to(save_dtype(model.config, dtype) if isinstance(dtype, str) else dtype).eval()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 
-__all__ = ["QWEN2_VL_CHAT_TEMPLATE", "build_tiny_qwen_tokenizer", "build_tiny_qwen_vl"]
+__all__ = ["QWEN2_VL_CHAT_TEMPLATE", "build_tiny_qwen_tokenizer", "build_tiny_qwen_vl", "build_tiny_sdxl_ip2p",
+           "build_tiny_llava_hf"]
 
 QWEN2_VL_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
@@ -88,4 +89,67 @@ def build_tiny_qwen_vl(folder: str, seed: int = 0, image_size: int = 32) -> str:
                           max_pixels=image_size**2).save_pretrained(folder)
     with open(os.path.join(folder, "chat_template.json"), "w", encoding="utf-8") as f:
         json.dump({"chat_template": QWEN2_VL_CHAT_TEMPLATE}, f)
+    return folder
+
+
+def build_tiny_sdxl_ip2p(folder: str, seed: int = 0, in_channels: int = 8) -> str:
+    """A tiny random SDXL InstructPix2Pix pipeline folder as diffusers saves it (model_index.json for
+    ``StableDiffusionXLInstructPix2PixPipeline``, unet/ with the tiny SDXL-layout UNet of the ``tiny-sdxl`` preset,
+    taking ``in_channels`` (8: noisy ‖ source latent; 4: a plain SDXL text-to-image UNet), vae/, scheduler/ with
+    SDXL's Euler schedule); the text encoders are left out (``None`` in model_index.json). Returns ``folder``."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLInstructPix2PixPipeline, UNet2DConditionModel
+
+    from ..config import preset
+    from ..unet import build_vae
+    from .presets import TINY_SDXL_UNET
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**dict(TINY_SDXL_UNET, in_channels=in_channels))
+    vae = build_vae(preset("tiny-sdxl").vae)
+    with torch.no_grad():  # (zero-initialised layers made random: a loader that skips a tensor is caught)
+        for p in list(unet.parameters()) + list(vae.parameters()):
+            p.add_(torch.randn_like(p) * 0.02)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="leading", steps_offset=1)
+    pipe = StableDiffusionXLInstructPix2PixPipeline(vae=vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                                    tokenizer_2=None, unet=unet, scheduler=scheduler,
+                                                    add_watermarker=False)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_llava_hf(folder: str, seed: int = 0, next_: bool = False) -> str:
+    """A tiny random llava-hf model saved as the published folders are (config.json, model.safetensors, the
+    tokenizer with ``<image>`` / ``<pad>`` added, preprocessor_config.json): ``LlavaForConditionalGeneration``
+    (LLaVA-1.5) or, with ``next_``, ``LlavaNextForConditionalGeneration`` (LLaVA-NeXT, any-resolution grid of one
+    tile: the 32 px base). The LLM is the tiny preset's (hidden 64, the shipped tiny tokenizer's 1024 tokens, rows
+    padded to a multiple of 64 as llava-1.5-7b-hf's 32064), the vision tower a 32 px CLIP ViT (patch 8)."""
+    import torch
+    from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaNextConfig, LlavaNextForConditionalGeneration)
+
+    from ..model import TINY_TOKENIZER, TINY_VOCAB_SIZE
+
+    os.makedirs(folder, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
+    tok.add_tokens(["<image>", "<pad>"], special_tokens=True)
+    tok.pad_token = "<pad>"
+    tok.save_pretrained(folder)
+    text = LlamaConfig(vocab_size=TINY_VOCAB_SIZE + 64, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, bos_token_id=1,
+                       eos_token_id=2, pad_token_id=TINY_VOCAB_SIZE + 1, tie_word_embeddings=False)
+    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                              image_size=32, patch_size=8, projection_dim=32)
+    common = dict(text_config=text, vision_config=vision, image_token_index=TINY_VOCAB_SIZE, vision_feature_layer=-2)
+    torch.manual_seed(seed)
+    if next_:
+        model = LlavaNextForConditionalGeneration(LlavaNextConfig(**common, image_grid_pinpoints=[[32, 32]]))
+    else:
+        model = LlavaForConditionalGeneration(LlavaConfig(**common))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    model.eval().save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
