@@ -20,6 +20,9 @@ from typing import Any, ClassVar
 
 __all__ = [
     "ConfigError",
+    "ConfigSection",
+    "RootConfig",
+    "check_numbers",
     "VisionConfig",
     "MLLMConfig",
     "LoRAConfig",
@@ -55,7 +58,7 @@ def _positive(obj: Any, names: list[str], problems: list[str], prefix: str) -> N
             problems.append(f"{prefix}{name} must be a positive integer, got {value!r}")
 
 
-def _check_numbers(obj: Any, prefix: str, *, positive_int: tuple[str, ...] = (), nonneg_int: tuple[str, ...] = (),
+def check_numbers(obj: Any, prefix: str, *, positive_int: tuple[str, ...] = (), nonneg_int: tuple[str, ...] = (),
                    positive: tuple[str, ...] = (), nonneg: tuple[str, ...] = ()) -> list[str]:
     """Problems with numeric fields of ``obj``: positive / non-negative integers, positive / non-negative numbers."""
     p: list[str] = []
@@ -72,7 +75,7 @@ def _check_numbers(obj: Any, prefix: str, *, positive_int: tuple[str, ...] = (),
     return p
 
 
-class _Section:
+class ConfigSection:
     """Mixin for config sections: dict round trip and validation."""
 
     def problems(self, prefix: str = "") -> list[str]:  # pragma: no cover - overridden
@@ -82,7 +85,7 @@ class _Section:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, _Section):
+            if isinstance(value, ConfigSection):
                 value = value.to_dict()
             elif isinstance(value, tuple):
                 value = list(value)
@@ -101,7 +104,7 @@ class _Section:
                 problems.append(f"unknown key '{prefix}{key}' (known there: {', '.join(sorted(fields))})")
                 continue
             default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else fields[key].default
-            if isinstance(default, _Section):
+            if isinstance(default, ConfigSection):
                 value = type(default)._from_dict(value, f"{prefix}{key}.", problems)
             elif isinstance(default, tuple) and isinstance(value, list):
                 value = tuple(value)
@@ -109,7 +112,7 @@ class _Section:
         return cls(**kwargs)
 
 
-class _RootConfig(_Section):
+class RootConfig(ConfigSection):
     """A top-level config saved as its own JSON file: validation, dict/JSON round trip and dotted overrides.
 
     Subclasses set ``FILE_NAME`` (the JSON name inside a folder), ``WHAT`` (for error messages) and ``LOAD_HINT``
@@ -178,7 +181,7 @@ class _RootConfig(_Section):
 
 
 @dataclass
-class VisionConfig(_Section):
+class VisionConfig(ConfigSection):
     """CLIP ViT vision tower (LLaVA's image encoder). Its penultimate layer's patch tokens are used."""
 
     hidden_size: int = 1024
@@ -218,7 +221,7 @@ class VisionConfig(_Section):
 
 
 @dataclass
-class MLLMConfig(_Section):
+class MLLMConfig(ConfigSection):
     """The language model (LLaMA / Vicuna) and the vision→LLM projector of LLaVA."""
 
     vocab_size: int = 32000
@@ -270,7 +273,7 @@ class MLLMConfig(_Section):
 
 
 @dataclass
-class LoRAConfig(_Section):
+class LoRAConfig(ConfigSection):
     """LoRA on the LLM (peft), trained in stage 2. ``r = 0`` means no adapter in the model."""
 
     r: int = 0
@@ -295,7 +298,7 @@ class LoRAConfig(_Section):
 
 
 @dataclass
-class QFormerConfig(_Section):
+class QFormerConfig(ConfigSection):
     """BLIP-2 style Q-Former turning the LLM's ``<img_i>`` states into CLIP-text-like embeddings."""
 
     hidden_size: int = 768
@@ -325,7 +328,7 @@ class QFormerConfig(_Section):
 
 
 @dataclass
-class BIMConfig(_Section):
+class BIMConfig(ConfigSection):
     """Bidirectional Interaction Module: SAM-style two-way transformer between text tokens and image patches."""
 
     enabled: bool = True
@@ -356,7 +359,7 @@ class BIMConfig(_Section):
 
 
 @dataclass
-class UNetConfig(_Section):
+class UNetConfig(ConfigSection):
     """diffusers ``UNet2DConditionModel`` (SD-1.5 layout) with InstructPix2Pix's widened ``conv_in``."""
 
     sample_size: int = 32
@@ -398,7 +401,7 @@ class UNetConfig(_Section):
 
 
 @dataclass
-class VAEConfig(_Section):
+class VAEConfig(ConfigSection):
     """diffusers ``AutoencoderKL`` (frozen)."""
 
     block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
@@ -427,7 +430,7 @@ class VAEConfig(_Section):
 
 
 @dataclass
-class SchedulerConfig(_Section):
+class SchedulerConfig(ConfigSection):
     """Training noise schedule (diffusers ``DDPMScheduler``)."""
 
     num_train_timesteps: int = 1000
@@ -481,7 +484,7 @@ class SchedulerConfig(_Section):
 
 
 @dataclass
-class SamplingConfig(_Section):
+class SamplingConfig(ConfigSection):
     """Sampling settings a model folder was tuned for; the pipeline, CLI, demo and evaluation use them whenever the
     caller gives none (the scheduler class is :attr:`SchedulerConfig.sampler`)."""
 
@@ -492,12 +495,12 @@ class SamplingConfig(_Section):
     """Image guidance s_I."""
 
     def problems(self, prefix: str = "sampling.") -> list[str]:
-        return _check_numbers(self, prefix, positive_int=("num_inference_steps",),
+        return check_numbers(self, prefix, positive_int=("num_inference_steps",),
                               nonneg=("guidance_scale", "image_guidance_scale"))
 
 
 @dataclass
-class BackboneConfig(_Section):
+class BackboneConfig(ConfigSection):
     """Which MLLM family and which diffusers generator the model is built from (:mod:`smartedit.backbones`).
 
     ``llava`` + ``sd15`` is the paper's model, built from the ``vision`` / ``mllm`` / ``unet`` sections alone. Other
@@ -532,7 +535,7 @@ class BackboneConfig(_Section):
 
 
 @dataclass
-class SmartEditConfig(_RootConfig):
+class SmartEditConfig(RootConfig):
     """The whole SmartEdit model: MLLM → Q-Former → BIM → InstructPix2Pix UNet."""
 
     FILE_NAME: ClassVar[str] = CONFIG_NAME

@@ -1,5 +1,5 @@
 """``smartedit convert-released`` and ``smartedit export-released``: the released SmartEdit-7B/13B checkpoints ↔ our
-``save_pretrained`` folders (see :mod:`smartedit.convert` and ``docs/released_weights.md``).
+``save_pretrained`` folders (see :mod:`smartedit.weights.released` and ``docs/released_weights.md``).
 
 Wire into a parser with :func:`register`::
 
@@ -24,7 +24,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def cmd_convert_released(args: argparse.Namespace) -> int:
-    from .convert import convert_released
+    from .weights.released import convert_released
 
     try:
         model = convert_released(args.smartedit, args.llava, args.clip, args.sd, args.out, vicuna=args.vicuna,
@@ -41,7 +41,7 @@ def cmd_convert_released(args: argparse.Namespace) -> int:
 
 
 def cmd_export_released(args: argparse.Namespace) -> int:
-    from .convert import export_released
+    from .weights.released import export_released
 
     try:
         paths = export_released(args.model, args.out, step=args.step)

@@ -31,12 +31,15 @@ from .prompt import IGNORE_INDEX, add_smartedit_tokens, edit_conversation, pad_b
 from .qformer import SmartEditQFormer
 from .backbones import build_generator, build_mllm, chat_format
 from .unet import ConvInResidual, build_noise_scheduler, build_vae
+from .weights.files import read_safetensors, safetensors_shapes, weight_files as find_weight_files
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 TOKENIZER_DIR = "tokenizer"
+MODEL_LAYOUT = (f"a SmartEdit model folder holds {CONFIG_NAME}, the weights and {TOKENIZER_DIR}/ (written by "
+                "SmartEditModel.save_pretrained)")
 TINY_TOKENIZER = os.path.join(os.path.dirname(__file__), "assets", "tiny_tokenizer")
 TINY_VOCAB_SIZE = 1024
 """Base vocabulary of the shipped tiny tokenizer (``data_recipes/build_tiny_tokenizer.py``), the tiny preset's."""
@@ -502,18 +505,6 @@ class SmartEditModel(nn.Module):
             module._buffers[attr] = tensor
 
 
-def read_safetensors(path: str) -> dict[str, torch.Tensor]:
-    """One safetensors file; a truncated, empty or foreign file is a ValueError naming it."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"cannot read weights file {path} ({exc}): the file is truncated or not safetensors; "
-                         f"download or copy it again (or re-run save_pretrained)") from None
-
-
 SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -532,34 +523,7 @@ def save_dtype(config: SmartEditConfig, name: str = "auto") -> torch.dtype:
 
 def weight_files(directory: str) -> list[str]:
     """The safetensors files of a model folder: the single file, or every shard its index lists."""
-    single = os.path.join(directory, WEIGHTS_NAME)
-    index = os.path.join(directory, WEIGHTS_INDEX_NAME)
-    if os.path.isfile(single):
-        return [single]
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            names = sorted(set(json.load(f)["weight_map"].values()))
-        paths = []
-        for name in names:
-            path = os.path.join(directory, name)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{index} lists {name}, which is missing from {directory}")
-            paths.append(path)
-        return paths
-    raise FileNotFoundError(f"no weights in {directory}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} "
-                            f"(written by SmartEditModel.save_pretrained)")
-
-
-def safetensors_shapes(path: str) -> dict[str, list[int]]:
-    """Tensor name → shape of one safetensors file, read from its header alone (no tensor data)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            return {name: f.get_slice(name).get_shape() for name in f.keys()}
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"cannot read weights file {path} ({exc}): the file is truncated or not safetensors; "
-                         f"download or copy it again (or re-run save_pretrained)") from None
+    return find_weight_files(directory, MODEL_LAYOUT, formats=("safetensors",))
 
 
 def load_weights(directory: str) -> dict[str, torch.Tensor]:
@@ -581,5 +545,5 @@ def load_tokenizer(path: str):
 
 
 __all__ = ["SmartEditModel", "Condition", "check_instructions", "check_mask_support", "FLOAT32_BUFFERS",
-           "SAVE_DTYPES", "save_dtype", "load_weights", "read_safetensors", "weight_files", "safetensors_shapes",
+           "SAVE_DTYPES", "save_dtype", "load_weights", "weight_files", "MODEL_LAYOUT",
            "load_tokenizer", "IGNORE_INDEX"]

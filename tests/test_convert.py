@@ -1,4 +1,4 @@
-"""Released-weight conversion (smartedit.convert, smartedit.convert_cli) on tiny checkpoints in the published layout.
+"""Released-weight conversion (smartedit.weights.released, smartedit.convert_cli) on tiny checkpoints in the published layout.
 
 The tiny reference files are written here key by key from the fact sheet (docs/released_weights.md,
 shared/released_checkpoints.md), NOT through the converter's own mapping: ``LLM-15000/adapter_model.bin``
@@ -27,10 +27,10 @@ from transformers import (AutoTokenizer, CLIPTextConfig, CLIPTextModel, CLIPVisi
                           CLIPVisionModel, LlamaConfig, LlamaForCausalLM)
 
 from smartedit.config import preset  # noqa: E402
-from smartedit.convert import (REFERENCE_KEY_COUNTS, ReleasedCheckpointError, convert_released,  # noqa: E402
+from smartedit.weights.released import (REFERENCE_KEY_COUNTS, ReleasedCheckpointError, convert_released,  # noqa: E402
                                export_released, find_released, our_name, published_name, published_spec)
 from smartedit.convert_cli import register  # noqa: E402
-from smartedit.loading import load_clip, load_llm, load_sd  # noqa: E402
+from smartedit.weights import load_clip, load_llm, load_sd  # noqa: E402
 from smartedit.model import TINY_TOKENIZER, SmartEditModel  # noqa: E402
 
 H, INTER, LAYERS, HEADS = 64, 176, 2, 4  # tiny LLaMA

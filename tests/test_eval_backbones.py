@@ -13,7 +13,7 @@ from PIL import Image
 
 from smartedit.eval import testing
 from smartedit.eval.backbones import BackboneError
-from smartedit.eval.clip_score import crop_to_mask_bbox, load_clip, mask_bbox
+from smartedit.eval.clip_score import crop_to_mask_bbox, load_clip_scorer, mask_bbox
 from smartedit.eval.dino import center_crop, load_dino, resize_shorter
 from smartedit.eval.lpips import LPIPS, load_lpips
 
@@ -56,7 +56,7 @@ def _direct_clip(directory, images, texts):
 
 
 def test_clip_metrics_equal_direct_computation(clip_dir):
-    scorer = load_clip(clip_dir)
+    scorer = load_clip_scorer(clip_dir)
     a, b = _image(0), _image(1, 40, 70)
     texts = ["a red square", "a blue circle on a table"]
     img, txt = _direct_clip(clip_dir, [a, b], texts)
@@ -71,7 +71,7 @@ def test_clip_metrics_equal_direct_computation(clip_dir):
 
 
 def test_clip_crop_score_uses_the_mask_bounding_box(clip_dir):
-    scorer = load_clip(clip_dir)
+    scorer = load_clip_scorer(clip_dir)
     image = _image(2, 64, 64)
     mask = np.zeros((64, 64), bool)
     mask[10:20, 30:41] = True
@@ -87,7 +87,7 @@ def test_clip_crop_score_uses_the_mask_bounding_box(clip_dir):
 
 
 def test_clip_info_names_backbone_and_hash(clip_dir):
-    info = load_clip(clip_dir).info
+    info = load_clip_scorer(clip_dir).info
     assert info.name == "tiny-clip" and info.kind == "clip"
     assert info.sha256 == _sha(clip_dir / "model.safetensors")
     assert info.files == {"model.safetensors": info.sha256}
@@ -96,15 +96,15 @@ def test_clip_info_names_backbone_and_hash(clip_dir):
 
 def test_clip_errors_name_the_layout(tmp_path, clip_dir):
     with pytest.raises(BackboneError, match="folder does not exist(.|\n)*config.json"):
-        load_clip(tmp_path / "nope")
+        load_clip_scorer(tmp_path / "nope")
     with pytest.raises(BackboneError, match="config.json is missing"):
-        load_clip(tmp_path)
+        load_clip_scorer(tmp_path)
     (tmp_path / "config.json").write_text('{"model_type": "vit"}')
     with pytest.raises(BackboneError, match="model_type 'vit'"):
-        load_clip(tmp_path)
+        load_clip_scorer(tmp_path)
     (tmp_path / "config.json").write_text('{"model_type": "clip"}')
     with pytest.raises(BackboneError, match="no weights found"):
-        load_clip(tmp_path)
+        load_clip_scorer(tmp_path)
 
 
 # ---- DINO ------------------------------------------------------------------------------------------------

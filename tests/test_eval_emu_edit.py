@@ -63,9 +63,9 @@ def test_parquet_scores_and_drops_bad_captions(tmp_path, backbones):
     assert set(everything["metrics"]) == {"l1", "clip_i", "dino", "clip_out", "clip_dir"}
     assert any("2 of 5 samples dropped for bad captions" in n for n in summary["notes"])
 
-    from smartedit.eval.clip_score import load_clip
+    from smartedit.eval.clip_score import load_clip_scorer
 
-    c = load_clip(clip)
+    c = load_clip_scorer(clip)
     s0 = next(s for s in json.loads((report / "samples.json").read_text())["samples"] if s["id"] == "0")
     inp = Image.open(io.BytesIO(samples[0].input)).convert("RGB")
     out = Image.open(outs / "0.png")

@@ -68,10 +68,10 @@ def test_folder_layout_single_and_multi_turn(tmp_path, backbones):
     assert samples["202/final"]["status"] == "missing_output"
     assert samples["202/turn2"]["meta"]["caption"] == "a red square and 2 green bars"
 
-    from smartedit.eval.clip_score import load_clip
+    from smartedit.eval.clip_score import load_clip_scorer
     from smartedit.eval.dino import load_dino
 
-    c, d = load_clip(clip), load_dino(dino)
+    c, d = load_clip_scorer(clip), load_dino(dino)
     out = Image.open(outs / "202" / "202_inde_3.png")
     target = Image.open(data / "images" / "202" / "202-output3.png")
     assert bad["metrics"]["clip_i"] == pytest.approx(c.image_similarity(out, target), abs=1e-6)

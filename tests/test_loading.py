@@ -1,8 +1,8 @@
-"""Loading real weights from local folders (smartedit.loading), on tiny random models saved in the public layouts.
+"""Loading real weights from local folders (smartedit.weights), on tiny random models saved in the public layouts.
 
 Folders are written once per module with the libraries' own save functions (transformers ``save_pretrained``,
 diffusers ``save_pretrained``, ``torch.save`` for the hand-written LLaVA-1.1 ``.bin`` shards) at sizes that fit the
-``tiny`` preset, then read back through :func:`smartedit.loading.from_components`.
+``tiny`` preset, then read back through :func:`smartedit.weights.from_components`.
 """
 
 import json
@@ -19,7 +19,7 @@ from transformers import (AutoTokenizer, CLIPConfig, CLIPModel, CLIPTextConfig, 
                           LlavaForConditionalGeneration)
 
 from smartedit.config import ConfigError  # noqa: E402
-from smartedit.loading import from_components, load_clip, load_llm, load_sd  # noqa: E402
+from smartedit.weights import from_components, load_clip, load_llm, load_sd  # noqa: E402
 from smartedit.model import TINY_TOKENIZER  # noqa: E402
 
 H = 64  # LLM hidden size of the tiny preset

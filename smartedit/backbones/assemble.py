@@ -24,7 +24,7 @@ import torch
 from ..config import SmartEditConfig, preset as make_preset
 from ..weights.files import read_state_dict
 from ..mllm import CLIP_MEAN, CLIP_STD
-from .presets import _compose, qwen_vl_sections
+from .presets import compose_preset, qwen_vl_sections
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def from_qwen_vl(path: str | os.PathLike, preset: str | SmartEditConfig = "tiny"
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     bos = tok.bos_token_id if tok.bos_token_id is not None else t.get("bos_token_id") or pad
     base_cfg = preset if isinstance(preset, SmartEditConfig) else make_preset(preset)
-    config = _compose(base_cfg, "custom", mllm=qwen_vl_sections(hf, base, image_size, pad, bos, eos),
+    config = compose_preset(base_cfg, "custom", mllm=qwen_vl_sections(hf, base, image_size, pad, bos, eos),
                       bim={"hidden_size": v["hidden_size"]})
     if overrides:
         config = config.replace(**overrides)

@@ -14,7 +14,7 @@ from ..config import (BackboneConfig, BIMConfig, ConfigError, MLLMConfig, QForme
                       UNetConfig, VAEConfig, VisionConfig, preset as make_preset)
 from .sdxl import SDXL_UNET_CONFIG, sdxl_unet_fields
 
-__all__ = ["backbone_preset", "QWEN2_5_VL_7B", "qwen_vl_sections", "sdxl_sections"]
+__all__ = ["backbone_preset", "compose_preset", "QWEN2_5_VL_7B", "qwen_vl_sections", "sdxl_sections"]
 
 QWEN2_5_VL_7B = {
     "model_type": "qwen2_5_vl", "image_token_id": 151655, "video_token_id": 151656,
@@ -57,8 +57,10 @@ def sdxl_sections(unet_config: dict) -> dict:
     return {"unet": sdxl_unet_fields(unet_config), "backbone_generator": ("sdxl", copy.deepcopy(unet_config))}
 
 
-def _compose(base: SmartEditConfig, name: str, mllm: dict | None = None, generator: dict | None = None,
-             qformer: dict | None = None, bim: dict | None = None, vae: dict | None = None) -> SmartEditConfig:
+def compose_preset(base: SmartEditConfig, name: str, mllm: dict | None = None, generator: dict | None = None,
+                   qformer: dict | None = None, bim: dict | None = None, vae: dict | None = None) -> SmartEditConfig:
+    """``base`` with the given sections replaced (``backbone_*`` entries set the ``backbone`` section), named
+    ``name``."""
     data = base.to_dict()
     data["preset"] = name
     backbone = dict(data.get("backbone") or BackboneConfig().to_dict())
@@ -99,14 +101,14 @@ def backbone_preset(name: str) -> SmartEditConfig:
     """The config of preset ``name`` (see :data:`smartedit.config.PRESETS`)."""
     sd15_7b = make_preset("7b")
     if name == "llava1.5-7b+sd15":
-        return _compose(sd15_7b, name, mllm=_LLAVA15_7B)
+        return compose_preset(sd15_7b, name, mllm=_LLAVA15_7B)
     if name == "llava1.5-7b+sdxl":
-        return _compose(sd15_7b, name, mllm=_LLAVA15_7B, generator=_SDXL, qformer=_SDXL_QFORMER, vae=_SDXL_VAE)
+        return compose_preset(sd15_7b, name, mllm=_LLAVA15_7B, generator=_SDXL, qformer=_SDXL_QFORMER, vae=_SDXL_VAE)
     if name == "qwen2.5vl-7b+sd15":
-        return _compose(sd15_7b, name, mllm=_QWEN_7B, bim=_QWEN_BIM)
+        return compose_preset(sd15_7b, name, mllm=_QWEN_7B, bim=_QWEN_BIM)
     if name == "qwen2.5vl-7b+sdxl":
-        return _compose(sd15_7b, name, mllm=_QWEN_7B, generator=_SDXL, qformer=_SDXL_QFORMER, bim=_QWEN_BIM,
+        return compose_preset(sd15_7b, name, mllm=_QWEN_7B, generator=_SDXL, qformer=_SDXL_QFORMER, bim=_QWEN_BIM,
                         vae=_SDXL_VAE)
     if name == "tiny-sdxl":
-        return _compose(make_preset("tiny"), name, generator=sdxl_sections(TINY_SDXL_UNET))
+        return compose_preset(make_preset("tiny"), name, generator=sdxl_sections(TINY_SDXL_UNET))
     raise ConfigError([f"unknown backbone preset {name!r}"])

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..weights.files import weight_files
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -27,7 +29,6 @@ __all__ = [
     "sha256_file",
     "combined_sha256",
     "require_dir",
-    "hf_weight_files",
     "read_hf_config",
     "hf_info",
     "describe_clip",
@@ -130,19 +131,6 @@ def require_dir(path: str | os.PathLike | None, kind: str) -> Path:
     return p
 
 
-def hf_weight_files(directory: Path) -> list[Path]:
-    """The weight files transformers would load from a saved model folder (safetensors preferred)."""
-    for single, index in (("model.safetensors", "model.safetensors.index.json"),
-                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        if (directory / single).is_file():
-            return [directory / single]
-        if (directory / index).is_file():
-            with open(directory / index, encoding="utf-8") as f:
-                shards = sorted(set(json.load(f).get("weight_map", {}).values()))
-            return [directory / s for s in shards]
-    return []
-
-
 def read_hf_config(directory: Path, kind: str, model_types: tuple[str, ...]) -> dict[str, Any]:
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
@@ -161,14 +149,12 @@ def read_hf_config(directory: Path, kind: str, model_types: tuple[str, ...]) -> 
 def hf_info(directory: Path, kind: str, arch: str) -> BackboneInfo:
     """Hash the weight files of a transformers folder; the name is the folder's name (the hub id the config
     records, if any, is added to ``arch``; the hash is what identifies the weights)."""
-    files = hf_weight_files(directory)
-    if not files:
-        raise BackboneError(kind, directory, "no weights found (model.safetensors, pytorch_model.bin or an index)")
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise BackboneError(kind, directory, f"weight shards listed in the index are missing: {missing}")
+    try:
+        files = weight_files(directory)
+    except (FileNotFoundError, ValueError) as exc:  # none, or shards missing / an unreadable index
+        raise BackboneError(kind, directory, f"no weights found: {exc}") from None
     logger.info("hashing %s weights in %s", kind, directory)
-    hashes = {f.name: sha256_file(f) for f in files}
+    hashes = {os.path.basename(f): sha256_file(f) for f in files}
     try:
         with open(directory / "config.json", encoding="utf-8") as f:
             source = json.load(f).get("_name_or_path", "")

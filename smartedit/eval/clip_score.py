@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .backbones import (BackboneError, BackboneInfo, describe_clip, hf_info, hf_weight_files, read_hf_config,
-                        require_dir)
+from ..weights.clip import load_clip
+from .backbones import BackboneError, BackboneInfo, describe_clip, hf_info, read_hf_config, require_dir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClipScorer", "load_clip", "clip_variant", "variant_note", "cosine", "direction_similarity", "mask_bbox",
+__all__ = ["ClipScorer", "load_clip_scorer", "clip_variant", "variant_note", "cosine", "direction_similarity", "mask_bbox",
            "crop_to_mask_bbox", "model_features"]
 
 
@@ -153,26 +153,15 @@ class ClipScorer:
         return direction_similarity(e[0], e[1], t[0], t[1])
 
 
-def load_clip(path: str | os.PathLike, device: str | torch.device = "cpu") -> ClipScorer:
-    """A :class:`ClipScorer` from a local CLIP folder (``LAYOUTS['clip']``); never downloads."""
+def load_clip_scorer(path: str | os.PathLike, device: str | torch.device = "cpu") -> ClipScorer:
+    """A :class:`ClipScorer` from a local CLIP folder (``LAYOUTS['clip']``, read by
+    :func:`smartedit.weights.load_clip`); never downloads."""
     directory = require_dir(path, "clip")
     config = read_hf_config(directory, "clip", ("clip",))
     info = hf_info(directory, "clip", describe_clip(config))
-    files = hf_weight_files(directory)
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
-
     try:
-        model = CLIPModel.from_pretrained(os.fspath(directory), local_files_only=True,
-                                          use_safetensors=files[0].suffix == ".safetensors")
-    except Exception as e:
-        raise BackboneError("clip", directory, f"transformers cannot load the CLIPModel: {e}") from e
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(os.fspath(directory), local_files_only=True)
-    except Exception as e:
-        raise BackboneError("clip", directory, f"no usable tokenizer files: {e}") from e
-    try:
-        image_processor = AutoImageProcessor.from_pretrained(os.fspath(directory), local_files_only=True)
-    except Exception as e:
-        raise BackboneError("clip", directory, f"no usable preprocessor_config.json: {e}") from e
+        clip = load_clip(directory, text=True)
+    except (OSError, ValueError) as e:
+        raise BackboneError("clip", directory, str(e)) from e
     logger.info("CLIP backbone %s (%s)", info.tag(), info.arch)
-    return ClipScorer(model, tokenizer, image_processor, info, device)
+    return ClipScorer(clip.model, clip.tokenizer, clip.image_processor, info, device)

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .backbones import BackboneError, BackboneInfo, describe_vit, hf_info, hf_weight_files, read_hf_config, require_dir
+from ..weights.files import weight_files
+from .backbones import BackboneError, BackboneInfo, describe_vit, hf_info, read_hf_config, require_dir
 from .clip_score import cosine
 
 logger = logging.getLogger(__name__)
@@ -90,12 +91,12 @@ def load_dino(path: str | os.PathLike, device: str | torch.device = "cpu") -> Di
     directory = require_dir(path, "dino")
     config = read_hf_config(directory, "dino", ("vit",))
     info = hf_info(directory, "dino", describe_vit(config))
-    files = hf_weight_files(directory)
+    files = weight_files(directory)
     from transformers import ViTModel
 
     try:
         model = ViTModel.from_pretrained(os.fspath(directory), local_files_only=True, add_pooling_layer=False,
-                                         use_safetensors=files[0].suffix == ".safetensors")
+                                         use_safetensors=files[0].endswith(".safetensors"))
     except Exception as e:
         raise BackboneError("dino", directory, f"transformers cannot load the ViTModel: {e}") from e
     logger.info("DINO backbone %s (%s)", info.tag(), info.arch)

@@ -40,9 +40,9 @@ class Backbones:
         out = cls()
         if "clip" in wanted:
             if clip:
-                from .clip_score import load_clip
+                from .clip_score import load_clip_scorer
 
-                out.clip = load_clip(clip, device)
+                out.clip = load_clip_scorer(clip, device)
             else:
                 out.skipped.append("clip")
         if "dino" in wanted:

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..config import ConfigError, _RootConfig, _Section
+from ..config import ConfigError, ConfigSection, RootConfig
 from ..stages import STAGES, unknown_parts_problem
 
 __all__ = ["OptimConfig", "DataConfig", "CheckpointConfig", "LogConfig", "AlignConfig", "ExperimentConfig",
@@ -37,7 +37,7 @@ def _int(value: Any, minimum: int) -> bool:
 
 
 @dataclass
-class OptimConfig(_Section):
+class OptimConfig(ConfigSection):
     """AdamW and its learning-rate schedule (linear warm-up, then cosine decay to ``min_lr_ratio · lr``)."""
 
     lr: float = 1e-5
@@ -87,7 +87,7 @@ class OptimConfig(_Section):
 
 
 @dataclass
-class DataConfig(_Section):
+class DataConfig(ConfigSection):
     """The data mixture: named sources and their sampling ratios (normalised; 0 switches a source off).
 
     A source is a folder of parquet shards in the uniform sample schema (:mod:`smartedit.data.schema`), a shard
@@ -157,7 +157,7 @@ class DataConfig(_Section):
 
 
 @dataclass
-class CheckpointConfig(_Section):
+class CheckpointConfig(ConfigSection):
     """Training checkpoints (atomic; model, optimizer, scheduler, RNG and data position) and the final export."""
 
     every: int = 1000
@@ -180,7 +180,7 @@ class CheckpointConfig(_Section):
 
 
 @dataclass
-class LogConfig(_Section):
+class LogConfig(ConfigSection):
     """Every loss term is written to ``metrics.jsonl`` (always), TensorBoard and W&B (optional)."""
 
     every: int = 1
@@ -205,7 +205,7 @@ class LogConfig(_Section):
 
 
 @dataclass
-class AlignConfig(_Section):
+class AlignConfig(ConfigSection):
     """Stage 1: LM cross-entropy + MSE(Q-Former output, CLIP-text last hidden state of the caption)."""
 
     clip_text: str | None = None
@@ -225,7 +225,7 @@ class AlignConfig(_Section):
 
 
 @dataclass
-class ExperimentConfig(_RootConfig):
+class ExperimentConfig(RootConfig):
     """One training run of one stage."""
 
     FILE_NAME: ClassVar[str] = EXPERIMENT_NAME

@@ -57,7 +57,7 @@ def load_init_model(spec: str, seed: int = 0, dtype: torch.dtype | None = None) 
         name = spec[len(RANDOM_PREFIX):]
         if name != "tiny":
             raise ValueError(f"only random:tiny can be trained from scratch here (got {spec!r}); 7b/13b start from "
-                             f"real weights assembled with smartedit.loading (see docs/training.md)")
+                             f"real weights assembled with smartedit.weights (see docs/training.md)")
         logger.warning("starting from a RANDOMLY INITIALISED tiny model")
         return SmartEditModel.from_config(preset(name, **{"bim.enabled": False}), seed=seed)
     return SmartEditModel.from_pretrained(resolve_init(spec), dtype=dtype)

@@ -60,10 +60,13 @@ from typing import Any, Mapping
 
 import torch
 
-from .config import LoRAConfig, SmartEditConfig, preset as make_preset
-from .loading import (LLM_LAYOUT, LoadedCLIP, LoadedLLM, LoadedSD, _is_lfs_pointer, _llama_fields, _read_json,
-                      _torch_load, load_clip, load_llm, load_sd)
-from .model import SmartEditModel, save_dtype
+from ..config import LoRAConfig, SmartEditConfig, preset as make_preset
+from ..model import SmartEditModel, save_dtype
+from .assemble import config_from_components
+from .clip import LoadedCLIP, load_clip
+from .files import is_lfs_pointer, read_bin, read_json
+from .llama import LLM_LAYOUT, LoadedLLM, llama_fields, load_llm
+from .sd import LoadedSD, load_sd
 
 logger = logging.getLogger(__name__)
 
@@ -295,6 +298,48 @@ def _stage_of(kinds: set[str]) -> str | None:
     return None
 
 
+def _choose_step(root: str, found: dict[str, dict[str, str]], bare: str | None, step: str | int | None
+                 ) -> str | None:
+    """The checkpoint step to convert (``step``, else the last with an embeddings file); None for a folder that
+    holds only a stage-1 ``embeddings_qformer.bin``."""
+    with_embeddings = [s for s in _sort_steps(set(found)) if EMBEDDINGS in found[s]]
+    if step is not None:
+        step = str(step)
+        if step not in with_embeddings:
+            have = ", ".join(with_embeddings) or "none"
+            raise FileNotFoundError(f"{root} has no checkpoint step {step} (no "
+                                    f"{published_paths(step)[EMBEDDINGS]}; steps with an embeddings file: {have}); "
+                                    f"{RELEASED_LAYOUT}")
+        return step
+    if with_embeddings:
+        step = with_embeddings[-1]
+        if len(with_embeddings) > 1:
+            logger.info("%s holds checkpoint steps %s: converting step %s (choose another with step=)", root,
+                        ", ".join(with_embeddings), step)
+        return step
+    if bare is not None:
+        return None
+    present = sorted(n for n in os.listdir(root))
+    raise FileNotFoundError(f"{root} holds no SmartEdit checkpoint (found: {', '.join(present) or 'nothing'}); "
+                            f"{RELEASED_LAYOUT}")
+
+
+def _detect_stage(root: str, files: dict[str, str], step: str) -> str:
+    """The stage the files of ``step`` make up (warning when a SmartEdit checkpoint seems to lack its BIM)."""
+    stage = _stage_of(set(files))
+    if stage is None:
+        have = ", ".join(os.path.relpath(files[k], root) for k in FILE_KINDS if k in files)
+        lacking = [published_paths(step)[k] for k in (LLM, UNET) if k not in files]
+        raise FileNotFoundError(f"{root}: step {step} holds {have} but lacks {', '.join(lacking)}; a stage-2a "
+                                f"checkpoint needs LLM-{step}, unet-{step} and the embeddings file, a SmartEdit "
+                                f"one also modulate-{step} (or force the stage with stage=)")
+    if stage == "stage2a":
+        logger.warning("%s: step %s has no modulate-%s/ (BIM): converting it as a stage-2a (MLLM-SD) checkpoint "
+                       "without BIM. For the released SmartEdit-7B/13B this means modulate-%s/ is missing: "
+                       "download it (or pass stage='stage2a' to silence this)", root, step, step, step)
+    return stage
+
+
 def find_released(root: str | os.PathLike, stage: str = "auto", step: str | int | None = None) -> ReleasedLayout:
     """Locate the files of a reference checkpoint folder (see :data:`RELEASED_LAYOUT`).
 
@@ -309,44 +354,16 @@ def find_released(root: str | os.PathLike, stage: str = "auto", step: str | int 
         raise FileNotFoundError(f"SmartEdit checkpoint folder {root!r} does not exist (or is not a folder); "
                                 f"{RELEASED_LAYOUT}")
     found, bare = _scan(root)
-    with_embeddings = [s for s in _sort_steps(set(found)) if EMBEDDINGS in found[s]]
-    if step is not None:
-        step = str(step)
-        if step not in with_embeddings:
-            have = ", ".join(with_embeddings) or "none"
-            raise FileNotFoundError(f"{root} has no checkpoint step {step} (no "
-                                    f"{published_paths(step)[EMBEDDINGS]}; steps with an embeddings file: {have}); "
-                                    f"{RELEASED_LAYOUT}")
-    elif with_embeddings:
-        step = with_embeddings[-1]
-        if len(with_embeddings) > 1:
-            logger.info("%s holds checkpoint steps %s: converting step %s (choose another with step=)", root,
-                        ", ".join(with_embeddings), step)
-    elif bare is not None:
-        files = {EMBEDDINGS: bare}
+    step = _choose_step(root, found, bare, step)
+    if step is None:
         if stage not in ("auto", "stage1"):
             raise FileNotFoundError(f"{root} holds only a stage-1 embeddings_qformer.bin; {stage} needs "
                                     f"{', '.join(STAGE_FILES[stage])} files; {RELEASED_LAYOUT}")
-        return ReleasedLayout(root=root, stage="stage1", step=None, files=files)
-    else:
-        present = sorted(n for n in os.listdir(root))
-        raise FileNotFoundError(f"{root} holds no SmartEdit checkpoint (found: {', '.join(present) or 'nothing'}); "
-                                f"{RELEASED_LAYOUT}")
+        return ReleasedLayout(root=root, stage="stage1", step=None, files={EMBEDDINGS: bare})
 
     files = found[step]
     if stage == "auto":
-        detected = _stage_of(set(files))
-        if detected is None:
-            have = ", ".join(os.path.relpath(files[k], root) for k in FILE_KINDS if k in files)
-            lacking = [published_paths(step)[k] for k in (LLM, UNET) if k not in files]
-            raise FileNotFoundError(f"{root}: step {step} holds {have} but lacks {', '.join(lacking)}; a stage-2a "
-                                    f"checkpoint needs LLM-{step}, unet-{step} and the embeddings file, a SmartEdit "
-                                    f"one also modulate-{step} (or force the stage with stage=)")
-        stage = detected
-        if stage == "stage2a":
-            logger.warning("%s: step %s has no modulate-%s/ (BIM): converting it as a stage-2a (MLLM-SD) checkpoint "
-                           "without BIM. For the released SmartEdit-7B/13B this means modulate-%s/ is missing: "
-                           "download it (or pass stage='stage2a' to silence this)", root, step, step, step)
+        stage = _detect_stage(root, files, step)
     lacking = [published_paths(step)[k] for k in STAGE_FILES[stage] if k not in files]
     if lacking:
         raise FileNotFoundError(f"{root}: {stage} needs {', '.join(lacking)} (missing); {RELEASED_LAYOUT}")
@@ -370,7 +387,7 @@ def _lora_settings(layout: ReleasedLayout) -> tuple[LoRAConfig, list[str]]:
     problems: list[str] = []
     raw: dict[str, Any] = dict(REFERENCE_LORA)
     if layout.adapter_config is not None:
-        data = _read_json(layout.adapter_config, "LoRA adapter config", RELEASED_LAYOUT)
+        data = read_json(layout.adapter_config, "LoRA adapter config", RELEASED_LAYOUT)
         raw.update({k: data[k] for k in REFERENCE_LORA if data.get(k) is not None})
         rel = layout.rel(layout.adapter_config)
         if data.get("fan_in_fan_out"):
@@ -408,7 +425,7 @@ def _read_files(layout: ReleasedLayout) -> tuple[dict[str, dict[str, torch.Tenso
     problems: list[str] = []
     for kind, path in layout.files.items():
         try:
-            states[kind] = _torch_load(path)
+            states[kind] = read_bin(path)
         except ValueError as exc:
             problems.append(f"unreadable: {layout.rel(kind)}: {exc}")
         logger.info("read %s: %d tensors", layout.rel(kind), len(states.get(kind, {})))
@@ -515,35 +532,14 @@ def _choose_preset(preset: str | SmartEditConfig | None, hidden: int) -> SmartEd
     return make_preset(preset)
 
 
-def _assemble_config(llm: LoadedLLM, clip: LoadedCLIP, sd: LoadedSD, base: SmartEditConfig,
-                     overrides: Mapping[str, Any]) -> SmartEditConfig:
-    """Our config: vision / LLM / UNet / VAE / scheduler from the component folders (as
-    :func:`smartedit.loading.from_components` reads them), Q-Former and BIM sizes from the preset."""
-    data = base.to_dict()
-    data["preset"] = "custom"
-    data["vision"] = dict(clip.vision, select_layer=llm.select_layer if llm.select_layer is not None
-                          else base.vision.select_layer)
-    data["mllm"] = dict(data["mllm"], **llm.mllm)
-    data["unet"] = dict(sd.unet_config, mask_channels=0)
-    data["vae"] = dict(sd.vae_config)
-    data["scheduler"] = dict(sd.scheduler)
-    for key, value in overrides.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return SmartEditConfig.from_dict(data)
-
-
 def _vicuna_fields(path: str, llm: LoadedLLM) -> tuple[dict[str, Any], list[str]]:
     """Vicuna's LLaMA config (the reference builds the model from it): architecture fields must equal LLaVA's;
     the others (context length, RMSNorm eps, RoPE theta) are taken from Vicuna."""
     from transformers import LlamaConfig
 
     config_path = os.path.join(path, "config.json")
-    raw = _read_json(config_path, "Vicuna config", LLM_LAYOUT)
-    fields = _llama_fields(LlamaConfig.from_dict(raw), config_path)
+    raw = read_json(config_path, "Vicuna config", LLM_LAYOUT)
+    fields = llama_fields(LlamaConfig.from_dict(raw), config_path)
     problems = []
     for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads"):
@@ -661,6 +657,126 @@ def _write_model(model: SmartEditModel, out: str, info: dict[str, Any]) -> None:
     logger.info("wrote %s", out)
 
 
+def _check_pointers(layout: ReleasedLayout, what: str) -> None:
+    to_read = list(layout.files.values()) + ([layout.adapter_config] if layout.adapter_config else [])
+    pointers = [f"Git LFS pointer instead of the file: {layout.rel(p)}" for p in to_read if is_lfs_pointer(p)]
+    if pointers:
+        raise ReleasedCheckpointError(pointers, what, "Fetch the content (`git lfs pull` inside the cloned folder, "
+                                                      "or download these files again with huggingface-cli).")
+
+
+def _load_components(llava: str | os.PathLike | LoadedLLM, clip: str | os.PathLike | LoadedCLIP,
+                     sd: str | os.PathLike | LoadedSD, vicuna: str | os.PathLike | None
+                     ) -> tuple[LoadedLLM, LoadedCLIP, LoadedSD]:
+    if isinstance(llava, LoadedLLM):
+        llm = llava
+        if vicuna is not None:
+            logger.warning("llava is already loaded: its tokenizer is kept (vicuna=%s only sets the config)", vicuna)
+    else:
+        llm = load_llm(llava, tokenizer=vicuna)
+    clip = clip if isinstance(clip, LoadedCLIP) else load_clip(clip)
+    sd = sd if isinstance(sd, LoadedSD) else load_sd(sd)
+    return llm, clip, sd
+
+
+def _config_overrides(layout: ReleasedLayout, emb: Mapping[str, torch.Tensor], llm: LoadedLLM,
+                      lora: LoRAConfig | None, keep_lora: bool) -> tuple[dict[str, Any], list[str]]:
+    """What the checkpoint sets in the config (BIM, projector, LoRA), and problems."""
+    problems: list[str] = []
+    overrides: dict[str, Any] = {"bim.enabled": layout.stage == "smartedit"}
+    if any(k.startswith("mm_projector.") for k in emb) or layout.stage != "stage1":
+        overrides["mllm.projector"] = "linear"
+    elif llm.projector_state is None:
+        problems.append(f"missing: mm_projector.weight, mm_projector.bias (not in {layout.rel(EMBEDDINGS)}, and "
+                        f"the LLM folder {llm.path} holds no projector either)")
+    if keep_lora and lora is not None:
+        overrides.update({"lora.r": lora.r, "lora.alpha": lora.alpha, "lora.dropout": lora.dropout,
+                          "lora.target_modules": list(lora.target_modules)})
+    else:
+        overrides["lora.r"] = 0
+    return overrides, problems
+
+
+def _checkpoint_problems(layout: ReleasedLayout, states: Mapping[str, Mapping[str, torch.Tensor]],
+                         config: SmartEditConfig, lora: LoRAConfig | None, sd: LoadedSD) -> list[str]:
+    """Every way the checkpoint's files do not fit ``config`` (against the published spec) and the SD folder."""
+    spec_lora = lora or LoRAConfig(r=REFERENCE_LORA["r"])
+    spec = published_spec(config.replace(**{"lora.r": spec_lora.r, "lora.alpha": spec_lora.alpha,
+                                            "lora.target_modules": list(spec_lora.target_modules),
+                                            "bim.enabled": True}))
+    vocab, num_images = config.mllm.vocab_size, config.mllm.num_image_tokens
+    problems = _size_hints(layout, states, config) + _check_files(layout, states, spec, vocab, num_images)
+    want = (1, config.qformer.num_queries, config.qformer.hidden_size)
+    if tuple(sd.null_text_embedding.shape) != want:
+        problems.append(f"mismatch: the null text embedding of {sd.path} is {tuple(sd.null_text_embedding.shape)}, "
+                        f"but the Q-Former emits {want[1:]}")
+    return problems
+
+
+def _token_state(states: Mapping[str, Mapping[str, torch.Tensor]], llm: LoadedLLM, config: SmartEditConfig,
+                 dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``embed_tokens`` and ``lm_head``: LLaVA's base rows, then SmartEdit's new rows from the checkpoint."""
+    vocab, num_images = config.mllm.vocab_size, config.mllm.num_image_tokens
+    emb = states.get(EMBEDDINGS, {})
+    if LLM in states:
+        embed_new = _new_rows(states[LLM][f"{LLM_PREFIX}embed_tokens.weight"], vocab, num_images)
+    else:  # stage 1: the new embedding rows come with the Q-Former (when saved)
+        copy = next((emb[k] for k in _EMBED_COPIES if k in emb), None)
+        embed_new = _new_rows(copy, vocab, num_images) if copy is not None else {}
+    lm_new = _new_rows(emb["lm_head.weight"], vocab, num_images) if "lm_head.weight" in emb else {}
+    num_new = 3 + num_images
+    return {"mllm.llm.model.embed_tokens.weight": _token_matrix(
+                llm.llm_state["model.embed_tokens.weight"], embed_new, vocab, num_new, dtype, "embed_tokens"),
+            "mllm.llm.lm_head.weight": _token_matrix(llm.llm_state["lm_head.weight"], lm_new, vocab, num_new,
+                                                     dtype, "lm_head")}
+
+
+def _converted_state(layout: ReleasedLayout, states: Mapping[str, Mapping[str, torch.Tensor]], config,
+                     parts: tuple[LoadedLLM, LoadedCLIP, LoadedSD], lora: LoRAConfig | None, keep_lora: bool,
+                     dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Our state dict, each tensor from where the reference's inference loader takes it (module docstring)."""
+    llm, clip, sd = parts
+    emb = states.get(EMBEDDINGS, {})
+    state: dict[str, torch.Tensor] = {f"mllm.vision_tower.{k}": _copy(v, dtype) for k, v in clip.vision_state.items()}
+    projector_in_file = any(k.startswith("mm_projector.") for k in emb)
+    projector = ({k[len("mm_projector."):]: v for k, v in emb.items() if k.startswith("mm_projector.")}
+                 if projector_in_file else llm.projector_state)
+    if not projector_in_file:
+        logger.info("%s holds no mm_projector: using LLaVA's (%s)", layout.rel(EMBEDDINGS), llm.path)
+    state.update({f"mllm.projector.{k}": _copy(v, dtype) for k, v in projector.items()})
+    if LLM in states:
+        state.update(_llm_state(states[LLM], lora, keep_lora, dtype))
+    else:  # stage 1: the LLM is LLaVA's
+        state.update({f"mllm.llm.{k}": _copy(v, dtype) for k, v in llm.llm_state.items()
+                      if k not in ("model.embed_tokens.weight", "lm_head.weight")})
+    state.update(_token_state(states, llm, config, dtype))
+    state.update({our_name(EMBEDDINGS, k): _copy(v, dtype) for k, v in emb.items()
+                  if k.startswith(("sd_qformer.", "sd_query_tokens")) and not _is_dropped(k)})
+    state.update({our_name(BIM, k): _copy(v, dtype) for k, v in states.get(BIM, {}).items()})
+    if UNET in states:
+        state.update({our_name(UNET, k): _copy(v, dtype) for k, v in states[UNET].items()})
+    else:
+        logger.info("stage 1: the UNet is the one of %s (conv_in widened to %d channels)", sd.path,
+                    config.unet.in_channels)
+        state.update({f"unet.{k}": _copy(v, dtype) for k, v in sd.unet.state_dict().items()})
+    state.update({f"vae.{k}": _copy(v, dtype) for k, v in sd.vae.state_dict().items()})
+    state["null_text_embedding"] = _copy(sd.null_text_embedding, dtype)
+    return state
+
+
+def _conversion_info(layout: ReleasedLayout, parts: tuple[LoadedLLM, LoadedCLIP, LoadedSD],
+                     vicuna: str | os.PathLike | None, lora: LoRAConfig | None, lora_mode: str,
+                     dtype: torch.dtype) -> dict[str, Any]:
+    """``released_conversion.json``: where the model came from."""
+    llm, clip, sd = parts
+    return {"source": os.path.abspath(layout.root), "stage": layout.stage, "step": layout.step,
+            "files": {k: layout.rel(k) for k in layout.files},
+            "adapter_config": layout.rel(layout.adapter_config) if layout.adapter_config else None,
+            "llava": llm.path, "vicuna": os.fspath(vicuna) if vicuna is not None else None, "clip": clip.path,
+            "sd": sd.path, "lora": lora_mode, "lora_r": lora.r if lora else 0,
+            "lora_alpha": lora.alpha if lora else None, "dtype": str(dtype).replace("torch.", "")}
+
+
 def convert_released(smartedit: str | os.PathLike, llava: str | os.PathLike | LoadedLLM,
                      clip: str | os.PathLike | LoadedCLIP, sd: str | os.PathLike | LoadedSD,
                      out: str | os.PathLike | None = None, *, vicuna: str | os.PathLike | None = None,
@@ -670,7 +786,7 @@ def convert_released(smartedit: str | os.PathLike, llava: str | os.PathLike | Lo
     """Convert a reference checkpoint folder (released SmartEdit-7B/13B, or a stage-1 / stage-2a training output)
     into a :class:`~smartedit.model.SmartEditModel`, written to ``out`` with ``save_pretrained`` when given.
 
-    * ``llava``: the LLaVA-1.1 merge (LLaVA-7B-v1 / LLaVA-13B-v1; :func:`smartedit.loading.load_llm`);
+    * ``llava``: the LLaVA-1.1 merge (LLaVA-7B-v1 / LLaVA-13B-v1; :func:`smartedit.weights.load_llm`);
     * ``clip``: CLIP ViT-L/14 (``openai/clip-vit-large-patch14``); ``sd``: SD-1.5 or InstructPix2Pix (diffusers);
     * ``vicuna``: Vicuna-v1.1 folder for the tokenizer and LLaMA config, as the reference (default: LLaVA's own);
     * ``keep_lora``: keep LoRA as a peft adapter (``config.lora.r`` = the file's r) instead of merging it;
@@ -686,121 +802,36 @@ def convert_released(smartedit: str | os.PathLike, llava: str | os.PathLike | Lo
     layout = find_released(smartedit, stage, step)
     what = (f"the {layout.stage} checkpoint in {layout.root}" + (f" (step {layout.step})" if layout.step else "")
             + " does not fit the published SmartEdit layout")
-    to_read = list(layout.files.values()) + ([layout.adapter_config] if layout.adapter_config else [])
-    pointers = [f"Git LFS pointer instead of the file: {layout.rel(p)}" for p in to_read if _is_lfs_pointer(p)]
-    if pointers:
-        raise ReleasedCheckpointError(pointers, what, "Fetch the content (`git lfs pull` inside the cloned folder, "
-                                                      "or download these files again with huggingface-cli).")
+    _check_pointers(layout, what)
     logger.info("converting the %s checkpoint %s (step %s): %s", layout.stage, layout.root, layout.step,
                 ", ".join(layout.rel(k) for k in layout.files))
     problems: list[str] = []
     lora = None
     if LLM in layout.files:
-        lora, lora_problems = _lora_settings(layout)
-        problems += lora_problems
+        lora, problems = _lora_settings(layout)
     elif keep_lora:
         logger.warning("keep_lora: the %s checkpoint has no LLM file, so there is no LoRA to keep", layout.stage)
-
-    if isinstance(llava, LoadedLLM):
-        llm = llava
-        if vicuna is not None:
-            logger.warning("llava is already loaded: its tokenizer is kept (vicuna=%s only sets the config)", vicuna)
-    else:
-        llm = load_llm(llava, tokenizer=vicuna)
-    clip = clip if isinstance(clip, LoadedCLIP) else load_clip(clip)
-    sd = sd if isinstance(sd, LoadedSD) else load_sd(sd)
-    overrides: dict[str, Any] = {"bim.enabled": layout.stage == "smartedit"}
-    if vicuna is not None:
-        taken, vicuna_problems = _vicuna_fields(os.fspath(vicuna), llm)
-        overrides.update({f"mllm.{k}": v for k, v in taken.items()})
-        problems += vicuna_problems
-
+    parts = llm, clip, sd = _load_components(llava, clip, sd, vicuna)
+    taken, vicuna_problems = _vicuna_fields(os.fspath(vicuna), llm) if vicuna is not None else ({}, [])
     states, read_problems = _read_files(layout)
-    problems += read_problems
-    emb = states.get(EMBEDDINGS, {})
-    projector_in_file = any(k.startswith("mm_projector.") for k in emb)
-    if projector_in_file or layout.stage != "stage1":
-        overrides["mllm.projector"] = "linear"
-    elif llm.projector_state is None:
-        problems.append(f"missing: mm_projector.weight, mm_projector.bias (not in {layout.rel(EMBEDDINGS)}, and "
-                        f"the LLM folder {llm.path} holds no projector either)")
-    if keep_lora and lora is not None:
-        overrides.update({"lora.r": lora.r, "lora.alpha": lora.alpha, "lora.dropout": lora.dropout,
-                          "lora.target_modules": list(lora.target_modules)})
-    else:
-        overrides["lora.r"] = 0
+    overrides, config_problems = _config_overrides(layout, states.get(EMBEDDINGS, {}), llm, lora, keep_lora)
+    overrides.update({f"mllm.{k}": v for k, v in taken.items()})
+    problems += vicuna_problems + read_problems + config_problems
     base = _choose_preset(preset, llm.mllm["hidden_size"])
-    config = _assemble_config(llm, clip, sd, base, overrides)
-    if dtype is None:
-        dtype = save_dtype(config)
-    spec_lora = lora or LoRAConfig(r=REFERENCE_LORA["r"])
-    spec = published_spec(config.replace(**{"lora.r": spec_lora.r, "lora.alpha": spec_lora.alpha,
-                                            "lora.target_modules": list(spec_lora.target_modules),
-                                            "bim.enabled": True}))
-    vocab, num_images = config.mllm.vocab_size, config.mllm.num_image_tokens
-    problems += _size_hints(layout, states, config) + _check_files(layout, states, spec, vocab, num_images)
-    want = (1, config.qformer.num_queries, config.qformer.hidden_size)
-    if tuple(sd.null_text_embedding.shape) != want:
-        problems.append(f"mismatch: the null text embedding of {sd.path} is {tuple(sd.null_text_embedding.shape)}, "
-                        f"but the Q-Former emits {want[1:]}")
+    config = config_from_components(base, llm, clip.vision, sd, mask_channels=0, overrides=overrides)
+    dtype = save_dtype(config) if dtype is None else dtype
+    problems += _checkpoint_problems(layout, states, config, lora, sd)
     if problems:
         raise ReleasedCheckpointError(problems, what)
 
-    state: dict[str, torch.Tensor] = {}
-    for key, value in clip.vision_state.items():
-        state[f"mllm.vision_tower.{key}"] = _copy(value, dtype)
-    projector = ({k[len("mm_projector."):]: v for k, v in emb.items() if k.startswith("mm_projector.")}
-                 if projector_in_file else llm.projector_state)
-    if not projector_in_file:
-        logger.info("%s holds no mm_projector: using LLaVA's (%s)", layout.rel(EMBEDDINGS), llm.path)
-    for key, value in projector.items():
-        state[f"mllm.projector.{key}"] = _copy(value, dtype)
-
-    num_new = 3 + num_images
-    if LLM in states:
-        state.update(_llm_state(states[LLM], lora, keep_lora, dtype))
-        embed_new = _new_rows(states[LLM][f"{LLM_PREFIX}embed_tokens.weight"], vocab, num_images)
-    else:  # stage 1: the LLM is LLaVA's, the new embedding rows come with the Q-Former (when saved)
-        for key, value in llm.llm_state.items():
-            if key not in ("model.embed_tokens.weight", "lm_head.weight"):
-                state[f"mllm.llm.{key}"] = _copy(value, dtype)
-        copy = next((emb[k] for k in _EMBED_COPIES if k in emb), None)
-        embed_new = _new_rows(copy, vocab, num_images) if copy is not None else {}
-    lm_new = _new_rows(emb["lm_head.weight"], vocab, num_images) if "lm_head.weight" in emb else {}
-    state["mllm.llm.model.embed_tokens.weight"] = _token_matrix(
-        llm.llm_state["model.embed_tokens.weight"], embed_new, vocab, num_new, dtype, "embed_tokens")
-    state["mllm.llm.lm_head.weight"] = _token_matrix(llm.llm_state["lm_head.weight"], lm_new, vocab, num_new,
-                                                     dtype, "lm_head")
-    for key, value in emb.items():
-        if key.startswith(("sd_qformer.", "sd_query_tokens")) and not _is_dropped(key):
-            state[our_name(EMBEDDINGS, key)] = _copy(value, dtype)
-    for key, value in states.get(BIM, {}).items():
-        state[our_name(BIM, key)] = _copy(value, dtype)
-    if UNET in states:
-        for key, value in states[UNET].items():
-            state[our_name(UNET, key)] = _copy(value, dtype)
-    else:
-        logger.info("stage 1: the UNet is the one of %s (conv_in widened to %d channels)", sd.path,
-                    config.unet.in_channels)
-        for key, value in sd.unet.state_dict().items():
-            state[f"unet.{key}"] = _copy(value, dtype)
-    for key, value in sd.vae.state_dict().items():
-        state[f"vae.{key}"] = _copy(value, dtype)
-    state["null_text_embedding"] = _copy(sd.null_text_embedding, dtype)
-    del states, emb  # release the memory maps
-
+    state = _converted_state(layout, states, config, parts, lora, keep_lora, dtype)
+    del states  # release the memory maps
     model = _build_model(config, llm.tokenizer, state)
     lora_mode = "none" if lora is None else ("adapter" if keep_lora else "merged")
     logger.info("converted %s: %s, LoRA %s, BIM %s, %.1f M parameters (%s)", layout.root, layout.stage, lora_mode,
                 "yes" if model.bim is not None else "no", sum(p.numel() for p in model.parameters()) / 1e6, dtype)
     if out is not None:
-        info = {"source": os.path.abspath(layout.root), "stage": layout.stage, "step": layout.step,
-                "files": {k: layout.rel(k) for k in layout.files},
-                "adapter_config": layout.rel(layout.adapter_config) if layout.adapter_config else None,
-                "llava": llm.path, "vicuna": os.fspath(vicuna) if vicuna is not None else None, "clip": clip.path,
-                "sd": sd.path, "lora": lora_mode, "lora_r": lora.r if lora else 0,
-                "lora_alpha": lora.alpha if lora else None, "dtype": str(dtype).replace("torch.", "")}
-        _write_model(model, os.fspath(out), info)
+        _write_model(model, os.fspath(out), _conversion_info(layout, parts, vicuna, lora, lora_mode, dtype))
     return model
 
 
@@ -825,6 +856,43 @@ def _adapter_config(lora: LoRAConfig) -> dict[str, Any]:
             "init_lora_weights": True, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
             "modules_to_save": None, "peft_type": "LORA", "r": lora.r, "target_modules": list(lora.target_modules),
             "task_type": "CAUSAL_LM"}
+
+
+def _published_tensors(model: SmartEditModel) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """File kind → published key → tensor (reference dtypes where exact), with the recomputed constants
+    (``inv_freq``, ``position_ids``); and the keys kept float32 because the reference dtype would lose bits."""
+    cfg = model.config
+    files: dict[str, dict[str, torch.Tensor]] = {kind: {} for kind in FILE_KINDS}
+    lossy: list[str] = []
+    for key, tensor in model.state_dict().items():
+        target = published_name(key)
+        if target is not None:
+            kind, pub = target
+            files[kind][pub] = _export_tensor(kind, pub, tensor, lossy)
+    inv_freq = _inv_freq(cfg)
+    for i in range(cfg.mllm.num_hidden_layers):
+        files[LLM][f"{LLM_PREFIX}layers.{i}.self_attn.rotary_emb.inv_freq"] = inv_freq.clone()
+    files[EMBEDDINGS]["sd_qformer.embeddings.position_ids"] = torch.arange(QFORMER_MAX_POSITIONS).unsqueeze(0)
+    return files, lossy
+
+
+def _add_noop_lora(llm_file: dict[str, torch.Tensor], lora: LoRAConfig, seed: int) -> LoRAConfig:
+    """A no-op adapter in ``llm_file``: B = 0 (so W + alpha/r · B @ A = W exactly), A random (seeded)."""
+    lora = LoRAConfig(r=LoRAConfig.STAGE2_R, alpha=lora.alpha, dropout=lora.dropout,
+                      target_modules=lora.target_modules)
+    generator = torch.Generator().manual_seed(seed)
+    pattern = re.compile(rf"^(.+\.({'|'.join(map(re.escape, lora.target_modules))}))\.weight$")
+    for key in list(llm_file):
+        m = pattern.match(key)
+        if m and key.startswith(f"{LLM_PREFIX}layers."):
+            out_features, in_features = llm_file[key].shape
+            a = torch.empty(lora.r, in_features)
+            torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+            llm_file[f"{m.group(1)}.lora_A.default.weight"] = a
+            llm_file[f"{m.group(1)}.lora_B.default.weight"] = torch.zeros(out_features, lora.r)
+    logger.info("the model has no LoRA adapter (merged): writing a zero one (r=%d) so the file has the "
+                "reference layout", lora.r)
+    return lora
 
 
 def export_released(model: SmartEditModel | str | os.PathLike, out: str | os.PathLike, *, step: str | int = 15000,
@@ -852,33 +920,10 @@ def export_released(model: SmartEditModel | str | os.PathLike, out: str | os.Pat
     if problems:
         raise ValueError("this model cannot be written in the published SmartEdit layout: " + "; ".join(problems))
 
-    files: dict[str, dict[str, torch.Tensor]] = {kind: {} for kind in FILE_KINDS}
-    lossy: list[str] = []
-    for key, tensor in model.state_dict().items():
-        target = published_name(key)
-        if target is not None:
-            kind, pub = target
-            files[kind][pub] = _export_tensor(kind, pub, tensor, lossy)
-    inv_freq = _inv_freq(cfg)
-    for i in range(cfg.mllm.num_hidden_layers):
-        files[LLM][f"{LLM_PREFIX}layers.{i}.self_attn.rotary_emb.inv_freq"] = inv_freq.clone()
-    files[EMBEDDINGS]["sd_qformer.embeddings.position_ids"] = torch.arange(QFORMER_MAX_POSITIONS).unsqueeze(0)
+    files, lossy = _published_tensors(model)
     lora = cfg.lora
-    if lora.r == 0:  # a no-op adapter: B = 0, so W + alpha/r · B @ A = W exactly
-        lora = LoRAConfig(r=LoRAConfig.STAGE2_R, alpha=lora.alpha, dropout=lora.dropout,
-                          target_modules=lora.target_modules)
-        generator = torch.Generator().manual_seed(seed)
-        pattern = re.compile(rf"^(.+\.({'|'.join(map(re.escape, lora.target_modules))}))\.weight$")
-        for key in list(files[LLM]):
-            m = pattern.match(key)
-            if m and key.startswith(f"{LLM_PREFIX}layers."):
-                out_features, in_features = files[LLM][key].shape
-                a = torch.empty(lora.r, in_features)
-                torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
-                files[LLM][f"{m.group(1)}.lora_A.default.weight"] = a
-                files[LLM][f"{m.group(1)}.lora_B.default.weight"] = torch.zeros(out_features, lora.r)
-        logger.info("the model has no LoRA adapter (merged): writing a zero one (r=%d) so the file has the "
-                    "reference layout", lora.r)
+    if lora.r == 0:
+        lora = _add_noop_lora(files[LLM], lora, seed)
     if lossy:
         logger.info("%d LLaMA weight(s) kept float32 (bf16 cannot hold them exactly, e.g. merged LoRA): %s",
                     len(lossy), ", ".join(lossy[:4]) + (" …" if len(lossy) > 4 else ""))
