@@ -15,14 +15,13 @@ dropped) and SmartEdit's 35 tokens follow, mean-initialised.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
 import torch
 
 from ..config import SmartEditConfig, preset as make_preset
-from ..weights.files import read_state_dict
+from ..weights.files import read_json, read_state_dict
 from ..mllm import CLIP_MEAN, CLIP_STD
 from .presets import compose_preset, qwen_vl_sections
 
@@ -43,10 +42,7 @@ _RULES = (("model.visual.", "vision_tower."), ("visual.", "vision_tower."), ("mo
 
 
 def _json(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is missing; {QWEN_LAYOUT}")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(path, "Qwen2.5-VL", QWEN_LAYOUT)
 
 
 def _tokenizer(path: str):
@@ -60,18 +56,10 @@ def _tokenizer(path: str):
     return tok
 
 
-def from_qwen_vl(path: str | os.PathLike, preset: str | SmartEditConfig = "tiny", image_size: int | None = None,
-                 seed: int | None = 0, **overrides) -> "SmartEditModel":  # noqa: F821
-    """A SmartEdit model whose MLLM is the Qwen2.5-VL in ``path`` (weights loaded, SmartEdit's tokens added) and
-    whose Q-Former, BIM and generator follow ``preset`` (random: train them with the stage scripts). ``image_size``:
-    the fixed edit size the vision tower sees (default: the preprocessor's ``max_pixels`` side, else 448)."""
+def _qwen_hf_config(path: str) -> tuple[dict, dict]:
+    """The folder's Qwen2.5-VL config (as a dict) and image processor settings, checked against each other."""
     from transformers import Qwen2_5_VLConfig
 
-    from ..model import SmartEditModel
-
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"Qwen2.5-VL folder {path!r} does not exist; {QWEN_LAYOUT}")
     raw = _json(os.path.join(path, "config.json"))
     if raw.get("model_type") != "qwen2_5_vl":
         raise ValueError(f"{path}/config.json has model_type {raw.get('model_type')!r}, not 'qwen2_5_vl'; "
@@ -89,23 +77,12 @@ def from_qwen_vl(path: str | os.PathLike, preset: str | SmartEditConfig = "tiny"
             problems.append(f"preprocessor {k} {proc[k]} is not OpenAI CLIP's {list(ref)}")
     if problems:
         raise ValueError(f"unsupported image processor in {path}: " + "; ".join(problems))
-    if image_size is None:
-        side = int((proc.get("max_pixels") or (proc.get("size") or {}).get("longest_edge") or 448 * 448) ** 0.5)
-        unit = v["patch_size"] * v["spatial_merge_size"]
-        image_size = min(448, side - side % unit)
-    tok = _tokenizer(path)
-    base = len(tok)
-    t = hf["text_config"]
-    eos = tok.eos_token_id if tok.eos_token_id is not None else t["eos_token_id"]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-    bos = tok.bos_token_id if tok.bos_token_id is not None else t.get("bos_token_id") or pad
-    base_cfg = preset if isinstance(preset, SmartEditConfig) else make_preset(preset)
-    config = compose_preset(base_cfg, "custom", mllm=qwen_vl_sections(hf, base, image_size, pad, bos, eos),
-                      bim={"hidden_size": v["hidden_size"]})
-    if overrides:
-        config = config.replace(**overrides)
-    model = SmartEditModel.from_config(config, tokenizer=tok, seed=seed)
+    return hf, proc
 
+
+def _qwen_state(path: str, target: dict, base: int) -> tuple[dict, dict]:
+    """The folder's tensors under ``SmartEditMLLM`` names, the token matrices widened to ``target``'s rows (the
+    new rows as ``target`` holds them); every missing / unexpected / wrongly shaped tensor in one error."""
     state, sources = read_state_dict(path, layout=QWEN_LAYOUT)
     mapped, unexpected = {}, []
     for key, value in state.items():
@@ -117,7 +94,6 @@ def from_qwen_vl(path: str | os.PathLike, preset: str | SmartEditConfig = "tiny"
             unexpected.append(key)
     if "llm.lm_head.weight" not in mapped and "llm.model.embed_tokens.weight" in mapped:
         mapped["llm.lm_head.weight"] = mapped["llm.model.embed_tokens.weight"]  # tied checkpoints (3B)
-    target = model.mllm.state_dict()
     for key in ("llm.model.embed_tokens.weight", "llm.lm_head.weight"):
         if key in mapped:
             rows = mapped[key]
@@ -135,6 +111,40 @@ def from_qwen_vl(path: str | os.PathLike, preset: str | SmartEditConfig = "tiny"
                 [f"unexpected: {k}" for k in extra]
         raise ValueError(f"the weights of {path} do not fit its config ({len(lines)} problem(s)):\n  "
                          + "\n  ".join(lines[:30]))
+    return mapped, sources
+
+
+def from_qwen_vl(path: str | os.PathLike, preset: str | SmartEditConfig = "tiny", image_size: int | None = None,
+                 seed: int | None = 0, **overrides) -> "SmartEditModel":  # noqa: F821
+    """A SmartEdit model whose MLLM is the Qwen2.5-VL in ``path`` (weights loaded, SmartEdit's tokens added) and
+    whose Q-Former, BIM and generator follow ``preset`` (random: train them with the stage scripts). ``image_size``:
+    the fixed edit size the vision tower sees (default: the preprocessor's ``max_pixels`` side, else 448)."""
+    from ..model import SmartEditModel
+
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"Qwen2.5-VL folder {path!r} does not exist; {QWEN_LAYOUT}")
+    hf, proc = _qwen_hf_config(path)
+    v = hf["vision_config"]
+    if image_size is None:
+        side = int((proc.get("max_pixels") or (proc.get("size") or {}).get("longest_edge") or 448 * 448) ** 0.5)
+        unit = v["patch_size"] * v["spatial_merge_size"]
+        image_size = min(448, side - side % unit)
+    tok = _tokenizer(path)
+    base = len(tok)
+    t = hf["text_config"]
+    eos = tok.eos_token_id if tok.eos_token_id is not None else t["eos_token_id"]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    bos = tok.bos_token_id if tok.bos_token_id is not None else t.get("bos_token_id") or pad
+    base_cfg = preset if isinstance(preset, SmartEditConfig) else make_preset(preset)
+    config = compose_preset(base_cfg, "custom", mllm=qwen_vl_sections(hf, base, image_size, pad, bos, eos),
+                            bim={"hidden_size": v["hidden_size"]})
+    if overrides:
+        config = config.replace(**overrides)
+    model = SmartEditModel.from_config(config, tokenizer=tok, seed=seed)
+
+    target = model.mllm.state_dict()
+    mapped, sources = _qwen_state(path, target, base)
     model.mllm.load_state_dict({k: v.to(target[k].dtype) for k, v in mapped.items()}, strict=True)
     model.mllm.init_new_token_rows()
     logger.info("assembled SmartEdit on Qwen2.5-VL from %s (%s; base vocabulary %d, edit size %d px)", path,
@@ -144,26 +154,18 @@ def from_qwen_vl(path: str | os.PathLike, preset: str | SmartEditConfig = "tiny"
 
 # ---- SDXL (InstructPix2Pix) diffusers folders ------------------------------------------------------------------
 
-def _folder_json(path: str, layout: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is missing; {layout}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); {layout}") from None
-
-
 def is_qwen_vl_folder(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds a transformers Qwen2.5-VL model (config.json ``model_type: qwen2_5_vl``)."""
     config = os.path.join(os.fspath(path), "config.json")
-    return os.path.isfile(config) and _folder_json(config, QWEN_LAYOUT).get("model_type") == "qwen2_5_vl"
+    return os.path.isfile(config) and \
+        read_json(config, "Qwen2.5-VL", QWEN_LAYOUT).get("model_type") == "qwen2_5_vl"
 
 
 def is_sdxl_folder(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds an SDXL-family diffusers pipeline (its UNet takes SDXL's text_time conditions)."""
     config = os.path.join(os.fspath(path), "unet", "config.json")
-    return os.path.isfile(config) and _folder_json(config, SDXL_LAYOUT).get("addition_embed_type") == "text_time"
+    return os.path.isfile(config) and \
+        read_json(config, "SDXL", SDXL_LAYOUT).get("addition_embed_type") == "text_time"
 
 
 def load_sdxl(path: str | os.PathLike, in_channels: int | None = None):
@@ -184,12 +186,12 @@ def load_sdxl(path: str | os.PathLike, in_channels: int | None = None):
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"SDXL folder {path!r} does not exist; {SDXL_LAYOUT}")
-    index = _folder_json(os.path.join(path, "model_index.json"), SDXL_LAYOUT)
+    index = read_json(os.path.join(path, "model_index.json"), "SDXL", SDXL_LAYOUT)
     if not index.get("force_zeros_for_empty_prompt", True):
         raise ValueError(f"{path}/model_index.json sets force_zeros_for_empty_prompt false: its empty-prompt "
                          f"embedding comes from its two text encoders, which smartedit does not run; use a folder "
                          f"with the published default (true)")
-    unet_raw = _folder_json(os.path.join(path, "unet", "config.json"), SDXL_LAYOUT)
+    unet_raw = read_json(os.path.join(path, "unet", "config.json"), "SDXL", SDXL_LAYOUT)
     if unet_raw.get("addition_embed_type") != "text_time":
         raise ValueError(f"{path}/unet is not an SDXL UNet (addition_embed_type "
                          f"{unet_raw.get('addition_embed_type')!r}, not 'text_time'); {SDXL_LAYOUT}")
@@ -215,7 +217,7 @@ def load_sdxl(path: str | os.PathLike, in_channels: int | None = None):
     vae_fields = dict(block_out_channels=tuple(vae.config.block_out_channels),
                       layers_per_block=vae.config.layers_per_block, latent_channels=vae.config.latent_channels,
                       norm_num_groups=vae.config.norm_num_groups, scaling_factor=float(vae.config.scaling_factor))
-    sched = _folder_json(os.path.join(path, "scheduler", "scheduler_config.json"), SDXL_LAYOUT)
+    sched = read_json(os.path.join(path, "scheduler", "scheduler_config.json"), "SDXL", SDXL_LAYOUT)
     defaults = SchedulerConfig()
     scheduler = {name: sched.get(name, getattr(defaults, name))
                  for name in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type")}
@@ -264,9 +266,13 @@ def assemble(llm: str | os.PathLike, sd: str | os.PathLike, clip: str | os.PathL
                             generator_config=sdxl_generator_config(generator.unet) if sdxl else {})
     want = tuple(generator.null_text_embedding.shape[1:])
     if (base.qformer.num_queries, base.qformer.hidden_size) != want:
+        from ..config import PRESETS
+
+        fits = [n for n in sorted(PRESETS) if (make_preset(n).qformer.num_queries, make_preset(n).qformer.hidden_size)
+                == want]
         raise ValueError(f"preset {base.preset!r} has a Q-Former emitting ({base.qformer.num_queries}, "
                          f"{base.qformer.hidden_size}) but the generator in {sd} reads a {want} context; choose a "
-                         f"preset made for this generator (e.g. {'llava1.5-7b+sdxl' if sdxl else '7b'})")
+                         f"preset made for this generator ({', '.join(fits) or 'none ships: pass a config'})")
     if not qwen:
         data["preset"] = "custom"
         return from_components(llm=llm, clip=clip, sd=generator, preset=SmartEditConfig.from_dict(data), dtype=dtype,

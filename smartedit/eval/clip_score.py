@@ -33,8 +33,8 @@ from .backbones import BackboneError, BackboneInfo, describe_clip, hf_info, read
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClipScorer", "load_clip_scorer", "clip_variant", "variant_note", "cosine", "direction_similarity", "mask_bbox",
-           "crop_to_mask_bbox", "model_features"]
+__all__ = ["ClipScorer", "load_clip_scorer", "clip_variant", "variant_note", "cosine", "direction_similarity",
+           "mask_bbox", "crop_to_mask_bbox", "model_features"]
 
 
 def model_features(output: Any) -> torch.Tensor:
