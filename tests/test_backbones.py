@@ -427,3 +427,31 @@ def test_info_prints_a_backbone_preset(capsys):
     text = capsys.readouterr().out
     assert "preset 'qwen2.5vl-7b+sdxl'" in text and "unet                 2.570 B" in text
     assert "GPU memory of the weights during one edit" in text and "bfloat16  int4" in text
+
+
+@pytest.mark.parametrize("damage,says", [
+    ("no_vae", "vae/config.json is missing"), ("bad_json", "unet/config.json is not valid JSON"),
+    ("truncated", "cannot read the SDXL weights"), ("no_zeros", "force_zeros_for_empty_prompt false"),
+])
+def test_assemble_cli_reports_a_broken_sdxl_folder(damage, says, qwen_dir, sdxl_dir, tmp_path, capsys):
+    import shutil
+
+    from smartedit.cli import main
+
+    bad = tmp_path / "sdxl"
+    shutil.copytree(sdxl_dir, bad)
+    if damage == "no_vae":
+        shutil.rmtree(bad / "vae")
+    elif damage == "bad_json":
+        (bad / "unet" / "config.json").write_text("{broken")
+    elif damage == "truncated":
+        weights = bad / "unet" / "diffusion_pytorch_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        index = json.loads((bad / "model_index.json").read_text())
+        (bad / "model_index.json").write_text(json.dumps(dict(index, force_zeros_for_empty_prompt=False)))
+    assert main(["assemble", "--llm", qwen_dir, "--sd", str(bad), "--preset", "tiny-sdxl",
+                 "--out", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and says in err[0], err
+    assert not (tmp_path / "out").exists()
