@@ -19,6 +19,8 @@ from smartedit.train.presets import experiment_preset
 from smartedit.train.schedule import lr_factor
 from smartedit.train.trainer import NonFiniteLossError, Trainer
 
+from helpers import STAGE_TOKEN_MATRICES as TOKEN_MATRICES, assert_only_stage_parameters_changed
+
 pytestmark = pytest.mark.slow
 
 
@@ -27,9 +29,6 @@ def _one_thread(one_torch_thread):
     """The subprocesses below get OMP_NUM_THREADS=1 for the same reason."""
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOKEN_MATRICES = ("mllm.llm.model.embed_tokens.weight", "mllm.llm.lm_head.weight")
-TRAINS = {"stage1": ("qformer.",), "stage2a": ("qformer.", "unet.", "lora_"),
-          "stage2b": ("qformer.", "unet.", "lora_", "bim.")}
 
 
 @pytest.fixture(scope="module")
@@ -60,33 +59,6 @@ def run(stage, init, output, zero="zero2", steps=3, **overrides):
     cfg = experiment_preset("tiny", stage, init=init, output_dir=str(output), max_steps=steps, deepspeed=zero,
                             **over)
     return Trainer(cfg).run()
-
-
-def assert_only_stage_parameters_changed(before: dict, after: dict, stage: str, base_vocab: int) -> None:
-    """Frozen tensors bit-identical; the new token rows change and the base rows do not; every trained part moves.
-    (LoRA layers rename ``q_proj.weight`` to ``q_proj.base_layer.weight``; the BIM of stage 2b is new.)"""
-    moved = set()
-    for key, new in after.items():
-        if key in TOKEN_MATRICES:
-            assert torch.equal(before[key][:base_vocab], new[:base_vocab]), f"{stage}: base rows of {key} changed"
-            assert not torch.equal(before[key][base_vocab:], new[base_vocab:]), f"{stage}: new rows of {key} frozen"
-            continue
-        trained = any(part in key for part in TRAINS[stage]) and "base_layer" not in key \
-            and "pos_encoding" not in key
-        old = before.get(key, before.get(key.replace("base_layer.", "")))
-        if old is None:  # created by this stage: LoRA (2a) or the BIM (2b)
-            assert "lora_" in key or (stage == "stage2b" and key.startswith("bim.")), f"{stage}: new tensor {key}"
-        elif trained:
-            if not torch.equal(old, new):
-                moved.add(next(p for p in TRAINS[stage] if p in key))
-        else:
-            assert torch.equal(old, new), f"{stage}: frozen tensor {key} changed"
-    expected = set(TRAINS[stage]) - {"bim."} - ({"lora_"} if stage == "stage2a" else set())
-    assert moved == expected, (stage, moved)
-    if stage == "stage2b":  # the zero-initialised BIM heads trained away from zero
-        assert after["bim.text_out.weight"].abs().sum() > 0 and after["bim.image_out.weight"].abs().sum() > 0
-    if stage == "stage2a":  # LoRA B starts at zero and trained
-        assert all(v.abs().sum() > 0 for k, v in after.items() if "lora_B" in k)
 
 
 @pytest.mark.parametrize("ds", ["zero2", "zero3"], indirect=True)
