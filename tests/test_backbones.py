@@ -12,6 +12,8 @@ import torch
 from smartedit.prompt import (EDIT_ANSWERS, EDIT_TEMPLATES, SYSTEM_PROMPT, add_smartedit_tokens, edit_conversation,
                               new_tokens, tokenize_conversation)
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 @pytest.fixture(autouse=True)
 def _one_thread(one_torch_thread):
@@ -383,27 +385,32 @@ def test_llava_hf_states_fed_to_the_qformer_equal_transformers(kind, sdxl_dir, t
     torch.testing.assert_close(ours.img_hidden, want, atol=1e-5, rtol=1e-5)
 
 
-def test_assemble_cli_qwen_with_sdxl_then_edit(qwen_dir, sdxl_dir, tmp_path, capsys):
-    """`smartedit assemble` from a Qwen2.5-VL folder and an SDXL InstructPix2Pix folder (their published layouts)
-    writes a model folder holding their weights, which `smartedit edit` uses; a preset whose Q-Former does not
-    fit the generator is one error line."""
+@pytest.mark.parametrize("generator", ["sdxl", "sd15"])
+def test_assemble_cli_qwen_with_a_generator_folder_then_edit(generator, qwen_dir, sdxl_dir, tmp_path, capsys):
+    """`smartedit assemble` from a Qwen2.5-VL folder and an SDXL InstructPix2Pix folder / the shipped SD-1.5-layout
+    InstructPix2Pix folder (published layouts) writes a model folder holding their weights, which `smartedit edit`
+    uses; a preset whose Q-Former does not fit the generator is one error line."""
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
     from smartedit.cli import main
     from smartedit.model import SmartEditModel
 
+    sd = sdxl_dir if generator == "sdxl" else os.path.join(REPO, "checkpoints", "ip2p-tiny")
     out = tmp_path / "model"
-    assert main(["assemble", "--llm", qwen_dir, "--sd", sdxl_dir, "--preset", "tiny-sdxl", "--dtype", "float32",
-                 "--out", str(out)]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["backbone"] == ["qwen2_5_vl", "sdxl"]
+    assert main(["assemble", "--llm", qwen_dir, "--sd", sd, "--preset", "tiny-sdxl" if generator == "sdxl" else "tiny",
+                 "--dtype", "float32", "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["backbone"] == ["qwen2_5_vl", generator]
     model = SmartEditModel.from_pretrained(out)
-    unet = UNet2DConditionModel.from_pretrained(sdxl_dir, subfolder="unet")
+    unet = UNet2DConditionModel.from_pretrained(sd, subfolder="unet")
     ours = model.unet.state_dict()
     for key, value in unet.state_dict().items():
         assert torch.equal(ours[key], value), key
-    assert torch.equal(ours["pooled_proj.weight"], torch.zeros_like(ours["pooled_proj.weight"]))
-    assert torch.equal(model.null_text_embedding, torch.zeros(1, 77, 64))
+    if generator == "sdxl":
+        assert torch.equal(ours["pooled_proj.weight"], torch.zeros_like(ours["pooled_proj.weight"]))
+        assert torch.equal(model.null_text_embedding, torch.zeros(1, 77, 64))
+    else:  # the folder's CLIP text encoder on ""
+        assert model.null_text_embedding.abs().sum() > 0
     qwen = load_file(os.path.join(qwen_dir, "model.safetensors"))
     key = next(k for k in qwen if k.endswith("layers.1.mlp.down_proj.weight"))
     assert torch.equal(model.mllm.llm.state_dict()["model.layers.1.mlp.down_proj.weight"], qwen[key])
@@ -411,11 +418,11 @@ def test_assemble_cli_qwen_with_sdxl_then_edit(qwen_dir, sdxl_dir, tmp_path, cap
 
     Image.new("RGB", (40, 32), (200, 30, 30)).save(tmp_path / "in.png")
     assert main(["edit", "--model", str(out), "--image", str(tmp_path / "in.png"), "--instruction", "make it blue",
-                 "--steps", "2", "--device", "cpu", "--output", str(tmp_path / "out.png")]) == 0
+                 "--steps", "2", "--device", "cpu", "--scheduler", "DDIMScheduler",  # (ip2p-tiny predicts x_0)
+                 "--output", str(tmp_path / "out.png")]) == 0
     assert Image.open(tmp_path / "out.png").size == (40, 32)
     capsys.readouterr()
-    assert main(["assemble", "--llm", qwen_dir, "--sd", sdxl_dir, "--preset", "7b", "--out",
-                 str(tmp_path / "bad")]) != 0
+    assert main(["assemble", "--llm", qwen_dir, "--sd", sd, "--preset", "7b", "--out", str(tmp_path / "bad")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "(77, 64) context" in err[0], err
 

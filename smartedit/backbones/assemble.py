@@ -238,6 +238,24 @@ def sdxl_generator_config(unet) -> dict:
 
 # ---- any pair ------------------------------------------------------------------------------------------------------
 
+def _check_context(base: SmartEditConfig, sd: str | os.PathLike) -> None:
+    """The Q-Former of ``base`` emits the context the generator in ``sd`` reads ([77, cross_attention_dim])."""
+    from ..config import PRESETS
+    from ..weights.sd import CLIP_TEXT_LENGTH
+
+    config = os.path.join(os.fspath(sd), "unet", "config.json")
+    if not os.path.isfile(config):
+        return  # (the loader says what the folder lacks)
+    want = (CLIP_TEXT_LENGTH, read_json(config, "UNet", SDXL_LAYOUT).get("cross_attention_dim"))
+    if (base.qformer.num_queries, base.qformer.hidden_size) == want:
+        return
+    fits = [n for n in sorted(PRESETS) if (make_preset(n).qformer.num_queries, make_preset(n).qformer.hidden_size)
+            == want]
+    raise ValueError(f"preset {base.preset!r} has a Q-Former emitting ({base.qformer.num_queries}, "
+                     f"{base.qformer.hidden_size}) but the generator in {sd} reads a {want} context; choose a "
+                     f"preset made for this generator ({', '.join(fits) or 'none ships: pass a config'})")
+
+
 def assemble(llm: str | os.PathLike, sd: str | os.PathLike, clip: str | os.PathLike | None = None,
              preset: str | SmartEditConfig | None = None, dtype: torch.dtype | str = "auto", seed: int | None = 0,
              **overrides) -> "SmartEditModel":  # noqa: F821
@@ -256,6 +274,9 @@ def assemble(llm: str | os.PathLike, sd: str | os.PathLike, clip: str | os.PathL
     base = name if isinstance(name, SmartEditConfig) else make_preset(name)
     if not qwen and not sdxl:
         return from_components(llm=llm, clip=clip, sd=sd, preset=base, dtype=dtype, seed=seed, **overrides)
+    if qwen and clip is not None:
+        raise ValueError(f"{llm} is a Qwen2.5-VL folder, which brings its own vision transformer: drop --clip")
+    _check_context(base, sd)  # (before any weights are read)
     generator = load_sdxl(sd) if sdxl else load_sd(sd)
     data = base.to_dict()
     data["unet"] = dict(generator.unet_config, mask_channels=overrides.pop("unet.mask_channels",
@@ -264,21 +285,10 @@ def assemble(llm: str | os.PathLike, sd: str | os.PathLike, clip: str | os.PathL
     data["scheduler"] = dict(data["scheduler"], **generator.scheduler)
     data["backbone"] = dict(data["backbone"], generator="sdxl" if sdxl else "sd15",
                             generator_config=sdxl_generator_config(generator.unet) if sdxl else {})
-    want = tuple(generator.null_text_embedding.shape[1:])
-    if (base.qformer.num_queries, base.qformer.hidden_size) != want:
-        from ..config import PRESETS
-
-        fits = [n for n in sorted(PRESETS) if (make_preset(n).qformer.num_queries, make_preset(n).qformer.hidden_size)
-                == want]
-        raise ValueError(f"preset {base.preset!r} has a Q-Former emitting ({base.qformer.num_queries}, "
-                         f"{base.qformer.hidden_size}) but the generator in {sd} reads a {want} context; choose a "
-                         f"preset made for this generator ({', '.join(fits) or 'none ships: pass a config'})")
     if not qwen:
         data["preset"] = "custom"
         return from_components(llm=llm, clip=clip, sd=generator, preset=SmartEditConfig.from_dict(data), dtype=dtype,
                                seed=seed, **overrides)
-    if clip is not None:
-        raise ValueError(f"{llm} is a Qwen2.5-VL folder, which brings its own vision transformer: drop --clip")
     model = from_qwen_vl(llm, preset=SmartEditConfig.from_dict(data), seed=seed, **overrides)
     unet = generator.unet
     widen_conv_in(unet, model.config.unet.in_channels)
