@@ -418,7 +418,7 @@ def test_assemble_cli_qwen_with_a_generator_folder_then_edit(generator, qwen_dir
 
     Image.new("RGB", (40, 32), (200, 30, 30)).save(tmp_path / "in.png")
     assert main(["edit", "--model", str(out), "--image", str(tmp_path / "in.png"), "--instruction", "make it blue",
-                 "--steps", "2", "--device", "cpu", "--scheduler", "DDIMScheduler",  # (ip2p-tiny predicts x_0)
+                 "--steps", "2", "--device", "cpu",  # (ip2p-tiny predicts x_0: its DDIM sampler is kept)
                  "--output", str(tmp_path / "out.png")]) == 0
     assert Image.open(tmp_path / "out.png").size == (40, 32)
     capsys.readouterr()

@@ -193,7 +193,10 @@ def _read_scheduler(path: str) -> tuple[dict[str, Any], str]:
         meta = read_json(info, "smartedit.json", SD_LAYOUT)
         scheduler["diffuse"] = meta.get("diffuse", "target")
         scheduler["decode"] = meta.get("decode", "latent")
-    return scheduler, sched_raw.get("_class_name", "?")
+    name = sched_raw.get("_class_name", "?")
+    if scheduler["prediction_type"] == "sample" and name in SchedulerConfig.SAMPLERS:
+        scheduler["sampler"] = name  # x0-predicting folders (ShapesWorld): EulerAncestral cannot sample them
+    return scheduler, name
 
 
 def load_sd(path: str | os.PathLike, in_channels: int | None = None,
