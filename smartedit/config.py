@@ -444,8 +444,8 @@ class SchedulerConfig(ConfigSection):
     diffuse: str = "target"
     """What the diffusion process generates: ``target`` — the edited image's latent (InstructPix2Pix, the
     reference); ``change`` — the latent change from the source, (target − source latent) · scaling factor, added back
-    to the source latent before decoding: where nothing is edited the model only has to predict zero (the issue's
-    "predict the change relative to the source"; the ShapesWorld models use it)."""
+    to the source latent before decoding: where nothing is edited the model only has to predict zero (the ShapesWorld
+    models use it)."""
     decode: str = "latent"
     """How a sampled latent becomes the output image: ``latent`` — the VAE decodes it (SD / InstructPix2Pix);
     ``residual`` (needs ``diffuse = "change"``) — the change is applied in pixel space: output = source image +

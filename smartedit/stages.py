@@ -1,4 +1,4 @@
-"""What each training stage trains (DESIGN.md §1), as one table used by the trainer, the tests and
+"""What each training stage trains (docs/design.md, "Training"), as one table used by the trainer, the tests and
 ``smartedit info``.
 
 | stage    | trains                                                       | frozen                                    |

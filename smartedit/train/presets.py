@@ -6,13 +6,13 @@
 | stage2a (MLLM-SD)  | 5,000   | 128 (4 × 4 × 8)  | 1e-5, cosine | 0.1 % | 0 |
 | stage2b (SmartEdit)| 15,000  | 128 (2 × 8 × 8)  | 1e-5, cosine | 0 | 0 |
 
-(DESIGN.md §1 and the reference's launch scripts: AdamW β = (0.9, 0.999), ε = 1e-8, gradient clipping 1.0 (the
+(docs/design.md and the reference's launch scripts: AdamW β = (0.9, 0.999), ε = 1e-8, gradient clipping 1.0 (the
 Hugging Face default they ran with), bf16, gradient checkpointing, ZeRO-2.) The global batch is fixed, so the
 accumulation adapts to the number of GPUs. Checkpoint frequency is ours (the reference saved every 5,000–10,000
 steps). 7b and 13b share the hyper-parameters, as in the reference.
 
 Data: stage 1 reads captions (``cc12m``) from the data root ``data_stage1/``; stage 2 reads the mixture from
-``data/`` with :data:`smartedit.data.mixture_config.DEFAULT_STAGE2_RATIOS` (DESIGN.md's rule applied to the public
+``data/`` with :data:`smartedit.data.mixture_config.DEFAULT_STAGE2_RATIOS` (the design's rule applied to the public
 dataset sizes; ``MixtureConfig.from_sizes`` recomputes it for the sizes you converted). Point ``--data-root`` (or
 ``--source NAME=DIR``) at your converted shards (docs/data.md).
 
