@@ -14,7 +14,8 @@ the recipe trains laptop-scale stand-ins first:
 
 Every loop is resumable exactly: all data derive from ``(seed, step, index)``, the noise of a step from
 ``(seed, step)``, the learning rate from the step; checkpoints (weights + optimizer + step) are written atomically
-with the same manifest scheme as the stage trainer (:mod:`smartedit.train.checkpoint`).
+with the stage trainer's checkpoint module (:mod:`smartedit.train.checkpoint`; why the loop itself is separate:
+``_Loop``).
 """
 
 from __future__ import annotations
@@ -95,7 +96,18 @@ def _trajectory(settings: dict) -> dict:
 # ---- the resumable loop ----------------------------------------------------------------------------------------
 
 class _Loop:
-    """Atomic checkpoints of ``modules`` + optimizer + step under ``output/checkpoints``; metrics.jsonl."""
+    """The pretraining loop: AdamW over ``modules`` in one process, atomic checkpoints (weights + optimizer + step)
+    under ``output/checkpoints``, metrics.jsonl.
+
+    Why not the stage trainer (:class:`smartedit.train.trainer.Trainer`): that loop trains a SmartEdit model's
+    stage (:mod:`smartedit.train.stage_model`, its losses, DeepSpeed ZeRO and its checkpoint shards, a data mixture
+    of ``Sample`` sources); these loops train other networks (a VAE, a CLIP text encoder + UNet, a bare MLLM) on
+    batches generated from ``(seed, step)`` with their own losses, and the shipped tiny models were trained by this
+    exact arithmetic (torch AdamW, clip-by-norm, the learning rate set per step), which DeepSpeed's optimizer
+    wrapper would not reproduce bit for bit. What they share is the checkpoint scheme of
+    :mod:`smartedit.train.checkpoint`: staging folder, manifest written last with every file's size and SHA-256 and
+    the files a resume reads, one rename, keep-last-N, and a resume that skips checkpoints whose contents do not
+    verify."""
 
     def __init__(self, output: str, modules: dict[str, nn.Module], settings: PretrainSettings, what: str):
         self.output, self.modules, self.s, self.what = output, modules, settings.validate(), what
@@ -107,7 +119,7 @@ class _Loop:
         self.t0 = time.time()
 
     def resume(self) -> int:
-        found = [(step, path) for step, path in list_checkpoints(self.root) if step <= self.s.steps]
+        found = [(step, path) for step, path in list_checkpoints(self.root, contents=True) if step <= self.s.steps]
         if not found:  # (checkpoints past ``steps`` belong to a longer run on the same schedule)
             return 0
         step, path = found[-1]
@@ -141,7 +153,8 @@ class _Loop:
         seconds = self.seconds_before + time.time() - self.t0
         write_json(os.path.join(stage, "state.json"), {"step": step, "settings": self.s.to_dict(), "seconds": seconds})
         write_json(os.path.join(self.output, "train_time.json"), {"step": step, "seconds": round(seconds, 1)})
-        write_manifest(stage, {"step": step, "what": self.what})
+        write_manifest(stage, {"step": step, "what": self.what},
+                       required=("state.json", "optimizer.pt", *(f"{name}.safetensors" for name in self.modules)))
         finalize(stage, os.path.join(self.root, checkpoint_name(step)))
         prune(self.root, self.s.keep_last)
 
@@ -336,8 +349,8 @@ def pretrain_ip2p(config: SmartEditConfig, vae_dir: str, output: str, settings: 
     frozen VAE from ``vae_dir``; write a diffusers InstructPix2Pix folder ``output/pipeline`` and return it.
 
     ``objective="diffusion"``: the config's noise schedule, prediction type and diffused latent (``target``, or
-    the ``change`` from the source), with InstructPix2Pix's CFG dropout. ``objective="regression"``: the UNet sees a zero latent at the last timestep and regresses the target
-    latent in one step (the non-diffusion control).
+    the ``change`` from the source), with InstructPix2Pix's CFG dropout. ``objective="regression"``: the UNet sees
+    a zero latent at the last timestep and regresses the target latent in one step (the non-diffusion control).
 
     ``init``: an InstructPix2Pix folder written by this function (e.g. the regression control) whose text encoder
     and UNet start the training: the diffusion model then begins with the control's grounding (which words pick
@@ -345,30 +358,42 @@ def pretrain_ip2p(config: SmartEditConfig, vae_dir: str, output: str, settings: 
     InstructPix2Pix fine-tuned it."""
     from diffusers import AutoencoderKL, StableDiffusionInstructPix2PixPipeline
 
-    from ..cfg import apply_dropout, sample_dropout
     from ..model import TINY_TOKENIZER, load_tokenizer
     from ..pipeline import inference_scheduler
-    from ..unet import build_noise_scheduler, build_unet, widen_conv_in
+    from ..unet import build_unet, widen_conv_in
 
     if objective not in ("diffusion", "regression"):
         raise ValueError(f"objective must be 'diffusion' or 'regression', got {objective!r}")
     tokenizer = load_tokenizer(TINY_TOKENIZER)
     tokenizer.model_max_length = 77
     vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True).eval().requires_grad_(False)
-    scale = float(vae.config.scaling_factor)
     torch.manual_seed(settings.seed)
     text_encoder = build_text_encoder(tokenizer, config.unet.cross_attention_dim, seed=settings.seed)
     unet = widen_conv_in(build_unet(config.unet), config.unet.in_channels)
     if init is not None:
-        from diffusers import UNet2DConditionModel
-        from transformers import CLIPTextModel
-
-        if not os.path.isfile(os.path.join(init, "unet", "config.json")):
-            raise FileNotFoundError(f"init {init!r} has no unet/: give an InstructPix2Pix folder written by "
-                                    f"pretrain_ip2p (OUTPUT/pipeline)")
-        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(os.path.join(init, "text_encoder")).state_dict())
-        unet.load_state_dict(UNet2DConditionModel.from_pretrained(os.path.join(init, "unet")).state_dict())
+        _start_from(init, text_encoder, unet)
         logger.info("ip2p-%s: text encoder and UNet start from %s", objective, init)
+    step_fn = _ip2p_step(config, settings, objective, family, vae, tokenizer, text_encoder, unet)
+    _Loop(output, {"text_encoder": text_encoder, "unet": unet}, settings,
+          f"ip2p-{objective}").run(step_fn, resume=resume)
+    pipe = StableDiffusionInstructPix2PixPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                                  scheduler=inference_scheduler(config.scheduler), safety_checker=None,
+                                                  feature_extractor=None, requires_safety_checker=False)
+    out = os.path.join(output, "pipeline")
+    pipe.save_pretrained(out)
+    write_json(os.path.join(out, PIPELINE_INFO), {"objective": objective, "family": family, "init": init,
+                                                  "diffuse": config.scheduler.diffuse, "decode": config.scheduler.decode,
+                                                  "settings": settings.to_dict()})
+    return out
+
+
+def _ip2p_step(config: SmartEditConfig, settings: PretrainSettings, objective: str, family: str, vae, tokenizer,
+               text_encoder, unet) -> Callable[[int, torch.Generator], dict[str, torch.Tensor]]:
+    """The loss of one :func:`pretrain_ip2p` step as a function of (step, generator)."""
+    from ..cfg import apply_dropout, sample_dropout
+    from ..unet import build_noise_scheduler
+
+    scale = float(vae.config.scaling_factor)
     noise_scheduler = build_noise_scheduler(config.scheduler)
     side = config.resolution
     last = noise_scheduler.config.num_train_timesteps - 1
@@ -399,18 +424,19 @@ def pretrain_ip2p(config: SmartEditConfig, vae_dir: str, output: str, settings: 
                                                 if kind == "v_prediction" else latents)
         return {"loss": F.mse_loss(pred, goal)}
 
-    _Loop(output, {"text_encoder": text_encoder, "unet": unet}, settings,
-          f"ip2p-{objective}").run(step_fn, resume=resume)
-    scheduler = inference_scheduler(config.scheduler)
-    pipe = StableDiffusionInstructPix2PixPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                                  scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                                  requires_safety_checker=False)
-    out = os.path.join(output, "pipeline")
-    pipe.save_pretrained(out)
-    write_json(os.path.join(out, PIPELINE_INFO), {"objective": objective, "family": family, "init": init,
-                                                  "diffuse": config.scheduler.diffuse, "decode": config.scheduler.decode,
-                                                  "settings": settings.to_dict()})
-    return out
+    return step_fn
+
+
+def _start_from(init: str, text_encoder, unet) -> None:
+    """Load the text encoder and UNet weights of an InstructPix2Pix folder written by :func:`pretrain_ip2p`."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    if not os.path.isfile(os.path.join(init, "unet", "config.json")):
+        raise FileNotFoundError(f"init {init!r} has no unet/: give an InstructPix2Pix folder written by "
+                                f"pretrain_ip2p (OUTPUT/pipeline)")
+    text_encoder.load_state_dict(CLIPTextModel.from_pretrained(os.path.join(init, "text_encoder")).state_dict())
+    unet.load_state_dict(UNet2DConditionModel.from_pretrained(os.path.join(init, "unet")).state_dict())
 
 
 # ---- LLaVA-tiny --------------------------------------------------------------------------------------------------

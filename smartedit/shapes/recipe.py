@@ -738,21 +738,7 @@ def model_card(output: str) -> str:
              "| step | what | budget | seconds |", "|---|---|---|---|"]
     budgets = {"vae": cfg.vae, "decoder": cfg.decoder, "llava": cfg.llava, "control": cfg.control, "ip2p": cfg.ip2p,
                "stage1": cfg.stage1, "stage2a": cfg.stage2a, "stage2b": cfg.stage2b}
-    what = {"vae": "AutoencoderKL (16-32-32, 8 latent ch, ×4) on sources + targets of every edit family",
-            "decoder": "the VAE decoder alone on the frozen encoder's latents (SD's fine-tuned decoder)",
-            "llava": "CLIP ViT + projector + LLaMA from scratch on descriptions, VQA chat and knowledge Q&A",
-            "control": "CLIP text + InstructPix2Pix UNet from scratch as a one-step regressor on simple edits (the "
-                       "non-diffusion control; learns the text grounding)",
-            "ip2p": "the same network fine-tuned from the control as an InstructPix2Pix diffusion model "
-                    "(x0-prediction, cosine schedule, CFG dropout)",
-            "assemble": "LLaVA-tiny + IP2P-tiny (via smartedit.weights.load_sd) → initial model",
-            "stage1": ("Q-Former + new token rows" + (" + the LLM's decoder layers" if cfg.stage1_train_llm else "")
-                       + ": LM CE + MSE to IP2P-tiny's text encoder on instructions"
-                       + (" inside the edit prompt with their scene" if cfg.stage1_grounded else "")),
-            "stage2a": "MLLM-SD: + LoRA + UNet on the docs/design.md mixture (ShapesWorld family in each slot)",
-            "stage2b": "SmartEdit: as 2a + BIM (zero-init heads)",
-            "testset": "held-out test set (Reason-Edit layout + targets + 7-Simple)",
-            "evaluate": "every model through eval/reason_edit's evaluate()", "report": "ablation table + grid"}
+    what = _step_descriptions(cfg)
     for step in STEPS:
         b = budgets.get(step)
         budget = f"{b.steps} steps × batch {b.batch_size}, lr {b.lr:g}" if b is not None else ""
@@ -760,22 +746,7 @@ def model_card(output: str) -> str:
         lines.append(f"| {step} | {what[step]} | {budget} | {'' if secs is None else f'{secs:.0f}'} |")
     lines += ["", f"Total {total / 60:.0f} min of step time on a 2-core CPU (some steps ran in two processes at once, "
                   "so the wall-clock time was shorter).", ""]
-    for step, label in (("vae", "VAE"), ("decoder", "VAE after the decoder fine-tune")):
-        if step in done:
-            v = done[step]
-            lines.append(f"{label}: held-out reconstruction PSNR {v.get('psnr_mean', float('nan')):.2f} dB "
-                         f"(min {v.get('psnr_min', float('nan')):.2f}), scaling factor "
-                         f"{v.get('scaling_factor', 0):.4f}.")
-    if "llava" in done and "knowledge_accuracy" in done["llava"]:
-        p = done["llava"]
-        lines.append(f"LLaVA-tiny probe (greedy replies): knowledge facts {p['knowledge_accuracy']:.0%} of "
-                     f"{p['facts']}, colour of a named shape {p['colour_accuracy']:.0%}, leftmost shape "
-                     f"{p['leftmost_accuracy']:.0%}.")
-    if "alignment" in done.get("stage1", {}):
-        a = done["stage1"]["alignment"]
-        lines.append(f"Stage-1 alignment on {a['edits']} held-out edit prompts: context MSE to the CLIP text "
-                     f"{a['mse']:.3f} (the mean answer: {a['mse_of_mean']:.3f}), top-1 instruction retrieval "
-                     f"{a['top1_retrieval']:.2f} (chance {a['chance']:.2f}).")
+    lines += _probe_lines(done)
     e = cfg.eval
     lines += ["", "## Scores", "",
               f"Held-out test set: {e.per_category} scenes per Reason-Edit category + {e.simple} simple edits; "
@@ -793,3 +764,44 @@ def model_card(output: str) -> str:
               "the recipe the MLLM-conditioned models move by about ±0.1 IoU on Color and plain edits (training "
               "noise; see docs/training.md)."]
     return "\n".join(lines) + "\n"
+
+
+def _step_descriptions(cfg: RecipeConfig) -> dict[str, str]:
+    """What each recipe step trains or does, for the model card's table."""
+    return {"vae": "AutoencoderKL (16-32-32, 8 latent ch, ×4) on sources + targets of every edit family",
+            "decoder": "the VAE decoder alone on the frozen encoder's latents (SD's fine-tuned decoder)",
+            "llava": "CLIP ViT + projector + LLaMA from scratch on descriptions, VQA chat and knowledge Q&A",
+            "control": "CLIP text + InstructPix2Pix UNet from scratch as a one-step regressor on simple edits (the "
+                       "non-diffusion control; learns the text grounding)",
+            "ip2p": "the same network fine-tuned from the control as an InstructPix2Pix diffusion model "
+                    "(x0-prediction, cosine schedule, CFG dropout)",
+            "assemble": "LLaVA-tiny + IP2P-tiny (via smartedit.weights.load_sd) → initial model",
+            "stage1": ("Q-Former + new token rows" + (" + the LLM's decoder layers" if cfg.stage1_train_llm else "")
+                       + ": LM CE + MSE to IP2P-tiny's text encoder on instructions"
+                       + (" inside the edit prompt with their scene" if cfg.stage1_grounded else "")),
+            "stage2a": "MLLM-SD: + LoRA + UNet on the docs/design.md mixture (ShapesWorld family in each slot)",
+            "stage2b": "SmartEdit: as 2a + BIM (zero-init heads)",
+            "testset": "held-out test set (Reason-Edit layout + targets + 7-Simple)",
+            "evaluate": "every model through eval/reason_edit's evaluate()", "report": "ablation table + grid"}
+
+
+def _probe_lines(done: dict[str, dict]) -> list[str]:
+    """The model card's sentences on the VAE quality, the LLaVA-tiny probe and the stage-1 alignment."""
+    out = []
+    for step, label in (("vae", "VAE"), ("decoder", "VAE after the decoder fine-tune")):
+        if step in done:
+            v = done[step]
+            out.append(f"{label}: held-out reconstruction PSNR {v.get('psnr_mean', float('nan')):.2f} dB "
+                       f"(min {v.get('psnr_min', float('nan')):.2f}), scaling factor "
+                       f"{v.get('scaling_factor', 0):.4f}.")
+    if "llava" in done and "knowledge_accuracy" in done["llava"]:
+        p = done["llava"]
+        out.append(f"LLaVA-tiny probe (greedy replies): knowledge facts {p['knowledge_accuracy']:.0%} of "
+                   f"{p['facts']}, colour of a named shape {p['colour_accuracy']:.0%}, leftmost shape "
+                   f"{p['leftmost_accuracy']:.0%}.")
+    if "alignment" in done.get("stage1", {}):
+        a = done["stage1"]["alignment"]
+        out.append(f"Stage-1 alignment on {a['edits']} held-out edit prompts: context MSE to the CLIP text "
+                   f"{a['mse']:.3f} (the mean answer: {a['mse_of_mean']:.3f}), top-1 instruction retrieval "
+                   f"{a['top1_retrieval']:.2f} (chance {a['chance']:.2f}).")
+    return out

@@ -276,83 +276,110 @@ def perception_edit(rng) -> Edit:
     return Edit(text, scene, None, (i,), "perception", phrase=f"{colour} {scene.shapes[i].kind}", mark_colour=colour)
 
 
+def _left_right(rng, scene: Scene):
+    """Two shapes of the same kind; refer to one by its side."""
+    shapes = scene.shapes
+    kind = shapes[0].kind
+    other = _place(rng, list(shapes), kind, str(rng.choice([c for c in COLOURS if c != shapes[0].colour])),
+                   shapes[0].size)
+    if other is None:
+        return None
+    scene = replace(scene, shapes=shapes + (other,))
+    same = [k for k, s in enumerate(scene.shapes) if s.kind == kind]
+    side = str(rng.choice(["left", "right"]))
+    pick = min(same, key=lambda k: scene.shapes[k].x) if side == "left" else max(
+        same, key=lambda k: scene.shapes[k].x)
+    return scene, pick, f"the {kind} on the {side}"
+
+
+def _relative_size(rng, scene: Scene):
+    """Two or more shapes of one kind and different sizes; refer to the smaller or larger one."""
+    shapes = scene.shapes
+    kind = shapes[0].kind
+    sizes = [s for s in SIZES if s != shapes[0].size]
+    other = _place(rng, list(shapes), kind, shapes[0].colour, str(rng.choice(sizes)))
+    if other is None:
+        return None
+    scene = replace(scene, shapes=shapes + (other,))
+    same = [k for k, s in enumerate(scene.shapes) if s.kind == kind]
+    word = str(rng.choice(["smaller", "larger"]))
+    ranked = sorted(SIZES[scene.shapes[k].size] for k in same)
+    if (word == "smaller" and ranked[0] == ranked[1]) or (word == "larger" and ranked[-1] == ranked[-2]):
+        return None  # ambiguous: two shapes share the extreme size
+    key = lambda k: SIZES[scene.shapes[k].size]  # noqa: E731
+    pick = min(same, key=key) if word == "smaller" else max(same, key=key)
+    return scene, pick, f"the {word} {kind}"
+
+
+def _mirror(rng, scene: Scene):
+    """A shape on the left and its reflection on the right of the mirror line; refer to one of the two."""
+    base = _place(rng, [], str(rng.choice(KINDS)), str(rng.choice(list(COLOURS))), "medium",
+                  x_range=(0.08, 0.47 - SIZES["medium"]))  # wholly left of the mirror line
+    if base is None:
+        return None
+    mirrored = replace(base, x=1.0 - base.x)
+    extra = _place(rng, [base, mirrored], str(rng.choice(KINDS)), str(rng.choice(list(COLOURS))), "small")
+    items = (base, mirrored) + ((extra,) if extra is not None and (extra.kind, extra.colour) !=
+                                (base.kind, base.colour) else ())
+    scene = replace(scene, shapes=items, mirror=True)
+    pick = int(rng.integers(2))
+    return scene, pick, f"the {base.kind} in the mirror" if pick == 1 else f"the {base.kind} in front of the mirror"
+
+
+def _colour(rng, scene: Scene):
+    """Two shapes of one kind and different colours; refer to one by its colour."""
+    shapes = scene.shapes
+    kind = shapes[0].kind
+    other = _place(rng, list(shapes), kind, str(rng.choice([c for c in COLOURS if c != shapes[0].colour])),
+                   shapes[0].size)
+    if other is None:
+        return None
+    scene = replace(scene, shapes=shapes + (other,))
+    pick = int(rng.choice([0, len(scene.shapes) - 1]))
+    return scene, pick, f"the {scene.shapes[pick].colour} {kind}"
+
+
+def _multiple_objects(rng, scene: Scene):
+    """Every shape of one kind (two or three of them) is removed or recoloured: a whole :class:`Edit`."""
+    shapes = scene.shapes
+    kind = shapes[0].kind
+    added = []
+    for _ in range(int(rng.integers(1, 3))):
+        s = _place(rng, list(shapes) + added, kind,
+                   str(rng.choice([c for c in COLOURS if c != shapes[0].colour])), str(rng.choice(list(SIZES))))
+        if s is not None:
+            added.append(s)
+    if not added:
+        return None
+    category = "5-Multiple-Objects"
+    scene = replace(scene, shapes=shapes + tuple(added))
+    picks = tuple(k for k, s in enumerate(scene.shapes) if s.kind == kind)
+    if str(rng.choice(["remove", "recolour"])) == "remove":
+        target = replace(scene, shapes=tuple(s for k, s in enumerate(scene.shapes) if k not in picks))
+        return Edit(f"remove all the {kind}s", scene, target, picks, "understanding", category, "background")
+    colour = str(rng.choice([c for c in COLOURS if all(scene.shapes[k].colour != c for k in picks)]))
+    target = replace(scene, shapes=tuple(replace(s, colour=colour) if k in picks else s
+                                         for k, s in enumerate(scene.shapes)))
+    return Edit(f"make every {kind} {colour}", scene, target, picks, "understanding", category, f"{colour} {kind}s")
+
+
+_UNDERSTANDING = {"1-Left-Right": _left_right, "2-Relative-Size": _relative_size, "3-Mirror": _mirror,
+                  "4-Color": _colour, "5-Multiple-Objects": _multiple_objects}
+"""Per category: (rng, a random scene) → None (draw another scene), (scene, target index, reference) or an Edit."""
+
+
 def understanding_edit(rng, category: str) -> Edit:
     """An edit whose target is identified by position, relative size, colour, count or reflection."""
+    if category not in _UNDERSTANDING:
+        raise ValueError(f"unknown understanding category {category!r}")
     for _ in range(100):
         scene = random_scene(rng, 2, 4)
-        shapes = scene.shapes
-        if category == "1-Left-Right":
-            # two shapes of the same kind; refer by side
-            kind = shapes[0].kind
-            other = _place(rng, list(shapes), kind, str(rng.choice([c for c in COLOURS if c != shapes[0].colour])),
-                           shapes[0].size)
-            if other is None:
-                continue
-            scene = replace(scene, shapes=shapes + (other,))
-            same = [k for k, s in enumerate(scene.shapes) if s.kind == kind]
-            side = str(rng.choice(["left", "right"]))
-            pick = min(same, key=lambda k: scene.shapes[k].x) if side == "left" else max(
-                same, key=lambda k: scene.shapes[k].x)
-            ref = f"the {kind} on the {side}"
-        elif category == "2-Relative-Size":
-            kind = shapes[0].kind
-            sizes = [s for s in SIZES if s != shapes[0].size]
-            other = _place(rng, list(shapes), kind, shapes[0].colour, str(rng.choice(sizes)))
-            if other is None:
-                continue
-            scene = replace(scene, shapes=shapes + (other,))
-            same = [k for k, s in enumerate(scene.shapes) if s.kind == kind]
-            word = str(rng.choice(["smaller", "larger"]))
-            ranked = sorted(SIZES[scene.shapes[k].size] for k in same)
-            if (word == "smaller" and ranked[0] == ranked[1]) or (word == "larger" and ranked[-1] == ranked[-2]):
-                continue  # ambiguous: two shapes share the extreme size
-            key = lambda k: SIZES[scene.shapes[k].size]  # noqa: E731
-            pick = min(same, key=key) if word == "smaller" else max(same, key=key)
-            ref = f"the {word} {kind}"
-        elif category == "3-Mirror":
-            # a shape on the left and its reflection on the right of the mirror line
-            base = _place(rng, [], str(rng.choice(KINDS)), str(rng.choice(list(COLOURS))), "medium",
-                          x_range=(0.08, 0.47 - SIZES["medium"]))  # wholly left of the mirror line
-            if base is None:
-                continue
-            mirrored = replace(base, x=1.0 - base.x)
-            extra = _place(rng, [base, mirrored], str(rng.choice(KINDS)), str(rng.choice(list(COLOURS))), "small")
-            items = (base, mirrored) + ((extra,) if extra is not None and (extra.kind, extra.colour) !=
-                                        (base.kind, base.colour) else ())
-            scene = replace(scene, shapes=items, mirror=True)
-            pick = int(rng.integers(2))
-            ref = f"the {base.kind} in the mirror" if pick == 1 else f"the {base.kind} in front of the mirror"
-        elif category == "4-Color":
-            kind = shapes[0].kind
-            other = _place(rng, list(shapes), kind, str(rng.choice([c for c in COLOURS if c != shapes[0].colour])),
-                           shapes[0].size)
-            if other is None:
-                continue
-            scene = replace(scene, shapes=shapes + (other,))
-            pick = int(rng.choice([0, len(scene.shapes) - 1]))
-            ref = f"the {scene.shapes[pick].colour} {kind}"
-        elif category == "5-Multiple-Objects":
-            kind = shapes[0].kind
-            added = []
-            for _ in range(int(rng.integers(1, 3))):
-                s = _place(rng, list(shapes) + added, kind,
-                           str(rng.choice([c for c in COLOURS if c != shapes[0].colour])), str(rng.choice(list(SIZES))))
-                if s is not None:
-                    added.append(s)
-            if not added:
-                continue
-            scene = replace(scene, shapes=shapes + tuple(added))
-            picks = tuple(k for k, s in enumerate(scene.shapes) if s.kind == kind)
-            if str(rng.choice(["remove", "recolour"])) == "remove":
-                target = replace(scene, shapes=tuple(s for k, s in enumerate(scene.shapes) if k not in picks))
-                return Edit(f"remove all the {kind}s", scene, target, picks, "understanding", category, "background")
-            colour = str(rng.choice([c for c in COLOURS if all(scene.shapes[k].colour != c for k in picks)]))
-            target = replace(scene, shapes=tuple(replace(s, colour=colour) if k in picks else s
-                                                 for k, s in enumerate(scene.shapes)))
-            return Edit(f"make every {kind} {colour}", scene, target, picks, "understanding", category,
-                        f"{colour} {kind}s")
-        else:
-            raise ValueError(f"unknown understanding category {category!r}")
+        found = _UNDERSTANDING[category](rng, scene)
+        if found is None:
+            continue
+        if isinstance(found, Edit):
+            return found
+        scene, pick, ref = found
         instruction, target, phrase = _op(rng, scene, pick, ref)
         return Edit(instruction, scene, target, (pick,), "understanding", category, phrase)
     raise RuntimeError(f"could not place a {category} scene")

@@ -91,8 +91,9 @@ class DataConfig(ConfigSection):
     """The data mixture: named sources and their sampling ratios (normalised; 0 switches a source off).
 
     A source is a folder of parquet shards in the uniform sample schema (:mod:`smartedit.data.schema`), a shard
-    file or glob, ``shapes:FAMILY:N`` (N generated ShapesWorld samples) or ``python:MODULE:FUNCTION`` (a function
-    of no arguments returning a sequence of ``Sample``); see :mod:`smartedit.train.sources`.
+    file or glob, ``python:MODULE:FUNCTION`` (a function of no arguments returning a sequence of ``Sample``) or a
+    spec of another registered source kind, e.g. ``shapes:FAMILY:N`` (N generated ShapesWorld samples); see
+    :mod:`smartedit.train.sources`.
     """
 
     ratios: dict[str, float] = field(default_factory=dict)
