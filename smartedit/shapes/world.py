@@ -276,15 +276,20 @@ def perception_edit(rng) -> Edit:
     return Edit(text, scene, None, (i,), "perception", phrase=f"{colour} {scene.shapes[i].kind}", mark_colour=colour)
 
 
+def _with_twin(rng, scene: Scene) -> Scene | None:
+    """The scene plus a shape of its first shape's kind and size in another colour (None: no room for it)."""
+    shapes = scene.shapes
+    other = _place(rng, list(shapes), shapes[0].kind, str(rng.choice([c for c in COLOURS if c != shapes[0].colour])),
+                   shapes[0].size)
+    return None if other is None else replace(scene, shapes=shapes + (other,))
+
+
 def _left_right(rng, scene: Scene):
     """Two shapes of the same kind; refer to one by its side."""
-    shapes = scene.shapes
-    kind = shapes[0].kind
-    other = _place(rng, list(shapes), kind, str(rng.choice([c for c in COLOURS if c != shapes[0].colour])),
-                   shapes[0].size)
-    if other is None:
+    kind = scene.shapes[0].kind
+    scene = _with_twin(rng, scene)
+    if scene is None:
         return None
-    scene = replace(scene, shapes=shapes + (other,))
     same = [k for k, s in enumerate(scene.shapes) if s.kind == kind]
     side = str(rng.choice(["left", "right"]))
     pick = min(same, key=lambda k: scene.shapes[k].x) if side == "left" else max(
@@ -328,13 +333,10 @@ def _mirror(rng, scene: Scene):
 
 def _colour(rng, scene: Scene):
     """Two shapes of one kind and different colours; refer to one by its colour."""
-    shapes = scene.shapes
-    kind = shapes[0].kind
-    other = _place(rng, list(shapes), kind, str(rng.choice([c for c in COLOURS if c != shapes[0].colour])),
-                   shapes[0].size)
-    if other is None:
+    kind = scene.shapes[0].kind
+    scene = _with_twin(rng, scene)
+    if scene is None:
         return None
-    scene = replace(scene, shapes=shapes + (other,))
     pick = int(rng.choice([0, len(scene.shapes) - 1]))
     return scene, pick, f"the {scene.shapes[pick].colour} {kind}"
 
