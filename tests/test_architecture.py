@@ -4,7 +4,9 @@
 * the module-level import graph of ``smartedit`` has no cycles (imports inside functions, the usual way to defer a
   heavy or optional dependency, are not edges; importing ``a.b.c`` also imports the packages ``a.b`` and ``a``);
 * the trainer does not depend on evaluation: nothing in ``smartedit.train`` imports ``smartedit.eval``, not even
-  inside a function.
+  inside a function;
+* the library core does not depend on the ShapesWorld experiment: nothing in ``smartedit.train``,
+  ``smartedit.data`` or ``smartedit.eval`` imports ``smartedit.shapes``, not even inside a function.
 """
 
 from __future__ import annotations
@@ -149,6 +151,26 @@ def test_train_does_not_import_eval():
             if hit:
                 offenders.append(f"{MODULES[module][0].relative_to(ROOT)}:{line}: imports {sorted(hit)[0]}")
     assert not offenders, "smartedit.train must not depend on smartedit.eval:\n" + "\n".join(offenders)
+
+
+def _importers(packages: tuple[str, ...], forbidden: str) -> list[str]:
+    """Every import of ``forbidden`` (or a module under it) by a module of ``packages``, as ``file:line: module``."""
+    offenders = []
+    for module in MODULES:
+        if not any(module == p or module.startswith(p + ".") for p in packages):
+            continue
+        for imported, names, line in _imports(module, top_level_only=False):
+            hit = [t for t in _targets(module, imported, names) | {imported}
+                   if t == forbidden or t.startswith(forbidden + ".")]
+            if hit:
+                offenders.append(f"{MODULES[module][0].relative_to(ROOT)}:{line}: imports {sorted(hit)[0]}")
+    return offenders
+
+
+def test_the_core_does_not_import_the_shapes_experiment():
+    offenders = _importers(("smartedit.train", "smartedit.data", "smartedit.eval"), "smartedit.shapes")
+    assert not offenders, "the library core must not depend on smartedit.shapes:\n" + "\n".join(offenders)
+    assert _importers(("smartedit.shapes",), "smartedit.train")  # (the check sees the experiment's own imports)
 
 
 def test_the_checks_read_the_whole_package():
