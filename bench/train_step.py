@@ -13,7 +13,7 @@ Variants (each a full forward + backward + AdamW step on pre-collated batches of
 * ``stage2b`` — SmartEdit: stage 2a + BIM.
 
 Variants are measured in interleaved rounds (ip2p, stage1, stage2a, stage2b, ip2p, …) so that machine-load drift
-hits all of them alike; the median round is reported. The data loader (:mod:`smartedit.train.data`: mixture draw,
+hits all of them alike; the median round is reported. The data loader (:mod:`smartedit.data.loader`: mixture draw,
 PNG decode, resize, tokenisation, collation) is timed alone for each ``--workers`` value.
 """
 
@@ -113,7 +113,7 @@ class StageStep:
 
 def _batches(config, tokenizer, stage_data: dict, batch_size: int, count: int) -> list[dict]:
     from smartedit.data.collate import SampleCollator
-    from smartedit.train.data import StepBatches
+    from smartedit.data.loader import StepBatches
 
     ratios = {k: 1.0 for k in stage_data}
     sb = StepBatches(stage_data, ratios, SampleCollator(config, tokenizer), batch_size, seed=0)
@@ -139,7 +139,7 @@ def _time_steps(runner, batches: list[dict], steps: int, warmup: int) -> float:
 def loader_throughput(config, tokenizer, sources: dict, batch_size: int, workers: int, batches: int) -> float:
     """Samples per second the training data loader delivers (stage-2 mixture), excluding worker start-up."""
     from smartedit.data.collate import SampleCollator
-    from smartedit.train.data import StepBatches, build_loader
+    from smartedit.data.loader import StepBatches, build_loader
 
     sb = StepBatches(sources, {k: 1.0 for k in sources}, SampleCollator(config, tokenizer), batch_size, seed=0)
     it = iter(build_loader(sb, 0, batches + 2, num_workers=workers))

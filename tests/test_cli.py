@@ -119,3 +119,29 @@ def test_demo_edit_callback(tmp_path):
     assert edit(pipe, DemoState(), None, "x")[2].startswith("Upload an image first")
     _, none, message, _ = edit(pipe, DemoState(), Image.open(EXAMPLE), "   ", steps=1)
     assert none is None and "instruction" in message
+
+
+@pytest.mark.slow
+def test_edit_hardware_flags_from_the_command_line(tmp_path, one_torch_thread):
+    """``--device auto``, ``--offload llm|model`` and ``--quantize-llm`` as a user types them: offloading moves
+    modules, it does not change the edit; 8-bit LLM weights change it only a little."""
+    pytest.importorskip("bitsandbytes")
+    common = ["edit", "--model", "checkpoints/smartedit-tiny", "--image", "checkpoints/examples/shapes.png",
+              "--instruction", "remove the red circle", "--steps", "4", "--device", "auto"]
+    outputs = {}
+    for name, extra in [("plain", []), ("model", ["--offload", "model"]), ("llm", ["--offload", "llm"]),
+                        ("int8", ["--quantize-llm", "int8"])]:
+        path = tmp_path / f"{name}.png"
+        assert main([*common, "--output", str(path), *extra]) == 0, name
+        outputs[name] = np.asarray(Image.open(path), dtype=np.float32) / 255
+    assert np.array_equal(outputs["plain"], outputs["model"]) and np.array_equal(outputs["plain"], outputs["llm"])
+    assert np.abs(outputs["int8"] - outputs["plain"]).mean() < 0.02
+
+
+def test_demo_serves_this_machine_only_unless_asked():
+    from smartedit.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--model", "checkpoints/smartedit-tiny"])
+    assert (args.host, args.share, args.device, args.dtype) == ("127.0.0.1", False, "auto", "auto")
+    args = build_parser().parse_args(["demo", "--model", "m", "--host", "0.0.0.0", "--share"])
+    assert (args.host, args.share) == ("0.0.0.0", True)

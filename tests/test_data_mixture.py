@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from smartedit.data.io import ParquetSampleDataset, write_samples
-from smartedit.data.loader import DrawSampler, mixture_loader, open_mixture, open_sources
+from smartedit.data.loader import mixture_loader, open_mixture, open_sources
 from smartedit.data.mixture_config import DEFAULT_STAGE2_RATIOS, MixtureConfig
 from smartedit.data.schema import Sample
 from smartedit.data.validate import LayoutError
@@ -64,7 +64,7 @@ def test_same_seed_same_sequence_and_exact_resume():
     first = next(iter(mixture_loader(b, ids_collate, batch_size=bs, epoch=2, start=k)))
     assert first["keys"] == [(3, 2, i) for i in range(k, k + bs)]  # collator keys = (seed, epoch, index)
     with pytest.raises(ValueError):
-        DrawSampler(10, start=11)
+        mixture_loader(b, ids_collate, batch_size=bs, start=121)
 
 
 def test_resume_through_two_workers_over_parquet_shards(tmp_path):

@@ -187,3 +187,20 @@ def test_two_turns_and_undo(page, screenshots):
     expect(page.locator("#history .thumbnail-item")).to_have_count(2, timeout=60_000)
     page.screenshot(path=str(screenshots / "5_undone.png"), full_page=True)
     assert np.array_equal(_result(page), first), "undo shows turn 1's image again"
+
+
+def test_page_says_why_there_is_no_region_brush_and_serves_this_machine_only(page, server):
+    """The shipped model has no mask channels: the page says region edits need them instead of showing a brush.
+    Started without ``--host``, the server answers on 127.0.0.1 only."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#no-mask-note")).to_contain_text("mask channels")
+    assert page.locator("#region").count() == 0
+    port = int(server.rstrip("/").rsplit(":", 1)[1])
+    try:
+        outside = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        outside = None
+    if outside and not outside.startswith("127."):
+        with pytest.raises(OSError):
+            socket.create_connection((outside, port), timeout=5).close()

@@ -342,3 +342,18 @@ def test_ins_align_by_the_judge_beside_the_pixel_metrics(tmp_path):
     assert run.summary["metrics"]["ins_align"]["backbone"] == "scripted-judge"
     assert all(r.meta["judge"][0]["question"] == "ins_align" for r in run.results)
     assert any("not comparable" in n for n in run.summary["notes"])
+
+
+def test_evaluation_samples_with_the_model_folders_own_settings():
+    """No sampling setting given: the benchmark editor uses what the model folder was tuned with (the shipped
+    SmartEdit-tiny: DDIM, 20 steps, guidance 1.5 / 1.0), not the 7B fallback (100 steps, 7.5 / 1.5); a given
+    value still wins."""
+    from smartedit.eval.generate import Editor, GenerationSettings
+
+    editor = Editor("checkpoints/smartedit-tiny", GenerationSettings())
+    assert (editor.settings.num_inference_steps, editor.settings.text_guidance_scale,
+            editor.settings.image_guidance_scale) == (20, 1.5, 1.0)
+    assert type(editor.pipe.scheduler).__name__ == "DDIMScheduler"
+    assert {"num_inference_steps", "text_guidance_scale", "image_guidance_scale"} <= set(editor.info["defaulted"])
+    given = Editor("checkpoints/smartedit-tiny", GenerationSettings(num_inference_steps=3))
+    assert given.settings.num_inference_steps == 3 and given.settings.text_guidance_scale == 1.5

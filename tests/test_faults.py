@@ -11,7 +11,10 @@ import logging
 import os
 import pickle
 import shutil
+import signal
+import subprocess
 import struct
+import sys
 import zlib
 
 import numpy as np
@@ -25,7 +28,7 @@ from smartedit.data.recipes import build_parser, convert
 from smartedit.data.safe_pickle import load_plain_pickle
 from smartedit.data.validate import LayoutError
 from smartedit.image_io import ImageInputError, load_image, load_mask, probe_image
-from smartedit.train.checkpoint import (RunLock, read_manifest, step_folders, verify_checkpoint, write_manifest)
+from smartedit.train.checkpoint import (RunLock, RunLockedError, read_manifest, step_folders, verify_checkpoint, write_manifest)
 from smartedit.train.consolidate import main as consolidate_main
 
 MARKER_NAME = "PAYLOAD_RAN"
@@ -574,6 +577,25 @@ def test_second_run_into_a_locked_output_folder_is_refused(trained_run, stage_ma
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and f"pid {os.getpid()}" in errors[0] and "in use by another training run" in errors[0]
     assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_a_killed_runs_forked_worker_does_not_keep_its_folder_locked(tmp_path):
+    """A DataLoader worker is a forked child: it must not hold the run's lock after the run is killed."""
+    holder = (f"import os, sys, time\nfrom smartedit.train.checkpoint import RunLock\n"
+              f"RunLock({str(tmp_path)!r}).acquire()\n"
+              f"if os.fork() == 0:\n    time.sleep(60)\n    os._exit(0)\n"
+              f"print('locked', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError):
+            RunLock(str(tmp_path)).acquire()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with RunLock(str(tmp_path)):  # the forked child is still alive here
+            pass
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

@@ -209,7 +209,7 @@ def test_rng_roundtrip(tmp_path):
 # ---- data stream and sources ---------------------------------------------------------------------------------
 def test_step_batches_are_disjoint_per_process_and_deterministic(tiny_model):
     from smartedit.data.collate import SampleCollator
-    from smartedit.train.data import StepBatches, build_loader
+    from smartedit.data.loader import StepBatches, build_loader
     from smartedit.train.sources import open_source
 
     sources = {"a": open_source("shapes:simple:16"), "b": open_source("shapes:chat:16")}

@@ -115,7 +115,7 @@ def test_two_processes_chain_all_stages(zero, launcher, tmp_path):
     helpers.assert_only_stage_parameters_changed(weights["s2a"], weights["s2b"], "stage2b", base)
 
     # each process saw exactly the samples of its position in the stream (micro-batch k of process r)
-    from smartedit.train.data import StepBatches
+    from smartedit.data.loader import StepBatches
     from smartedit.train.presets import experiment_preset
     from smartedit.train.sources import open_sources
 

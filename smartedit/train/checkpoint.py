@@ -254,10 +254,31 @@ def prune(root: str, keep_last: int, keep: tuple[str, ...] = ()) -> list[str]:
     return removed
 
 
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the inherited descriptors of the parent's run locks. A child
+    that kept one would hold the ``flock`` after the parent was killed, until it noticed and exited, and a run
+    resumed right after ``kill -9`` would find its own folder locked."""
+    for fd in list(_HELD_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 class RunLock:
     """An exclusive lock on a run folder (``OUTPUT/.run.lock``, ``fcntl.flock``): held while a run uses the folder,
     released by the kernel when the process ends however it ends (``kill -9`` included), so a stale file never
-    blocks the next run. The file names the holder (pid, host, start time) for the error a second run gets."""
+    blocks the next run. Forked children (DataLoader workers) close their copy of the descriptor at once, so only
+    the run's own process holds it. The file names the holder (pid, host, start time) for the error a second run
+    gets."""
 
     def __init__(self, directory: str):
         self.directory = directory
@@ -287,12 +308,14 @@ class RunLock:
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode())
         os.fsync(fd)
         self._fd = fd
+        _HELD_LOCK_FDS.add(fd)
         return self
 
     def release(self) -> None:
         if self._fd is not None:
             import fcntl
 
+            _HELD_LOCK_FDS.discard(self._fd)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -3,7 +3,7 @@
 Saved per process with every checkpoint, so a resumed run draws exactly the random numbers the uninterrupted run
 would have drawn (dropout, LoRA dropout). JSON instead of a pickle: a checkpoint never needs unpickling.
 The randomness of the training *data* and of the diffusion noise / CFG dropout does not come from these generators:
-it is a pure function of (seed, position), see :mod:`smartedit.train.data` and :func:`step_generator`.
+it is a pure function of (seed, position), see :mod:`smartedit.data.loader` and :func:`step_generator`.
 """
 
 from __future__ import annotations

@@ -13,14 +13,14 @@ whose message names the step and its loss terms. A step DeepSpeed skipped for a 
 loss) counts the same way.
 
 Exact resume: the data of micro-batch ``k`` and the diffusion noise / CFG dropout of micro-batch ``k`` are pure
-functions of (seed, process, k) (:mod:`smartedit.train.data`, :func:`smartedit.train.rng.step_generator`); the global
+functions of (seed, process, k) (:mod:`smartedit.data.loader`, :func:`smartedit.train.rng.step_generator`); the global
 random state (dropout) is saved per process with each checkpoint and restored after everything is built; model,
 optimizer and scheduler come from DeepSpeed's checkpoint.
 
-Bad data: an unreadable row is replaced by a deterministic draw (:mod:`smartedit.train.data`), logged with its
+Bad data: an unreadable row is replaced by a deterministic draw (:mod:`smartedit.data.loader`), logged with its
 source, shard, row and sample id, appended to ``skipped-rank{R}.jsonl`` and counted (``skipped_rows`` in
 ``metrics.jsonl`` and the checkpoints); when more than ``data.max_skipped_fraction`` of the rows drawn so far (over
-at least 200 draws) were skipped, the run stops with :class:`~smartedit.train.data.BadDataError` on every process.
+at least 200 draws) were skipped, the run stops with :class:`~smartedit.data.loader.BadDataError` on every process.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from .checkpoint import (CHECKPOINTS_DIR, TRAINER_STATE_NAME, NoValidCheckpointE
                          write_json, write_manifest)
 from .clip_text import ClipTextTarget
 from .config import ExperimentConfig
-from .data import BadDataError, StepBatches, build_loader
+from ..data.loader import BadDataError, StepBatches, build_loader
 from .distributed import DistInfo, all_reduce, barrier, init_distributed
 from .engine import (build_optimizer, initialize_engine, load_ds_config, prepare_ds_config, resolve_optimizer_impl,
                      resolve_precision)
