@@ -25,6 +25,8 @@ INSTALL_REQUIRES = [
     "deepspeed>=0.19.8,<1",
     "peft>=0.21.2,<1",
     "safetensors>=0.8,<1",
+    # tensor rearrangements (patchify, merge-unit order, the BIM's patch grid)
+    "einops>=0.8,<1",
     "datasets>=5.2,<6",
     "pyarrow>=26",
     "torchmetrics>=1.9,<2",
@@ -70,7 +72,7 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": ["smartedit=smartedit.cli:main"],
-        # data source kinds of the trainer (smartedit.train.sources): shapes:FAMILY:N, generated ShapesWorld samples
+        # data source kinds of the trainer (smartedit.data.sources): shapes:FAMILY:N, generated ShapesWorld samples
         "smartedit.data_sources": ["shapes=smartedit.shapes.sources:open_shapes_source"],
     },
 )

@@ -53,7 +53,7 @@ def build_synthetic_root(root: str, per_source: int = 64, image_size: int = 512,
 
     from smartedit.data.io import write_samples
     from smartedit.data.mixture_config import DEFAULT_STAGE2_RATIOS
-    from smartedit.data.perception import blend
+    from smartedit.data.datasets.perception import blend
     from smartedit.data.schema import Sample, decode_image
 
     rng = np.random.default_rng(seed)
@@ -170,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> dict:
     from smartedit.data.loader import open_mixture
-    from smartedit.data.mixture_config import MixtureConfig
 
     with tempfile.TemporaryDirectory(prefix="smartedit_bench_") as tmp:
         root = args.data
@@ -180,7 +179,7 @@ def _run(args: argparse.Namespace) -> dict:
             build_synthetic_root(root, args.per_source, args.image_size, args.seed)
             logger.info("built a synthetic data root (%d samples per source, %d px) in %.1f s", args.per_source,
                         args.image_size, time.perf_counter() - t)
-        mixture = open_mixture(root, MixtureConfig(seed=args.seed), allow_missing=True)
+        mixture = open_mixture(root, seed=args.seed, allow_missing=True)
         collator = make_collator(args.resolution)
         rows = [measure(mixture, collator, w, args.batch_size, args.batches, args.warmup, args.seed)
                 for w in args.workers]

@@ -36,7 +36,7 @@ logger = logging.getLogger("bench.train_step")
 
 def _shapes_sources(families: dict[str, str], n: int) -> dict:
     """Generated ShapesWorld samples (smartedit.shapes.world) per source name."""
-    from smartedit.train.sources import open_source
+    from smartedit.data.sources import open_source
 
     return {name: open_source(f"shapes:{family}:{n}") for name, family in families.items()}
 

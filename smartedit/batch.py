@@ -20,20 +20,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .image_io import ImageInputError, load_image, load_mask, probe_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BatchRow", "REPORT_NAME", "SUMMARY_NAME", "read_jobs", "run_batch", "finished_rows", "record_failures",
-           "merge_reports", "summarize"]
+__all__ = ["BatchRow", "REPORT_NAME", "SUMMARY_NAME", "read_jobs", "edit_chunk", "run_batch", "finished_rows",
+           "record_failures", "merge_reports", "summarize"]
 
 REPORT_NAME = "batch_report.jsonl"
 """One JSON line per finished row, appended as rows finish."""
 SUMMARY_NAME = "batch_report.json"
 """The whole batch (done and failed rows), written at the end."""
 MAX_NAME_BYTES = 255
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -213,6 +217,28 @@ def _public(record: dict) -> dict:
 
 
 # ---- editing -----------------------------------------------------------------------------------------------------
+def edit_chunk(items: Sequence[T], edit: Callable[[list[T]], Sequence[R]], finish: Callable[[T, R], None],
+               fail: Callable[[T, Exception], None]) -> None:
+    """Edit ``items`` in one call, ``edit(items)`` (one result per item, in order), then ``finish(item, result)``
+    each. When that call raises, each item is retried alone (``edit([item])`` then ``finish``) so one bad item fails
+    alone, with ``fail(item, exception)``; a chunk of one item is not retried. The one home of chunk-then-retry
+    editing (``smartedit edit --batch`` and the benchmark editor)."""
+    try:
+        results = edit(list(items))
+    except Exception as exc:  # noqa: BLE001 - isolate the failing item(s), whatever the exception
+        if len(items) == 1:
+            fail(items[0], exc)
+            return
+        for item in items:
+            try:
+                finish(item, edit([item])[0])
+            except Exception as item_exc:  # noqa: BLE001
+                fail(item, item_exc)
+        return
+    for item, result in zip(items, results):
+        finish(item, result)
+
+
 def run_batch(pipe, rows: list[BatchRow], batch_size: int = 4, report: str | None = None,
               max_pixels: int | None = None, **edit_kwargs) -> tuple[list[dict], list[dict]]:
     """Edit ``rows`` in chunks of ``batch_size`` (rows with and without masks are never mixed); returns
@@ -232,34 +258,22 @@ def run_batch(pipe, rows: list[BatchRow], batch_size: int = 4, report: str | Non
         _append(report, {**record, "status": "failed", "key": row.key()})
         logger.info("batch line %d failed: %s", row.line, message[:500])
 
-    def finish(results: list[tuple[BatchRow, dict]]) -> None:
-        for row, record in results:
-            done.append(record)
-            _append(report, {**record, "status": "done", "key": row.key()})
+    def finish(item: tuple, record: dict) -> None:
+        done.append(record)
+        _append(report, {**record, "status": "done", "key": item[0].key()})
 
     groups = [[r for r in rows if r.mask is None], [r for r in rows if r.mask is not None]]
     for group in groups:
         for start in range(0, len(group), batch_size):
-            chunk = group[start:start + batch_size]
             loaded = []
-            for row in chunk:  # decoded here, one chunk at a time
+            for row in group[start:start + batch_size]:  # decoded here, one chunk at a time
                 try:
                     loaded.append(_load(row, max_pixels))
                 except Exception as exc:  # noqa: BLE001 - a row fails alone, whatever the exception
                     fail(row, exc)
-            if not loaded:
-                continue
-            try:
-                finish(_edit(pipe, loaded, edit_kwargs))
-            except Exception as exc:  # noqa: BLE001
-                if len(loaded) == 1:
-                    fail(loaded[0][0], exc)
-                    continue
-                for item in loaded:
-                    try:
-                        finish(_edit(pipe, [item], edit_kwargs))
-                    except Exception as row_exc:  # noqa: BLE001
-                        fail(item[0], row_exc)
+            if loaded:
+                edit_chunk(loaded, lambda chunk: _edit(pipe, chunk, edit_kwargs), finish,
+                           lambda item, exc: fail(item[0], exc))
             del loaded
     return sorted(done, key=lambda d: d["line"]), failures
 
@@ -270,12 +284,13 @@ def _load(row: BatchRow, max_pixels: int | None):
     return row, image, mask
 
 
-def _edit(pipe, chunk: list, edit_kwargs: dict) -> list[tuple[BatchRow, dict]]:
+def _edit(pipe, chunk: list, edit_kwargs: dict) -> list[dict]:
+    """Edit a chunk of loaded rows in one pipeline call and write each output; one ``done`` record per row."""
     rows = [item[0] for item in chunk]
     masks = [item[2] for item in chunk] if chunk[0][2] is not None else None
     out = pipe([item[1] for item in chunk], [r.instruction for r in rows], mask=masks,
                seed=[r.seed for r in rows], **edit_kwargs)
-    results = []
+    records = []
     for row, image in zip(rows, out.images):
         folder = os.path.dirname(os.path.abspath(row.output))
         os.makedirs(folder, exist_ok=True)
@@ -287,6 +302,5 @@ def _edit(pipe, chunk: list, edit_kwargs: dict) -> list[tuple[BatchRow, dict]]:
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-        results.append((row, {"line": row.line, "output": row.output, "seed": row.seed,
-                              "instruction": row.instruction}))
-    return results
+        records.append({"line": row.line, "output": row.output, "seed": row.seed, "instruction": row.instruction})
+    return records

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 from transformers.models.sam.configuration_sam import SamMaskDecoderConfig
 from transformers.models.sam.modeling_sam import SamPositionalEmbedding, SamTwoWayTransformer
 
@@ -42,7 +43,7 @@ class GridPositionalEncoding(SamPositionalEmbedding):
         y = (ones.cumsum(dim=0) - 0.5) / size
         x = (ones.cumsum(dim=1) - 0.5) / size
         pe = self(torch.stack([x, y], dim=-1))  # [S, S, C]
-        return pe.permute(2, 0, 1)  # [C, S, S]
+        return rearrange(pe, "h w c -> c h w")  # [C, S, S]
 
 
 class BidirectionalInteraction(nn.Module):
@@ -81,20 +82,20 @@ class BidirectionalInteraction(nn.Module):
 
     def forward(self, text: torch.Tensor, patches: torch.Tensor, latent_size: tuple[int, int]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, num_patches, dim = patches.shape
+        batch, num_patches, _ = patches.shape
         g = self.grid_size
         if num_patches != g * g:
             raise ValueError(f"BIM expects {g}x{g}={g * g} patches, got {num_patches}")
         dtype = self.text_in.weight.dtype
         tokens = self.text_in(text.to(dtype)).unsqueeze(1)  # [B, 1, Q, D]
-        image = patches.to(dtype).transpose(1, 2).reshape(batch, dim, g, g)  # [B, D, g, g]
+        image = rearrange(patches.to(dtype), "b (h w) d -> b d h w", h=g)  # [B, D, g, g]
         pe = self.pos_encoding.grid(g).to(dtype).unsqueeze(0).expand(batch, -1, -1, -1)  # [B, D, g, g]
         tokens, keys = self.transformer(point_embeddings=tokens, image_embeddings=image,
                                         image_positional_embeddings=pe, attention_similarity=None)
         # tokens: [B, 1, Q, D]; keys: [B, 1, P, D]
         delta = self.text_out(tokens.squeeze(1))  # [B, Q, Dt]
         text_out = text + self.config.text_scale * delta.to(text.dtype)  # [B, Q, Dt]
-        grid = keys.squeeze(1).transpose(1, 2).reshape(batch, dim, g, g)  # [B, D, g, g]
+        grid = rearrange(keys, "b 1 (h w) d -> b d h w", h=g)  # [B, D, g, g]
         grid = F.interpolate(grid, size=tuple(latent_size), mode="bilinear", align_corners=False)  # [B, D, h, w]
         spatial = self.image_out(grid)  # [B, C0, h, w]
         return text_out, spatial

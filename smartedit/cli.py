@@ -13,8 +13,6 @@ import sys
 
 logger = logging.getLogger("smartedit")
 
-RANDOM_PREFIX = "random:"
-
 
 def _offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,12 +21,12 @@ def _offline() -> None:
 
 def load_model(spec: str, device: str = "cpu", dtype=None):
     """``DIR`` (a save_pretrained folder) or ``random:PRESET`` (a randomly initialised model, seed 0)."""
-    from .config import preset
+    from .config import preset, random_preset
     from .devices import CLIError
     from .model import SmartEditModel
 
-    if spec.startswith(RANDOM_PREFIX):
-        name = spec[len(RANDOM_PREFIX):]
+    name = random_preset(spec)
+    if name is not None:
         if name != "tiny":
             raise CLIError(f"only random:tiny can be built without weights here (got {spec!r}); "
                            f"7b/13b need real weights: see README 'Real weights'")
@@ -63,6 +61,7 @@ def scheduler_class(name: str):
 
 def _pipeline(args):
     """The pipeline the edit / demo / batch options ask for: model, device, dtype, scheduler, offload, quantization."""
+    from .config import random_preset
     from .devices import CLIError, resolve_device, resolve_dtype
     from .pipeline import SmartEditPipeline
 
@@ -71,10 +70,11 @@ def _pipeline(args):
     offload = getattr(args, "offload", "none") or "none"
     quant = getattr(args, "quantize_llm", None)
     scheduler = scheduler_class(args.scheduler) if getattr(args, "scheduler", None) else None
-    if quant and args.model.startswith(RANDOM_PREFIX):
+    random = random_preset(args.model) is not None
+    if quant and random:
         raise CLIError("--quantize-llm needs a model folder, not random:tiny")
     load_device = "cpu" if offload == "model" else device
-    if args.model.startswith(RANDOM_PREFIX):
+    if random:
         pipe = SmartEditPipeline(load_model(args.model, load_device, dtype))
     else:
         pipe = SmartEditPipeline.from_pretrained(args.model, torch_dtype=dtype, device=load_device,
@@ -254,13 +254,14 @@ def cmd_assemble(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .config import random_preset
     from .demo import EXAMPLES_FILE, build_app, import_gradio, launch, load_examples
     from .devices import CLIError
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import_gradio()  # before the model loads: a missing or broken gradio is reported at once, as it is
     examples_file = args.examples
-    if examples_file is None and not args.model.startswith(RANDOM_PREFIX):
+    if examples_file is None and random_preset(args.model) is None:
         examples_file = os.path.join(args.model, EXAMPLES_FILE)
     elif examples_file is not None and not os.path.isfile(examples_file):
         raise CLIError(f"examples file {examples_file!r} does not exist")
@@ -318,12 +319,23 @@ def _verbose_flag() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from .config import PRESETS
+    from .convert_cli import register as register_convert
+    from .data.cli import register as register_data
 
-    PRESET_CHOICES = sorted(PRESETS)  # noqa: N806 (tiny, 7b, 13b and each backbone pair's)
+    presets = sorted(PRESETS)  # tiny, 7b, 13b and each backbone pair's
     parser = argparse.ArgumentParser(prog="smartedit", description="SmartEdit: reasoning image editing")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_edit_parser(sub)
+    _add_assemble_parser(sub, presets)
+    _add_demo_parser(sub)
+    register_data(sub)
+    register_convert(sub)
+    _add_info_parser(sub, presets)
+    return parser
 
+
+def _add_edit_parser(sub) -> None:
     edit = sub.add_parser("edit", help="edit an image following an instruction (or many, with --batch)",
                           parents=[_verbose_flag()])
     edit.add_argument("--model", required=True, help="model folder (save_pretrained layout) or random:tiny")
@@ -342,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_edit_options(edit)
     edit.set_defaults(func=cmd_edit)
 
+
+def _add_assemble_parser(sub, presets: list[str]) -> None:
     assemble = sub.add_parser("assemble", help="build a SmartEdit model folder from local MLLM, (CLIP) and "
                                                "diffusers folders (new parts randomly initialised, for training)")
     assemble.add_argument("--llm", required=True, help="MLLM folder: LLaMA / Vicuna / LLaVA-1.1 / llava-hf, or "
@@ -349,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     assemble.add_argument("--clip", help="CLIP ViT-L/14 folder (not needed for llava-hf or Qwen2.5-VL)")
     assemble.add_argument("--sd", required=True, help="generator folder (diffusers layout): SD-1.5 / InstructPix2Pix, "
                                                       "or SDXL / SDXL InstructPix2Pix")
-    assemble.add_argument("--preset", default=None, choices=PRESET_CHOICES,
+    assemble.add_argument("--preset", default=None, choices=presets,
                           help="Q-Former / BIM / training settings (default: the pair's 7B-class preset: 7b, "
                                "llava1.5-7b+sdxl, qwen2.5vl-7b+sd15 or qwen2.5vl-7b+sdxl)")
     assemble.add_argument("--mask-channels", action="store_true", help="add 4 region-mask UNet input channels")
@@ -358,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     assemble.add_argument("--out", required=True)
     assemble.set_defaults(func=cmd_assemble)
 
+
+def _add_demo_parser(sub) -> None:
     demo = sub.add_parser("demo", help="web demo in the browser (needs pip install -e '.[demo]')")
     demo.add_argument("--model", required=True, help="model folder (save_pretrained layout) or random:tiny")
     demo.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
@@ -371,18 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--scheduler", default=None, help="diffusers scheduler class (default: the model's)")
     demo.set_defaults(func=cmd_demo)
 
-    from .convert_cli import register as register_convert
-    from .data.cli import register as register_data
 
-    register_data(sub)
-    register_convert(sub)
-
+def _add_info_parser(sub, presets: list[str]) -> None:
     info = sub.add_parser("info", help="parameter counts of a preset and the GPU memory an edit needs (built on "
                                        "the meta device)", parents=[_verbose_flag()])
-    info.add_argument("--preset", default="7b", choices=PRESET_CHOICES)
+    info.add_argument("--preset", default="7b", choices=presets)
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
-    return parser
 
 
 USER_ERRORS = (OSError, ValueError, ImportError, RuntimeError, LookupError)

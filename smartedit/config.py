@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -23,6 +24,8 @@ __all__ = [
     "ConfigSection",
     "RootConfig",
     "check_numbers",
+    "is_number",
+    "is_int",
     "VisionConfig",
     "MLLMConfig",
     "LoRAConfig",
@@ -36,6 +39,8 @@ __all__ = [
     "SmartEditConfig",
     "preset",
     "PRESETS",
+    "RANDOM_PREFIX",
+    "random_preset",
     "CONFIG_NAME",
 ]
 
@@ -56,6 +61,16 @@ def _positive(obj: Any, names: list[str], problems: list[str], prefix: str) -> N
         value = getattr(obj, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             problems.append(f"{prefix}{name} must be a positive integer, got {value!r}")
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_int(value: Any, minimum: int) -> bool:
+    """An int (not a bool) >= ``minimum``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def check_numbers(obj: Any, prefix: str, *, positive_int: tuple[str, ...] = (), nonneg_int: tuple[str, ...] = (),
@@ -667,3 +682,12 @@ def preset(name: str, **overrides: Any) -> SmartEditConfig:
         raise ConfigError([f"unknown preset {name!r}; choose one of {sorted(PRESETS)}"])
     cfg = PRESETS[name]().validate()
     return cfg.replace(**overrides) if overrides else cfg
+
+
+RANDOM_PREFIX = "random:"
+"""A model spec ``random:PRESET`` names a randomly initialised model of a preset instead of a model folder."""
+
+
+def random_preset(spec: str) -> str | None:
+    """The preset a ``random:PRESET`` model spec names; None when ``spec`` is not one (e.g. a model folder)."""
+    return spec[len(RANDOM_PREFIX):] if spec.startswith(RANDOM_PREFIX) else None

@@ -18,7 +18,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -189,73 +189,115 @@ def _editor_value(image: Image.Image) -> dict:
 
 
 def build_app(pipe: SmartEditPipeline, model_name: str = "model", examples: list[list[str]] | None = None):
-    """The gradio Blocks page around :func:`edit` and :func:`undo`."""
+    """The gradio Blocks page around :func:`edit` and :func:`undo`: laid out by :func:`_lay_out`, its buttons
+    wired by :func:`_wire`."""
     gr = import_gradio()
-    d = pipe.sampling_defaults
     has_mask = pipe.model.config.unet.mask_channels > 0
-
     with gr.Blocks(title="SmartEdit") as app:
-        state = gr.State(DemoState())
-        gr.Markdown(page_intro(pipe, model_name))
-        with gr.Row():
-            with gr.Column():
-                source = gr.Image(type="pil", label="input", elem_id="input-image", sources=["upload", "clipboard"],
-                                  height=320)
-                if has_mask:
-                    region = gr.ImageEditor(type="pil", label="region (optional): paint where to edit",
-                                            elem_id="region", sources=[], transforms=[], layers=False,
-                                            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=6))
-                else:
-                    region = gr.State(None)
-                    gr.Markdown("Region edits need a model with mask channels (`unet.mask_channels = 4`); this "
-                                "model has none, so every edit applies to the whole image.", elem_id="no-mask-note")
-            with gr.Column():
-                result = gr.Image(type="pil", label="edited", elem_id="result-image", interactive=False,
-                                  format="png", height=320)
-                status = gr.Markdown(elem_id="status")
-        instruction = gr.Textbox(label="instruction", placeholder="remove the red circle", elem_id="instruction")
-        with gr.Row():
-            edit_btn = gr.Button("Edit", variant="primary", elem_id="edit")
-            more_btn = gr.Button("Edit the result", elem_id="edit-result")
-            undo_btn = gr.Button("Undo", elem_id="undo")
-        with gr.Accordion("settings", open=False):
-            with gr.Row():
-                steps = gr.Slider(1, 150, value=d["num_inference_steps"], step=1, label="steps")
-                text_guidance = gr.Slider(0, 15, value=d["guidance_scale"], step=0.1, label="text guidance")
-                image_guidance = gr.Slider(0, 5, value=d["image_guidance_scale"], step=0.1, label="image guidance")
-            with gr.Row():
-                seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="seed", elem_id="seed")
-                randomize = gr.Checkbox(value=False, label="random seed each edit")
-        strip = gr.Gallery(label="history", elem_id="history", columns=8, fit_columns=False, height=200,
-                           object_fit="contain", format="png")
-        if examples:
-            gr.Examples(examples=examples, inputs=[source, instruction], label="examples")
-
-        def run(continue_result, state, image, text, region_value, steps, text_guidance, image_guidance, seed,
-                randomize, progress=gr.Progress()):
-            progress(0, desc="encoding the instruction")
-            new_state, shown, message, used = edit(
-                pipe, state, image, text, steps=steps, text_guidance=text_guidance, image_guidance=image_guidance,
-                seed=seed, randomize_seed=randomize, mask=mask_from_editor(region_value),
-                continue_result=continue_result,
-                progress=lambda k, n: progress((k, n), desc="denoising", unit="steps"))
-            shown_now = (new_state, shown, message, used, history(new_state))
-            # the region brush paints on the image the next "Edit the result" starts from
-            return shown_now + (_editor_value(shown) if shown is not None else gr.skip(),) if has_mask else shown_now
-
-        inputs = [state, source, instruction, region, steps, text_guidance, image_guidance, seed, randomize]
-        outputs = [state, result, status, seed, strip] + ([region] if has_mask else [])
-        for trigger, continue_result in ((edit_btn.click, False), (more_btn.click, True), (instruction.submit, False)):
-            trigger(functools.partial(run, continue_result), inputs, outputs, show_progress_on=[result])
-
-        def on_undo(state):
-            new_state, shown, message = undo(state)
-            return new_state, shown, message, history(new_state)
-
-        undo_btn.click(on_undo, [state], [state, result, status, strip])
-        if has_mask:
-            source.change(lambda im: _editor_value(im) if im is not None else None, [source], [region])
+        page = _lay_out(gr, pipe, model_name, examples, has_mask)
+        _wire(gr, pipe, page, has_mask)
     return app
+
+
+@dataclass
+class _Page:
+    """The components of the demo page that its events read or write."""
+
+    state: Any
+    source: Any
+    region: Any
+    """The region brush (an ImageEditor), or ``gr.State(None)`` for models without mask channels."""
+    result: Any
+    status: Any
+    instruction: Any
+    edit_btn: Any
+    more_btn: Any
+    undo_btn: Any
+    steps: Any
+    text_guidance: Any
+    image_guidance: Any
+    seed: Any
+    randomize: Any
+    strip: Any
+
+
+def _lay_out(gr, pipe: SmartEditPipeline, model_name: str, examples: list[list[str]] | None, has_mask: bool) -> _Page:
+    """The page's components, top to bottom (inside the caller's ``gr.Blocks``)."""
+    state = gr.State(DemoState())
+    gr.Markdown(page_intro(pipe, model_name))
+    with gr.Row():
+        with gr.Column():
+            source = gr.Image(type="pil", label="input", elem_id="input-image", sources=["upload", "clipboard"],
+                              height=320)
+            region = _region_input(gr, has_mask)
+        with gr.Column():
+            result = gr.Image(type="pil", label="edited", elem_id="result-image", interactive=False,
+                              format="png", height=320)
+            status = gr.Markdown(elem_id="status")
+    instruction = gr.Textbox(label="instruction", placeholder="remove the red circle", elem_id="instruction")
+    with gr.Row():
+        edit_btn = gr.Button("Edit", variant="primary", elem_id="edit")
+        more_btn = gr.Button("Edit the result", elem_id="edit-result")
+        undo_btn = gr.Button("Undo", elem_id="undo")
+    d = pipe.sampling_defaults
+    with gr.Accordion("settings", open=False):
+        with gr.Row():
+            steps = gr.Slider(1, 150, value=d["num_inference_steps"], step=1, label="steps")
+            text_guidance = gr.Slider(0, 15, value=d["guidance_scale"], step=0.1, label="text guidance")
+            image_guidance = gr.Slider(0, 5, value=d["image_guidance_scale"], step=0.1, label="image guidance")
+        with gr.Row():
+            seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="seed", elem_id="seed")
+            randomize = gr.Checkbox(value=False, label="random seed each edit")
+    strip = gr.Gallery(label="history", elem_id="history", columns=8, fit_columns=False, height=200,
+                       object_fit="contain", format="png")
+    if examples:
+        gr.Examples(examples=examples, inputs=[source, instruction], label="examples")
+    return _Page(state, source, region, result, status, instruction, edit_btn, more_btn, undo_btn, steps,
+                 text_guidance, image_guidance, seed, randomize, strip)
+
+
+def _region_input(gr, has_mask: bool):
+    """The region brush of a model with mask channels; otherwise a note, and a state that is always None."""
+    if has_mask:
+        return gr.ImageEditor(type="pil", label="region (optional): paint where to edit", elem_id="region",
+                              sources=[], transforms=[], layers=False,
+                              brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=6))
+    region = gr.State(None)
+    gr.Markdown("Region edits need a model with mask channels (`unet.mask_channels = 4`); this "
+                "model has none, so every edit applies to the whole image.", elem_id="no-mask-note")
+    return region
+
+
+def _wire(gr, pipe: SmartEditPipeline, page: _Page, has_mask: bool) -> None:
+    """Connect Edit / Edit the result / Enter / Undo (and, with a brush, a new input image) to :func:`edit` and
+    :func:`undo`."""
+
+    def run(continue_result, state, image, text, region_value, steps, text_guidance, image_guidance, seed,
+            randomize, progress=gr.Progress()):
+        progress(0, desc="encoding the instruction")
+        new_state, shown, message, used = edit(
+            pipe, state, image, text, steps=steps, text_guidance=text_guidance, image_guidance=image_guidance,
+            seed=seed, randomize_seed=randomize, mask=mask_from_editor(region_value),
+            continue_result=continue_result,
+            progress=lambda k, n: progress((k, n), desc="denoising", unit="steps"))
+        shown_now = (new_state, shown, message, used, history(new_state))
+        # the region brush paints on the image the next "Edit the result" starts from
+        return shown_now + (_editor_value(shown) if shown is not None else gr.skip(),) if has_mask else shown_now
+
+    inputs = [page.state, page.source, page.instruction, page.region, page.steps, page.text_guidance,
+              page.image_guidance, page.seed, page.randomize]
+    outputs = [page.state, page.result, page.status, page.seed, page.strip] + ([page.region] if has_mask else [])
+    for trigger, continue_result in ((page.edit_btn.click, False), (page.more_btn.click, True),
+                                     (page.instruction.submit, False)):
+        trigger(functools.partial(run, continue_result), inputs, outputs, show_progress_on=[page.result])
+
+    def on_undo(state):
+        new_state, shown, message = undo(state)
+        return new_state, shown, message, history(new_state)
+
+    page.undo_btn.click(on_undo, [page.state], [page.state, page.result, page.status, page.strip])
+    if has_mask:
+        page.source.change(lambda im: _editor_value(im) if im is not None else None, [page.source], [page.region])
 
 
 def launch(app, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:

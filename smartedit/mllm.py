@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from .config import LoRAConfig, MLLMConfig, VisionConfig
@@ -203,7 +204,7 @@ class SmartEditMLLM(nn.Module):
         counts = is_img.sum(dim=1)
         if not torch.all(counts == n):
             return None
-        return hidden[is_img].view(input_ids.shape[0], n, hidden.shape[-1])  # [B, N, H]
+        return rearrange(hidden[is_img], "(b n) h -> b n h", n=n)  # [B, N, H]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,

@@ -1,7 +1,7 @@
 """Released-weight conversion (smartedit.weights.released, smartedit.convert_cli) on tiny checkpoints in the published layout.
 
-The tiny reference files are written here key by key from the fact sheet (docs/released_weights.md,
-shared/released_checkpoints.md), NOT through the converter's own mapping: ``LLM-15000/adapter_model.bin``
+The tiny reference files are written here key by key from the published layout (docs/released_weights.md and
+the facts below), NOT through the converter's own mapping: ``LLM-15000/adapter_model.bin``
 (``model.base_model.model.*``, bf16 frozen LLaMA, fp32 LoRA / embeddings, ``rotary_emb.inv_freq``),
 ``embeddings_qformer/checkpoint-15000_embeddings_qformer.bin`` (``sd_qformer.*`` BERT names, ``sd_query_tokens``,
 ``lm_head``, ``mm_projector``, int64 ``position_ids``), ``modulate-15000/adapter_model.bin`` (SAM names) and
@@ -559,7 +559,8 @@ def test_every_mismatch_is_listed_in_one_error(parts, tmp_path):
         del files["embeddings"]["sd_qformer.encoder.layer.1.output_query.dense.bias"]
         files["bim"]["modulate_transformer.layers.0.norm5.weight"] = torch.zeros(D)
         files["unet"]["unet.conv_in.weight"] = torch.zeros(C0, 4, 3, 3)
-        files["llm"][f"{P}embed_tokens.weight"] = torch.zeros(BASE + 3, H)  # LLaVA's 32003 rows (issue #10)
+        # LLaVA's 32003 rows: an LLM-15000 fetched before its re-upload (issue TencentARC/SmartEdit#10)
+        files["llm"][f"{P}embed_tokens.weight"] = torch.zeros(BASE + 3, H)
         files["embeddings"]["lm_head.weight"] = torch.zeros(BASE, H)
 
     _write_released(tmp_path, mutate=mutate)

@@ -15,8 +15,8 @@ from helpers import load_script
 from PIL import Image
 
 from smartedit.data.choices import recipe_rng
+from smartedit.data.datasets.perception import COLOURS, QUESTION_OBJECT, TEMPLATES, choose_template_and_colour
 from smartedit.data.io import ParquetSampleDataset
-from smartedit.data.perception import COLOURS, QUESTION_OBJECT, TEMPLATES, choose_template_and_colour
 from smartedit.data.schema import decode_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,7 +181,7 @@ def test_ultraedit_free_form_and_region_based(tmp_path):
 
 def _coco_fixture(tmp_path, images_dir: Path):
     """Two COCO images and three annotations: two rectangles (polygons) and a crowd RLE."""
-    from smartedit.data.coco import counts_to_string, rle_encode
+    from smartedit.data.datasets.coco import counts_to_string, rle_encode
 
     images_dir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -270,7 +270,7 @@ def test_grefcoco_multi_and_no_target_expressions(tmp_path):
 
 
 def test_cocostuff_label_maps_with_ignore_and_absent_classes(tmp_path):
-    from smartedit.data.cocostuff import CLASS_NAMES, class_phrase
+    from smartedit.data.datasets.cocostuff import CLASS_NAMES, class_phrase
 
     images, labels = tmp_path / "train2017", tmp_path / "stuffthingmaps" / "train2017"
     images.mkdir()

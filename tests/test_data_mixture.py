@@ -1,12 +1,14 @@
 """The stage-2 mixture: proportions of the config, same seed → same sequence, exact resume at draw k (also through
-DataLoader workers over parquet shards), and the DESIGN.md ratio rule."""
+DataLoader workers over parquet shards), and the recipe's ratio rule (docs/design.md)."""
 
 import numpy as np
 import pytest
 
 from smartedit.data.io import ParquetSampleDataset, write_samples
-from smartedit.data.loader import mixture_loader, open_mixture, open_sources
-from smartedit.data.mixture_config import DEFAULT_STAGE2_RATIOS, MixtureConfig
+from smartedit.config import ConfigError
+from smartedit.data.loader import mixture_loader, open_mixture
+from smartedit.data.mixture_config import DEFAULT_STAGE2_RATIOS, DataConfig
+from smartedit.data.sources import source_folders
 from smartedit.data.schema import Sample
 from smartedit.data.validate import LayoutError
 
@@ -30,10 +32,10 @@ def test_default_ratios_follow_design_md():
 
 
 def test_mixture_proportions_over_20k_draws_match_the_config():
-    config = MixtureConfig(seed=7)
+    config = DataConfig(ratios=dict(DEFAULT_STAGE2_RATIOS))
     sizes = {"synthetic_reasoning": 5, "reasonseg": 3, "llava_instruct": 50, "ip2p": 100, "magicbrush": 20,
              "refcoco": 40, "grefcoco": 30, "cocostuff": 30}
-    mixture = config.build(fake_sources(sizes))
+    mixture = config.build(fake_sources(sizes), seed=7)
     n = 20_000
     counts = {name: 0 for name in sizes}
     for i in range(n):
@@ -47,11 +49,11 @@ def test_mixture_proportions_over_20k_draws_match_the_config():
 
 def test_same_seed_same_sequence_and_exact_resume():
     sources = fake_sources({"ip2p": 37, "magicbrush": 11, "refcoco": 23})
-    config = MixtureConfig({"ip2p": 2, "magicbrush": 1, "refcoco": 1}, seed=3, samples_per_epoch=120)
-    a, b = config.build(sources), config.build(sources)
+    config = DataConfig(ratios={"ip2p": 2, "magicbrush": 1, "refcoco": 1}, samples_per_epoch=120)
+    a, b = config.build(sources, seed=3), config.build(sources, seed=3)
     seq = [a[i][0].id for i in range(120)]
     assert seq == [b[i][0].id for i in range(120)]
-    other = MixtureConfig(config.ratios, seed=4, samples_per_epoch=120).build(sources)
+    other = config.build(sources, seed=4)
     assert seq != [other[i][0].id for i in range(120)]
     a.set_epoch(1)
     assert seq != [a[i][0].id for i in range(120)]  # a new epoch is a new sequence …
@@ -71,10 +73,10 @@ def test_resume_through_two_workers_over_parquet_shards(tmp_path):
     for name, n in (("ip2p", 30), ("cocostuff", 17)):
         write_samples([Sample(f"{name}/{i}", name, "caption", caption=f"{name} {i}") for i in range(n)],
                       tmp_path / name, f"{name}-train", shard_size=8, row_group_size=4)
-    config = MixtureConfig({"ip2p": 1, "cocostuff": 1, "magicbrush": 1}, seed=11, samples_per_epoch=64)
+    config = DataConfig(ratios={"ip2p": 1, "cocostuff": 1, "magicbrush": 1}, samples_per_epoch=64)
     with pytest.raises(ValueError, match=r"needs source\(s\) \['magicbrush'\]"):
-        open_mixture(tmp_path, config)
-    mixture = open_mixture(tmp_path, config, allow_missing=True)
+        open_mixture(tmp_path, config, seed=11)
+    mixture = open_mixture(tmp_path, config, seed=11, allow_missing=True)
     assert isinstance(mixture.sources["ip2p"], ParquetSampleDataset)
     serial = [b["ids"] for b in mixture_loader(mixture, ids_collate, batch_size=4, epoch=1)]
     parallel = [b["ids"] for b in mixture_loader(mixture, ids_collate, batch_size=4, epoch=1, start=24,
@@ -82,13 +84,13 @@ def test_resume_through_two_workers_over_parquet_shards(tmp_path):
     assert parallel == serial[6:]
     assert {i.split("/")[0] for ids in serial for i in ids} == {"ip2p", "cocostuff"}
     with pytest.raises(LayoutError, match=r"no shards for source\(s\) \['magicbrush'\]"):
-        open_sources(tmp_path, ["ip2p", "magicbrush"])
+        source_folders(tmp_path, ["ip2p", "magicbrush"])
 
 
 def test_ratio_rule_from_sizes():
     sizes = {"synthetic_reasoning": 476, "reasonseg": 239, "llava_instruct": 120_000, "ip2p": 313_010,
              "magicbrush": 8_807, "refcoco": 42_404, "grefcoco": 60_000, "cocostuff": 118_000}
-    config = MixtureConfig.from_sizes(sizes, seed=1)
+    config = DataConfig.from_sizes(sizes)
     r = config.ratios
     assert sum(r.values()) == pytest.approx(1.0)
     assert r["synthetic_reasoning"] == 0.15 and r["reasonseg"] == 0.085
@@ -98,11 +100,8 @@ def test_ratio_rule_from_sizes():
     rest = 1 - 0.15 - 0.085 - r["llava_instruct"]
     edit_share = rest * (313_010 + 8_807) / (313_010 + 8_807 + 42_404 + 60_000 + 118_000)
     assert r["ip2p"] + r["magicbrush"] == pytest.approx(edit_share)
-    assert MixtureConfig.from_sizes({"llava_instruct": 10_000, "ip2p": 100}).ratios["llava_instruct"] == 0.19
-    assert MixtureConfig.from_sizes({"llava_instruct": 1, "ip2p": 100}).ratios["llava_instruct"] == 0.15
-    with pytest.raises(ValueError):
-        MixtureConfig({"ip2p": -1}).validate()
-    assert MixtureConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="unknown mixture config key"):
-        MixtureConfig.from_dict({"ratio": {}})
-    assert np.isclose(sum(MixtureConfig.stage1().normalized().values()), 1.0)
+    assert DataConfig.from_sizes({"llava_instruct": 10_000, "ip2p": 100}).ratios["llava_instruct"] == 0.19
+    assert DataConfig.from_sizes({"llava_instruct": 1, "ip2p": 100}).ratios["llava_instruct"] == 0.15
+    with pytest.raises(ConfigError, match=r"data\.ratios\.ip2p must be a number >= 0"):
+        DataConfig(ratios={"ip2p": -1}).normalized()
+    assert np.isclose(sum(DataConfig.stage1().normalized().values()), 1.0)

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from smartedit.data.choices import recipe_rng
-from smartedit.data.coco import (annotation_mask, counts_to_string, polygons_to_mask, rle_decode, rle_encode,
-                                 string_to_counts)
-from smartedit.data.perception import (COLOURS, TEMPLATES, blend, choose_template_and_colour, perception_instruction,
-                                       segmentation_sample)
+from smartedit.data.datasets.coco import (annotation_mask, counts_to_string, polygons_to_mask, rle_decode,
+                                          rle_encode, string_to_counts)
+from smartedit.data.datasets.perception import (COLOURS, TEMPLATES, blend, choose_template_and_colour,
+                                                perception_instruction, segmentation_sample)
 from smartedit.data.safe_pickle import UnsafePickleError, load_plain_pickle
 from smartedit.data.schema import decode_image, encode_png
 from smartedit.data.validate import ItemError, Report
@@ -80,7 +80,7 @@ def test_choices_are_functions_of_seed_and_index():
 
 
 def test_cocostuff_absent_class_share_is_twenty_percent(tmp_path):
-    from smartedit.data.cocostuff import cocostuff_samples
+    from smartedit.data.datasets.cocostuff import cocostuff_samples
 
     (tmp_path / "img").mkdir()
     (tmp_path / "lab").mkdir()
@@ -145,7 +145,7 @@ def test_restricted_unpickler_loads_plain_refs_and_refuses_code(tmp_path):
 
 
 def test_mask_conventions():
-    from smartedit.data.masks import edit_region_mask
+    from smartedit.data.datasets.masks import edit_region_mask
 
     bw = Image.new("L", (8, 8), 0)
     bw.paste(255, (2, 2, 5, 5))

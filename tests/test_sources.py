@@ -1,4 +1,4 @@
-"""Data source kinds of the trainer (smartedit.train.sources): ``shapes:`` comes from the shapes package's entry
+"""Data source kinds of the trainer (smartedit.data.sources): ``shapes:`` comes from the shapes package's entry
 point (the trainer never imports it), any package can register a kind, and bad specs are clear errors."""
 
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from smartedit.train.sources import open_source, register_source_kind, source_kinds
+from smartedit.data.sources import open_source, register_source_kind, source_kinds
 
 
 def test_shapes_is_a_declared_kind_the_trainer_does_not_import():
@@ -17,7 +17,7 @@ def test_shapes_is_a_declared_kind_the_trainer_does_not_import():
     # a fresh process: the trainer and its data layer load without the experiment; opening a spec loads it
     code = ("import sys\nimport smartedit.train.trainer, smartedit.train.cli, smartedit.data.loader\n"
             "assert not any(m.startswith('smartedit.shapes') for m in sys.modules), 'imported early'\n"
-            "from smartedit.train.sources import open_source\n"
+            "from smartedit.data.sources import open_source\n"
             "assert len(open_source('shapes:chat:2')) == 2 and 'smartedit.shapes.sources' in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 

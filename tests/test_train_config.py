@@ -53,7 +53,7 @@ def test_presets_use_the_data_mixture():
     assert set(tiny.sources) == set(DEFAULT_STAGE2_RATIOS)
     paper = experiment_preset("7b", "stage2a").data
     assert paper.root == "data" and paper.sources == {}
-    from smartedit.train.sources import source_specs
+    from smartedit.data.sources import source_specs
 
     assert source_specs(paper)["ip2p"] == os.path.join("data", "ip2p")
     with pytest.raises(ConfigError, match="without a path"):
@@ -210,7 +210,7 @@ def test_rng_roundtrip(tmp_path):
 def test_step_batches_are_disjoint_per_process_and_deterministic(tiny_model):
     from smartedit.data.collate import SampleCollator
     from smartedit.data.loader import StepBatches, build_loader
-    from smartedit.train.sources import open_source
+    from smartedit.data.sources import open_source
 
     sources = {"a": open_source("shapes:simple:16"), "b": open_source("shapes:chat:16")}
     collate = SampleCollator(tiny_model.config, tiny_model.tokenizer)
@@ -227,7 +227,7 @@ def test_step_batches_are_disjoint_per_process_and_deterministic(tiny_model):
 def test_sources_parquet_shapes_python_and_root(tmp_path, monkeypatch):
     from smartedit.data.io import write_samples
     from smartedit.train.config import DataConfig
-    from smartedit.train.sources import open_source, open_sources
+    from smartedit.data.sources import open_source, open_sources
 
     samples = open_source("shapes:simple:5") + open_source("shapes:caption:2", str(tmp_path))
     assert all(not s.problems() for s in samples) and samples[0] == open_source("shapes:simple:5")[0]
@@ -238,7 +238,7 @@ def test_sources_parquet_shapes_python_and_root(tmp_path, monkeypatch):
     opened = open_sources(DataConfig(ratios={"ip2p": 1.0, "cc12m": 0.0, "chat": 0.5}, root="root",
                                      sources={"chat": "shapes:chat:3"}), base_dir=str(tmp_path))
     assert sorted(opened) == ["chat", "ip2p"] and len(opened["ip2p"]) == 7  # cc12m (ratio 0) is not opened
-    (tmp_path / "my_reader.py").write_text("from smartedit.train.sources import open_source\n"
+    (tmp_path / "my_reader.py").write_text("from smartedit.data.sources import open_source\n"
                                            "def samples():\n    return open_source('shapes:chat:2')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert len(open_source("python:my_reader:samples")) == 2

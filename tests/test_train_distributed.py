@@ -117,7 +117,7 @@ def test_two_processes_chain_all_stages(zero, launcher, tmp_path):
     # each process saw exactly the samples of its position in the stream (micro-batch k of process r)
     from smartedit.data.loader import StepBatches
     from smartedit.train.presets import experiment_preset
-    from smartedit.train.sources import open_sources
+    from smartedit.data.sources import open_sources
 
     for name, stage, term in (("s1", "stage1", "align_mse"), ("s2a", "stage2a", "diffusion_loss"),
                               ("s2b", "stage2b", "diffusion_loss")):

@@ -25,7 +25,7 @@ from smartedit.shapes.world import training_samples
 from smartedit.train.checkpoint import list_checkpoints
 from smartedit.train.metrics import read_jsonl
 from smartedit.train.presets import experiment_preset
-from smartedit.train.sources import open_sources
+from smartedit.data.sources import open_sources
 
 pytestmark = pytest.mark.slow
 

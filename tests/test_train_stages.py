@@ -158,7 +158,7 @@ def _pretrained_tiny_llm(directory: str) -> str:
     learn those tokens in stage 1, which freezes it, so they would put a floor under the loss.)"""
     from smartedit.data.collate import SampleCollator
     from smartedit.prompt import IGNORE_INDEX
-    from smartedit.train.sources import open_source
+    from smartedit.data.sources import open_source
 
     model = SmartEditModel.from_config(preset("tiny", **{"bim.enabled": False}), seed=0)
     base = model.config.mllm.vocab_size

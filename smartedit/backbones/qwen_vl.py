@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 from transformers import Qwen2_5_VLConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (Qwen2_5_VisionTransformerPretrainedModel,
                                                                 Qwen2_5_VLModel, Qwen2_5_VLPreTrainedModel,
@@ -62,21 +63,17 @@ def patchify(pixels: torch.Tensor, patch: int, merge: int, temporal: int) -> tor
     """[B, C, H, W] normalised pixels → [B, (H/p)·(W/p), C·T·p·p] patches in the Qwen2-VL image processor's order
     (2×2 merge units row by row, each unit row by row; the still image repeated ``temporal`` times)."""
     b, c, h, w = pixels.shape
-    gh, gw = h // patch, w // patch
     x = pixels.unsqueeze(1).expand(b, temporal, c, h, w)  # [B, T, C, H, W]
-    x = x.reshape(b, temporal, c, gh // merge, merge, patch, gw // merge, merge, patch)
-    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # [B, gh/m, gw/m, m, m, C, T, p, p]
-    return x.reshape(b, gh * gw, c * temporal * patch * patch)
+    # (gy, gx): merge unit; (my, mx): patch within the unit; (py, px): pixel within the patch
+    return rearrange(x, "b t c (gy my py) (gx mx px) -> b (gy gx my mx) (c t py px)",
+                     my=merge, mx=merge, py=patch, px=patch)  # [B, (H/p)·(W/p), C·T·p·p]
 
 
 def unpatchify_order(tokens: torch.Tensor, grid: int, merge: int, to_row_major: bool = True) -> torch.Tensor:
     """[B, g², D] tokens between merge-unit order (the processor's) and row-major grid order."""
-    b, n, d = tokens.shape
-    if to_row_major:
-        x = tokens.view(b, grid // merge, grid // merge, merge, merge, d).permute(0, 1, 3, 2, 4, 5)
-    else:
-        x = tokens.view(b, grid // merge, merge, grid // merge, merge, d).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, n, d)
+    units, rows = "b (gy gx my mx) d", "b (gy my gx mx) d"  # (gy, gx): merge unit; (my, mx): token within it
+    pattern = f"{units} -> {rows}" if to_row_major else f"{rows} -> {units}"
+    return rearrange(tokens, pattern, gx=grid // merge, my=merge, mx=merge)  # [B, g², D]
 
 
 class QwenTextLM(Qwen2_5_VLPreTrainedModel):
@@ -171,8 +168,8 @@ class QwenVLMLLM(SmartEditMLLM):
         window, _ = get_vision_window_index(grid, spatial_merge_size=tower.spatial_merge_size,
                                             window_size=tower.window_size, patch_size=tower.patch_size, kwargs={})
         unit = self.merge_size**2
-        hidden = hidden.view(-1, unit, hidden.shape[-1])[torch.argsort(window)]  # [B·P/4, 4, Dv] processor order
-        hidden = hidden.reshape(b, n, -1)  # [B, P, Dv] merge-unit order
+        hidden = rearrange(hidden, "(u k) d -> u k d", k=unit)[torch.argsort(window)]  # [B·P/4, 4, Dv] processor order
+        hidden = rearrange(hidden, "(b u) k d -> b (u k) d", b=b)  # [B, P, Dv] merge-unit order
         return unpatchify_order(hidden, self.vision_config.grid_size, self.merge_size)  # [B, P, Dv] row-major
 
     # ---- language ----------------------------------------------------------------------------------------

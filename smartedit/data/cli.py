@@ -59,15 +59,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _preview_source(args: argparse.Namespace):
     from .io import ParquetSampleDataset, list_shards
-    from .loader import open_sources
-    from .mixture_config import DEFAULT_STAGE2_RATIOS, MixtureConfig
+    from .mixture_config import DEFAULT_STAGE2_RATIOS, DataConfig
+    from .sources import open_sources, source_folders
 
     path = args.data
     direct = os.path.isdir(path) and any(f.endswith(".parquet") for f in os.listdir(path))
     if os.path.isfile(path) or direct:
         sources = {os.path.basename(os.path.normpath(path)) or "data": ParquetSampleDataset(list_shards(path))}
     else:
-        sources = open_sources(path)
+        sources = open_sources(DataConfig(ratios={name: 1.0 for name in source_folders(path)}, root=path))
     ratios = {n: DEFAULT_STAGE2_RATIOS.get(n, 0.0) for n in sources}
     if not any(ratios.values()):
         ratios = {n: 1.0 for n in sources}
@@ -75,8 +75,7 @@ def _preview_source(args: argparse.Namespace):
         if name not in sources:
             raise SystemExit(f"error: --ratio names {name!r}, which is not among the sources {sorted(sources)}")
         ratios[name] = weight
-    config = MixtureConfig(ratios, seed=args.seed).validate()
-    return config.build({n: s for n, s in sources.items() if ratios[n] > 0})
+    return DataConfig(ratios=ratios).build({n: s for n, s in sources.items() if ratios[n] > 0}, seed=args.seed)
 
 
 def cmd_preview(args: argparse.Namespace) -> int:

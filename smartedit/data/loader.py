@@ -26,21 +26,21 @@ A data root holds one sub-folder of shards per source, named like the mixture's 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
 
 import torch
 
-from .io import ParquetSampleDataset
 from .mixture import MixtureDataset
-from .mixture_config import MixtureConfig
+from .mixture_config import DEFAULT_STAGE2_RATIOS, DataConfig
 from .schema import Sample
-from .validate import LayoutError
+from .sources import open_sources, source_folders
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["open_sources", "open_mixture", "StepBatches", "build_loader", "mixture_loader", "BadDataError",
+__all__ = ["open_mixture", "StepBatches", "build_loader", "mixture_loader", "BadDataError",
            "MAX_ATTEMPTS"]
 
 MAX_ATTEMPTS = 16
@@ -51,36 +51,14 @@ class BadDataError(ValueError):
     """The training data is too broken to go on (too many bad rows); the message names examples."""
 
 
-def open_sources(root: str | os.PathLike, names: Sequence[str] | None = None) -> dict[str, ParquetSampleDataset]:
-    """``{name: ParquetSampleDataset}`` for the sub-folders of ``root`` that hold shards (only ``names`` if given;
-    a named source without shards is a :class:`LayoutError`)."""
-    root = str(root)
-    if not os.path.isdir(root):
-        raise LayoutError(f"{root} is not a folder: expected a data root with one sub-folder of *.parquet shards "
-                          f"per source (ip2p/, magicbrush/, …)")
-    found = {}
-    for entry in sorted(os.listdir(root)):
-        path = os.path.join(root, entry)
-        if os.path.isdir(path) and any(f.endswith(".parquet") for _, _, fs in os.walk(path) for f in fs):
-            found[entry] = path
-    if names is not None:
-        missing = [n for n in names if n not in found]
-        if missing:
-            raise LayoutError(f"{root} has no shards for source(s) {missing}: expected {root}/<source>/*.parquet "
-                              f"(found sources: {sorted(found)})")
-        found = {n: found[n] for n in names}
-    if not found:
-        raise LayoutError(f"no source folders with *.parquet shards in {root}: expected {root}/<source>/*.parquet")
-    return {name: ParquetSampleDataset(path) for name, path in found.items()}
-
-
-def open_mixture(root: str | os.PathLike, config: MixtureConfig | None = None,
+def open_mixture(root: str | os.PathLike, config: DataConfig | None = None, seed: int = 0,
                  allow_missing: bool = False) -> MixtureDataset:
-    """The mixture of the sources under ``root`` with ``config`` (default: stage-2 defaults)."""
-    config = config or MixtureConfig()
-    sources = open_sources(root)
-    config = config.restricted(list(sources), allow_missing=allow_missing)
-    return config.build({n: s for n, s in sources.items() if config.ratios.get(n, 0) > 0})
+    """The mixture of the sources under the data root ``root`` with ``config``'s ratios (default: the stage-2
+    defaults) and ``seed``."""
+    config = config or DataConfig(ratios=dict(DEFAULT_STAGE2_RATIOS))
+    config = config.restricted(list(source_folders(root)), allow_missing=allow_missing)
+    config = dataclasses.replace(config, root=os.fspath(root))
+    return config.build(open_sources(config), seed=seed)
 
 
 def _where(source: Sequence[Sample], index: int) -> tuple[str | None, int]:

@@ -1,6 +1,6 @@
 """The registry of data recipes and the shared conversion runner.
 
-A recipe module (``smartedit.data.ip2p``, ``smartedit.data.refcoco`` …) defines
+A recipe module (``smartedit.data.datasets.ip2p``, ``smartedit.data.datasets.refcoco`` …) defines
 
 * ``NAME``, ``HELP`` and ``add_arguments(parser)`` (its own command-line options);
 * ``samples_from_args(args, report) -> Iterator[Sample]`` (the conversion, streaming, skip-and-report);
@@ -28,16 +28,16 @@ logger = logging.getLogger(__name__)
 __all__ = ["RECIPES", "recipe_module", "build_parser", "convert", "run_recipe"]
 
 RECIPES = {
-    "ip2p": "smartedit.data.ip2p",
-    "magicbrush": "smartedit.data.magicbrush",
-    "ultraedit": "smartedit.data.ultraedit",
-    "refcoco": "smartedit.data.refcoco",
-    "grefcoco": "smartedit.data.grefcoco",
-    "cocostuff": "smartedit.data.cocostuff",
-    "reasonseg": "smartedit.data.reasonseg",
-    "synthetic_reasoning": "smartedit.data.synthetic",
-    "llava_instruct": "smartedit.data.llava_instruct",
-    "cc12m": "smartedit.data.cc12m",
+    "ip2p": "smartedit.data.datasets.ip2p",
+    "magicbrush": "smartedit.data.datasets.magicbrush",
+    "ultraedit": "smartedit.data.datasets.ultraedit",
+    "refcoco": "smartedit.data.datasets.refcoco",
+    "grefcoco": "smartedit.data.datasets.grefcoco",
+    "cocostuff": "smartedit.data.datasets.cocostuff",
+    "reasonseg": "smartedit.data.datasets.reasonseg",
+    "synthetic_reasoning": "smartedit.data.datasets.synthetic",
+    "llava_instruct": "smartedit.data.datasets.llava_instruct",
+    "cc12m": "smartedit.data.datasets.cc12m",
 }
 """Recipe name → module. The name is also the default mixture source name of its output."""
 

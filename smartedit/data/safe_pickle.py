@@ -50,72 +50,93 @@ def _text(value: Any) -> Any:
     return value
 
 
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
 def _to_text(root: Any, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) -> Any:
     """A copy of ``root`` with byte strings decoded, built with an explicit stack (no recursion)."""
-    nodes = 0
-    containers = (dict, list, tuple, set, frozenset)
+    budget = _Budget(max_nodes, max_depth)
+    out_root = budget.visit(root, 0, frozenset())
+    if not isinstance(root, _CONTAINERS):
+        return out_root
+    stack = [_frame(root, 0, frozenset())]
+    while True:
+        top = stack[-1]
+        try:
+            item = next(top[1])
+        except StopIteration:
+            stack.pop()
+            built = _rebuild(top[0], top[2])
+            if not stack:
+                return built
+            _deliver(stack[-1], built)
+            continue
+        child = _collect(top, item, budget)
+        if child is not None:
+            stack.append(child)
 
-    def fresh(value: Any, depth: int, path: frozenset) -> Any:
-        nonlocal nodes
-        nodes += 1
-        if nodes > max_nodes:
-            raise PickleTooLargeError(f"the pickle expands to more than {max_nodes:,} values (shared references?)")
-        if not isinstance(value, containers):
+
+class _Budget:
+    """The limits of one copy: every value counts towards ``max_nodes``; containers are checked for depth and
+    for containing themselves."""
+
+    def __init__(self, max_nodes: int, max_depth: int):
+        self.max_nodes = max_nodes
+        self.max_depth = max_depth
+        self.nodes = 0
+
+    def visit(self, value: Any, depth: int, path: frozenset) -> Any:
+        """``value`` decoded when it is not a container (None for a container: it is copied by its own frame);
+        raises :class:`PickleTooLargeError` past a limit. ``path``: the ids of the containers above it."""
+        self.nodes += 1
+        if self.nodes > self.max_nodes:
+            raise PickleTooLargeError(f"the pickle expands to more than {self.max_nodes:,} values (shared "
+                                      f"references?)")
+        if not isinstance(value, _CONTAINERS):
             return _text(value)
-        if depth > max_depth:
-            raise PickleTooLargeError(f"the pickle nests deeper than {max_depth} levels")
+        if depth > self.max_depth:
+            raise PickleTooLargeError(f"the pickle nests deeper than {self.max_depth} levels")
         if id(value) in path:
             raise PickleTooLargeError("the pickle contains a container that contains itself")
         return None
 
-    out_root = fresh(root, 0, frozenset())
-    if not isinstance(root, containers):
-        return out_root
-    # each frame: (source container, its items iterator, collected items, depth, ids on the path)
-    def frame(value, depth, path):
-        items = iter(value.items()) if isinstance(value, dict) else iter(value)
-        return [value, items, [], depth, path | {id(value)}]
 
-    stack = [frame(root, 0, frozenset())]
-    result = None
-    while stack:
-        top = stack[-1]
-        value, items, collected, depth, path = top
-        try:
-            item = next(items)
-        except StopIteration:
-            stack.pop()
-            if isinstance(value, dict):
-                built: Any = dict(collected)
-            elif isinstance(value, list):
-                built = collected
-            elif isinstance(value, tuple):
-                built = tuple(collected)
-            else:
-                built = type(value)(collected)
-            if stack:
-                parent = stack[-1]
-                _deliver(parent, built)
-            else:
-                result = built
-            continue
-        if isinstance(value, dict):
-            key, val = item
-            key = _text(key)
-            leaf = fresh(val, depth + 1, path)
-            if isinstance(val, containers):
-                top[2].append([key, None])  # filled when the child container is built
-                stack.append(frame(val, depth + 1, path))
-            else:
-                top[2].append((key, leaf))
-        else:
-            leaf = fresh(item, depth + 1, path)
-            if isinstance(item, containers):
-                top[2].append(_PENDING)
-                stack.append(frame(item, depth + 1, path))
-            else:
-                top[2].append(leaf)
-    return result
+def _frame(value: Any, depth: int, path: frozenset) -> list:
+    """A stack frame: [source container, its items iterator, collected items, depth, ids on the path]."""
+    items = iter(value.items()) if isinstance(value, dict) else iter(value)
+    return [value, items, [], depth, path | {id(value)}]
+
+
+def _collect(top: list, item: Any, budget: _Budget) -> list | None:
+    """Add one item of ``top``'s container to its collected items; a child container gets a pending slot (filled
+    by :func:`_deliver` once built) and its frame is returned, to be copied next."""
+    value, _, collected, depth, path = top
+    if isinstance(value, dict):
+        key, val = item
+        key = _text(key)
+        leaf = budget.visit(val, depth + 1, path)
+        if isinstance(val, _CONTAINERS):
+            collected.append([key, None])
+            return _frame(val, depth + 1, path)
+        collected.append((key, leaf))
+        return None
+    leaf = budget.visit(item, depth + 1, path)
+    if isinstance(item, _CONTAINERS):
+        collected.append(_PENDING)
+        return _frame(item, depth + 1, path)
+    collected.append(leaf)
+    return None
+
+
+def _rebuild(value: Any, collected: list) -> Any:
+    """The plain container of ``value``'s type holding the copied items."""
+    if isinstance(value, dict):
+        return dict(collected)
+    if isinstance(value, list):
+        return collected
+    if isinstance(value, tuple):
+        return tuple(collected)
+    return type(value)(collected)
 
 
 _PENDING = object()

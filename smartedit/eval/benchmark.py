@@ -215,18 +215,66 @@ def run_benchmark(bench: Benchmark, *, out: str | os.PathLike, outputs: str | os
                   limit: int | None = None, max_visual: int = 16, allow_size_mismatch: bool = False,
                   shard: Shard | None = None, run_info: dict[str, Any] | None = None, notes: list[str] | None = None,
                   merge_timeout: float = 7 * 24 * 3600) -> EvalRun:
-    """Edit (with ``editor``) or read ``outputs``, score, and (on rank 0) write the report into ``out``."""
+    """Edit (with ``editor``) or read ``outputs``, score, and (on rank 0) write the report into ``out``.
+
+    The phases: read the samples, record the run's settings, edit this rank's samples (:func:`_generate`), score
+    them (:func:`_score_rows`), merge every rank's rows (rank 0, :func:`_merge_ranks`), write the report."""
     if (outputs is None) == (editor is None):
         raise ValueError("give exactly one of outputs= (score existing edits) or editor= (run a model)")
     shard = shard or Shard.from_env()
     backbones = backbones or Backbones()
     out = Path(out)
+    samples, data_notes = _read_samples(bench, limit)
+    ctx = Context(backbones=backbones, judge=judge, allow_size_mismatch=allow_size_mismatch)
+    info, roots = _run_info(bench, out, outputs, editor, judge, run_info)
+    metrics = bench.metric_infos(ctx)
+    fp = fingerprint({"benchmark": bench.name, "run": {k: v for k, v in info.items() if k != "generation"},
+                      "generation": {k: v for k, v in (editor.info if editor else {}).items() if k != "device"},
+                      "metrics": {k: m.to_dict() for k, m in metrics.items()}, "limit": limit,
+                      "allow_size_mismatch": allow_size_mismatch})
+    partial = out / PARTIAL_DIR
+    log = ProgressLog(partial, shard, fp)
+    done = log.records()
+    mine = shard.select(samples)
+    if shard.distributed:
+        logger.info("%s: rank %d of %d takes %d of %d samples", bench.title, shard.rank, shard.world_size,
+                    len(mine), len(samples))
+
+    gen = _generate(bench, editor, mine, done, log, roots[0]) if editor is not None else None
+    if editor is None and not bench.find_outputs(samples, roots):
+        raise BenchmarkError(f"no {bench.title} outputs found in {', '.join(map(os.fspath, roots))}: expected "
+                             f"{bench.outputs_layout}")
+    results = _score_rows(bench, mine, roots, done, gen, ctx, log)
+    log.mark_done(len(results))
+    if not shard.is_main:
+        return EvalRun(summary={}, results=results, out_dir=out, merged=False)
+    if shard.distributed:
+        results = _merge_ranks(bench, samples, roots, partial, fp, shard, editor, merge_timeout)
+
+    all_notes = (list(data_notes) + list(notes or []) + backbones.notes() + bench.notes(ctx)
+                 + _judge_notes(judge, results))
+    summary = write_report(out, benchmark=bench.name, title=bench.title, results=results, metrics=metrics,
+                           aggregates=bench.aggregates(samples), run_info=info, notes=all_notes,
+                           max_visual=max_visual)
+    run = EvalRun(summary=summary, results=results, out_dir=out)
+    run.incomplete = [r for r in results if not r.ok and r.status not in bench.rule_exclusions]
+    return run
+
+
+def _read_samples(bench: Benchmark, limit: int | None) -> tuple[list[Sample], list[str]]:
+    """The benchmark's samples (the first ``limit``) and its data notes; none at all is a BenchmarkError."""
     samples, data_notes = bench.read()
     if limit is not None:
         samples = samples[:limit]
     if not samples:
         raise BenchmarkError(f"no {bench.title} samples in {os.fspath(bench.data)!r}")
-    ctx = Context(backbones=backbones, judge=judge, allow_size_mismatch=allow_size_mismatch)
+    return samples, data_notes
+
+
+def _run_info(bench: Benchmark, out: Path, outputs, editor: Editor | None, judge: Judge | None,
+              run_info: dict[str, Any] | None) -> tuple[dict[str, Any], list[Path]]:
+    """The run's settings for the report, and the folders the edits are found in (``OUT/outputs`` when editing;
+    a given outputs folder must exist)."""
     info: dict[str, Any] = {**bench.run_info(), **(run_info or {})}
     if editor is not None:
         roots = [out / "outputs"]
@@ -240,95 +288,89 @@ def run_benchmark(bench: Benchmark, *, out: str | os.PathLike, outputs: str | os
     info["outputs"] = os.fspath(roots[0]) if len(roots) == 1 else [os.fspath(p) for p in roots]
     if judge is not None:
         info["judge"] = judge.info.to_dict()
-    metrics = bench.metric_infos(ctx)
-    key = {"benchmark": bench.name, "run": {k: v for k, v in info.items() if k != "generation"},
-           "generation": {k: v for k, v in (editor.info if editor else {}).items() if k != "device"},
-           "metrics": {k: m.to_dict() for k, m in metrics.items()}, "limit": limit,
-           "allow_size_mismatch": allow_size_mismatch}
-    fp = fingerprint(key)
-    partial = out / PARTIAL_DIR
-    log = ProgressLog(partial, shard, fp)
-    done = log.records()
-    mine = shard.select(samples)
-    if shard.distributed:
-        logger.info("%s: rank %d of %d takes %d of %d samples", bench.title, shard.rank, shard.world_size,
-                    len(mine), len(samples))
+    return info, roots
 
-    gen = Generation(info=editor.info) if editor is not None else None
-    if editor is not None:
-        generated = set()
-        for rec in done:
-            if rec.get("kind") == "generated":
-                generated.update(rec["samples"])
-                gen.seeds.update(rec["seeds"])
-                gen.failures.update(rec["failures"])
-        todo = [s for s in mine if s.id not in generated]
-        chunk = max(1, int(editor.settings.batch_size)) * 4
-        for start in range(0, len(todo), chunk):
-            part = todo[start:start + chunk]
-            before = set(editor.seeds) | set(editor.failures)
-            bench.generate(part, editor, roots[0])
-            new = (set(editor.seeds) | set(editor.failures)) - before
-            seeds = {k: editor.seeds[k] for k in new if k in editor.seeds}
-            failures = {k: editor.failures[k] for k in new if k in editor.failures}
-            gen.seeds.update(seeds)
-            gen.failures.update(failures)
-            log.append({"kind": "generated", "samples": [s.id for s in part], "seeds": seeds, "failures": failures})
 
-    if editor is None:
-        found_all = bench.find_outputs(samples, roots)
-        if not found_all:
-            raise BenchmarkError(f"no {bench.title} outputs found in {', '.join(map(os.fspath, roots))}: expected "
-                                 f"{bench.outputs_layout}")
+def _generate(bench: Benchmark, editor: Editor, mine: list[Sample], done: list[dict], log: ProgressLog,
+              root: Path) -> Generation:
+    """Edit this rank's samples that its progress log does not hold yet, in chunks of 4 editor batches, logging
+    each chunk's seeds and failures; returns every seed and failure (earlier runs' included)."""
+    gen = Generation(info=editor.info)
+    generated = set()
+    for rec in done:
+        if rec.get("kind") == "generated":
+            generated.update(rec["samples"])
+            gen.seeds.update(rec["seeds"])
+            gen.failures.update(rec["failures"])
+    todo = [s for s in mine if s.id not in generated]
+    chunk = max(1, int(editor.settings.batch_size)) * 4
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        before = set(editor.seeds) | set(editor.failures)
+        bench.generate(part, editor, root)
+        new = (set(editor.seeds) | set(editor.failures)) - before
+        seeds = {k: editor.seeds[k] for k in new if k in editor.seeds}
+        failures = {k: editor.failures[k] for k in new if k in editor.failures}
+        gen.seeds.update(seeds)
+        gen.failures.update(failures)
+        log.append({"kind": "generated", "samples": [s.id for s in part], "seeds": seeds, "failures": failures})
+    return gen
+
+
+def _score_rows(bench: Benchmark, mine: list[Sample], roots: list[Path], done: list[dict], gen: Generation | None,
+                ctx: Context, log: ProgressLog) -> list[SampleResult]:
+    """This rank's rows: those its progress log scored OK from unchanged files are reused, the others are scored
+    and logged."""
     scored = {rec["id"]: rec for rec in done if rec.get("kind") == "result" and rec.get("status") == OK}
     found = bench.find_outputs(mine, roots)
     results = bench.build_results(mine, found, roots)
     if gen is not None:
         _apply_generation(bench, results, gen)
-    todo_r = []
+    todo = []
     for r in results:
         rec = scored.get(r.id)
         if rec is not None and rec.get("stamp") == _stamp(r):
             _overlay(r, rec)
         else:
-            todo_r.append(r)
-    for r in tqdm(todo_r, desc=f"{bench.title}: scoring", unit="sample", disable=not todo_r):
+            todo.append(r)
+    for r in tqdm(todo, desc=f"{bench.title}: scoring", unit="sample", disable=not todo):
         _score_one(bench, r, ctx)
         log.append({"kind": "result", "stamp": _stamp(r), **r.to_dict()})
-    log.mark_done(len(results))
-    if not shard.is_main:
-        return EvalRun(summary={}, results=results, out_dir=out, merged=False)
+    return results
 
-    # ---- rank 0: merge every rank's rows into the single-process report -----------------------------------
-    if shard.distributed:
-        wait_for_ranks(partial, shard, fp, timeout=merge_timeout)
-        records = read_progress(partial, fp)
-        gen_all = Generation(info=editor.info) if editor is not None else None
-        for rec in records:
-            if rec.get("kind") == "generated" and gen_all is not None:
-                gen_all.seeds.update(rec["seeds"])
-                gen_all.failures.update(rec["failures"])
-        rows = {rec["id"]: rec for rec in records if rec.get("kind") == "result"}  # last record wins
-        found = bench.find_outputs(samples, roots)
-        results = bench.build_results(samples, found, roots)
-        if gen_all is not None:
-            _apply_generation(bench, results, gen_all)
-        missing = [r.id for r in results if r.id not in rows]
-        if missing:
-            raise BenchmarkError(f"{len(missing)} rows have no record in {os.fspath(partial)} (e.g. {missing[:3]}); "
-                                 f"run every rank again, they resume")
-        for r in results:
-            _overlay(r, rows[r.id])
-    all_notes = list(data_notes) + list(notes or []) + backbones.notes() + bench.notes(ctx)
-    if judge is not None:
-        unparsed = sum(1 for r in results for q in r.meta.get("judge", []) if q.get("unparsed"))
-        all_notes.append(judge.note())
-        if unparsed:
-            all_notes.append(f"{unparsed} judge replies could not be parsed: those scores are n/a (replies kept "
-                             f"in samples.json, meta.judge)")
-    summary = write_report(out, benchmark=bench.name, title=bench.title, results=results, metrics=metrics,
-                           aggregates=bench.aggregates(samples), run_info=info, notes=all_notes,
-                           max_visual=max_visual)
-    run = EvalRun(summary=summary, results=results, out_dir=out)
-    run.incomplete = [r for r in results if not r.ok and r.status not in bench.rule_exclusions]
-    return run
+
+def _merge_ranks(bench: Benchmark, samples: list[Sample], roots: list[Path], partial: Path, fp: str, shard: Shard,
+                 editor: Editor | None, merge_timeout: float) -> list[SampleResult]:
+    """Rank 0: wait for every rank, then rebuild every row from the ranks' progress logs (the single-process
+    report's rows)."""
+    wait_for_ranks(partial, shard, fp, timeout=merge_timeout)
+    records = read_progress(partial, fp)
+    gen_all = Generation(info=editor.info) if editor is not None else None
+    for rec in records:
+        if rec.get("kind") == "generated" and gen_all is not None:
+            gen_all.seeds.update(rec["seeds"])
+            gen_all.failures.update(rec["failures"])
+    rows = {rec["id"]: rec for rec in records if rec.get("kind") == "result"}  # last record wins
+    found = bench.find_outputs(samples, roots)
+    results = bench.build_results(samples, found, roots)
+    if gen_all is not None:
+        _apply_generation(bench, results, gen_all)
+    missing = [r.id for r in results if r.id not in rows]
+    if missing:
+        raise BenchmarkError(f"{len(missing)} rows have no record in {os.fspath(partial)} (e.g. {missing[:3]}); "
+                             f"run every rank again, they resume")
+    for r in results:
+        _overlay(r, rows[r.id])
+    return results
+
+
+def _judge_notes(judge: Judge | None, results: list[SampleResult]) -> list[str]:
+    """The judge's note, and how many of its replies could not be parsed (none without a judge)."""
+    if judge is None:
+        return []
+    unparsed = sum(1 for r in results for q in r.meta.get("judge", []) if q.get("unparsed"))
+    notes = [judge.note()]
+    if unparsed:
+        notes.append(f"{unparsed} judge replies could not be parsed: those scores are n/a (replies kept "
+                     f"in samples.json, meta.judge)")
+    return notes

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..batch import edit_chunk
 from .backbones import combined_sha256, sha256_file
 from .images import ImageSource, load_rgb
 from .results import MISSING_INPUT, SampleProblem
@@ -125,31 +126,21 @@ class Editor:
             self._run_batch(todo[start:start + size])
 
     def _run_batch(self, batch: list[EditJob]) -> None:
-        ready, images = [], []
+        """Edit one batch with :func:`smartedit.batch.edit_chunk`: a batch that raises is retried job by job."""
+        ready: list[tuple[EditJob, Image.Image]] = []
         for job in batch:
             try:
-                images.append(load_rgb(job.image, MISSING_INPUT, "input"))
-                ready.append(job)
+                ready.append((job, load_rgb(job.image, MISSING_INPUT, "input")))
             except SampleProblem as e:
                 self.failures[job.sample_id] = f"input not readable: {e.message}"
-        if not ready:
-            return
-        try:
-            edited = self._edit(images, ready)
-        except Exception as e:  # isolate the failing sample(s)
-            if len(ready) == 1:
-                logger.warning("edit failed for %s: %s", ready[0].sample_id, e)
-                self.failures[ready[0].sample_id] = f"{type(e).__name__}: {e}"
-                return
-            for job, image in zip(ready, images):
-                try:
-                    self._save(job, self._edit([image], [job])[0])
-                except Exception as e1:
-                    logger.warning("edit failed for %s: %s", job.sample_id, e1)
-                    self.failures[job.sample_id] = f"{type(e1).__name__}: {e1}"
-            return
-        for job, image in zip(ready, edited):
-            self._save(job, image)
+        if ready:
+            edit_chunk(ready, lambda pairs: self._edit([image for _, image in pairs], [job for job, _ in pairs]),
+                       lambda pair, edited: self._save(pair[0], edited), self._fail)
+
+    def _fail(self, pair: tuple[EditJob, Image.Image], e: Exception) -> None:
+        job = pair[0]
+        logger.warning("edit failed for %s: %s", job.sample_id, e)
+        self.failures[job.sample_id] = f"{type(e).__name__}: {e}"
 
     def _edit(self, images: list[Image.Image], jobs: list[EditJob]) -> list[Image.Image]:
         s = self.settings

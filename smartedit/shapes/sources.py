@@ -3,7 +3,7 @@
 ``reasoning``, ``caption``, ``chat``, ``instruction``, ``grounded_instruction``), sample seed ``SEED`` (default 0).
 
 The trainer finds it through the ``smartedit.data_sources`` entry point this package declares (``setup.py``), so
-``data.sources.NAME = "shapes:simple:32"`` works in any experiment config; see :mod:`smartedit.train.sources`.
+``data.sources.NAME = "shapes:simple:32"`` works in any experiment config; see :mod:`smartedit.data.sources`.
 """
 
 from __future__ import annotations

@@ -194,7 +194,7 @@ class Edit:
         for i in self.changed:
             mask |= shape_mask(self.source.shapes[i], side)
         if self.target is None:  # perception: 0.5·pixel + 0.5·colour inside the mask (halves rounded up, as
-            colour = np.asarray(COLOURS[self.mark_colour], dtype=np.int32)  # smartedit.data.perception does)
+            colour = np.asarray(COLOURS[self.mark_colour], dtype=np.int32)  # smartedit.data.datasets.perception does)
             tgt = src.astype(np.int32)
             tgt[mask] = (tgt[mask] + colour + 1) // 2
             return src, tgt.astype(np.uint8), mask

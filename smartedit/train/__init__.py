@@ -9,7 +9,6 @@
 | :mod:`~smartedit.train.distributed` | process group for deepspeed / torchrun / python launches (gloo on CPU) |
 | :mod:`~smartedit.train.stage_model` | the model of each stage (BIM dropped / added, LoRA) and the stage losses |
 | :mod:`~smartedit.train.clip_text` | frozen CLIP text encoder: stage-1 targets and the null text embedding |
-| :mod:`~smartedit.train.sources` | open parquet / python / registered kinds of data sources (``register_source_kind``) |
 | :mod:`~smartedit.train.rng` | random-state capture and restore (JSON), position-derived generators |
 | :mod:`~smartedit.train.checkpoint` | atomic checkpoints (staging folder, manifest last, rename), keep-last-N |
 | :mod:`~smartedit.train.metrics` | metrics.jsonl, optional TensorBoard and W&B |

@@ -65,6 +65,13 @@ class ClipTextTarget:
             raise ValueError("the CLIP text encoder does not fit the model: " + "; ".join(problems))
 
     @torch.no_grad()
+    def prepare_model(self, model) -> None:
+        """Stage 1's change to the model: checked against this encoder, its null text embedding (the CFG
+        unconditional context) set to the encoder's output for the empty caption."""
+        self.check_model(model.config)
+        model.null_text_embedding.copy_(self.null_embedding().to(model.null_text_embedding.dtype))
+
+    @torch.no_grad()
     def __call__(self, texts: list[str]) -> torch.Tensor:
         tok = self.tokenizer(list(texts), padding="max_length", max_length=self.max_length, truncation=True,
                              return_tensors="pt")

@@ -19,7 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..config import ConfigError, ConfigSection, RootConfig
+from ..config import ConfigError, ConfigSection, RootConfig, is_int, is_number
+from ..data.mixture_config import DataConfig
 from ..stages import STAGES, unknown_parts_problem
 
 __all__ = ["OptimConfig", "DataConfig", "CheckpointConfig", "LogConfig", "AlignConfig", "ExperimentConfig",
@@ -27,13 +28,6 @@ __all__ = ["OptimConfig", "DataConfig", "CheckpointConfig", "LogConfig", "AlignC
 
 EXPERIMENT_NAME = "experiment.json"
 
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 @dataclass
@@ -62,98 +56,27 @@ class OptimConfig(ConfigSection):
 
     def problems(self, prefix: str = "optim.") -> list[str]:
         p: list[str] = []
-        if not (_number(self.lr) and self.lr > 0):
+        if not (is_number(self.lr) and self.lr > 0):
             p.append(f"{prefix}lr must be a number > 0, got {self.lr!r}")
-        if not (_number(self.weight_decay) and self.weight_decay >= 0):
+        if not (is_number(self.weight_decay) and self.weight_decay >= 0):
             p.append(f"{prefix}weight_decay must be >= 0")
         if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
-                and all(_number(b) and 0 <= b < 1 for b in self.betas)):
+                and all(is_number(b) and 0 <= b < 1 for b in self.betas)):
             p.append(f"{prefix}betas must be two numbers in [0, 1), got {self.betas!r}")
-        if not (_number(self.eps) and self.eps > 0):
+        if not (is_number(self.eps) and self.eps > 0):
             p.append(f"{prefix}eps must be > 0")
-        if not (_number(self.grad_clip) and self.grad_clip >= 0):
+        if not (is_number(self.grad_clip) and self.grad_clip >= 0):
             p.append(f"{prefix}grad_clip must be >= 0 (0 = no clipping)")
         if self.schedule not in self.SCHEDULES:
             p.append(f"{prefix}schedule must be one of {list(self.SCHEDULES)}, got {self.schedule!r}")
-        if not (_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
+        if not (is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
             p.append(f"{prefix}warmup_ratio must lie in [0, 1)")
-        if self.warmup_steps is not None and not _int(self.warmup_steps, 0):
+        if self.warmup_steps is not None and not is_int(self.warmup_steps, 0):
             p.append(f"{prefix}warmup_steps must be null or an integer >= 0, got {self.warmup_steps!r}")
-        if not (_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1):
+        if not (is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1):
             p.append(f"{prefix}min_lr_ratio must lie in [0, 1]")
         if self.impl not in self.IMPLS:
             p.append(f"{prefix}impl must be one of {list(self.IMPLS)}, got {self.impl!r}")
-        return p
-
-
-@dataclass
-class DataConfig(ConfigSection):
-    """The data mixture: named sources and their sampling ratios (normalised; 0 switches a source off).
-
-    A source is a folder of parquet shards in the uniform sample schema (:mod:`smartedit.data.schema`), a shard
-    file or glob, ``python:MODULE:FUNCTION`` (a function of no arguments returning a sequence of ``Sample``) or a
-    spec of another registered source kind, e.g. ``shapes:FAMILY:N`` (N generated ShapesWorld samples); see
-    :mod:`smartedit.train.sources`.
-    """
-
-    ratios: dict[str, float] = field(default_factory=dict)
-    """Sampling weight of each source (normalised); defaults come from :mod:`smartedit.data.mixture_config`."""
-    root: str | None = None
-    """Data root with one folder of shards per source (``root/<name>/*.parquet``, docs/data.md)."""
-    sources: dict[str, str] = field(default_factory=dict)
-    """Explicit spec per source name; overrides ``root/<name>``."""
-    samples_per_epoch: int | None = None
-    """Draws per epoch (only names epochs in the logs and the collator keys); null = the sources' total size."""
-    num_workers: int = 0
-    prefetch_factor: int = 2
-    resolution: int | None = None
-    """Diffusion image size; null = the model's ``resolution``."""
-    max_skipped_fraction: float = 0.05
-    """Unreadable rows (corrupt or over-budget images, malformed samples) are skipped, replaced by a deterministic
-    draw, counted and logged; the run stops when more than this fraction of the rows drawn so far were skipped
-    (counted over at least 200 draws, so a few bad rows early on do not stop it; 0 = stop at the first one)."""
-
-    def problems(self, prefix: str = "data.") -> list[str]:
-        p: list[str] = []
-        if not isinstance(self.sources, dict) or not all(isinstance(k, str) and isinstance(v, str) and v
-                                                          for k, v in self.sources.items()):
-            p.append(f"{prefix}sources must map names to paths (non-empty strings)")
-            return p
-        if not isinstance(self.ratios, dict):
-            p.append(f"{prefix}ratios must map source names to numbers")
-            return p
-        if self.root is not None and not (isinstance(self.root, str) and self.root):
-            p.append(f"{prefix}root must be null or a folder path")
-        unknown = sorted(n for n, r in self.ratios.items() if n not in self.sources and _number(r) and r > 0)
-        if unknown and not self.root:
-            p.append(f"{prefix}ratios name sources without a path: {unknown} (set {prefix}root, the data root "
-                     f"with one folder per source, or {prefix}sources.NAME)")
-        for name, r in self.ratios.items():
-            if not (_number(r) and r >= 0):
-                p.append(f"{prefix}ratios.{name} must be a number >= 0, got {r!r}")
-        unweighted = sorted(n for n in self.sources if n not in self.ratios)
-        if unweighted:
-            p.append(f"{prefix}sources name {unweighted} but {prefix}ratios gives them no ratio, so they would never "
-                     f"be drawn: add --set {prefix}ratios.{unweighted[0]}=R (a weight beside the others, "
-                     f"{dict(self.ratios)}; 0 switches a source off on purpose), or leave them out of "
-                     f"{prefix}sources")
-        if self.root and self.ratios and all(n in self.sources for n in self.ratios if _number(self.ratios[n])
-                                             and self.ratios[n] > 0):
-            p.append(f"{prefix}root is {self.root!r} but every source with a ratio has its own path in "
-                     f"{prefix}sources, so the root would be ignored: drop the sources' own paths to read "
-                     f"root/<name> (--set {prefix}sources={{}}), or drop --data-root")
-        if (self.sources or self.root) and not any(_number(r) and r > 0 for r in self.ratios.values()):
-            p.append(f"{prefix}ratios must give at least one source a ratio > 0")
-        if self.samples_per_epoch is not None and not _int(self.samples_per_epoch, 1):
-            p.append(f"{prefix}samples_per_epoch must be null or a positive integer")
-        if not _int(self.num_workers, 0):
-            p.append(f"{prefix}num_workers must be an integer >= 0")
-        if not _int(self.prefetch_factor, 1):
-            p.append(f"{prefix}prefetch_factor must be a positive integer")
-        if self.resolution is not None and not _int(self.resolution, 1):
-            p.append(f"{prefix}resolution must be null or a positive integer")
-        if not (_number(self.max_skipped_fraction) and 0 <= self.max_skipped_fraction <= 1):
-            p.append(f"{prefix}max_skipped_fraction must lie in [0, 1], got {self.max_skipped_fraction!r}")
         return p
 
 
@@ -171,9 +94,9 @@ class CheckpointConfig(ConfigSection):
 
     def problems(self, prefix: str = "checkpoint.") -> list[str]:
         p: list[str] = []
-        if not _int(self.every, 1):
+        if not is_int(self.every, 1):
             p.append(f"{prefix}every must be a positive integer")
-        if not _int(self.keep_last, 1):
+        if not is_int(self.keep_last, 1):
             p.append(f"{prefix}keep_last must be a positive integer")
         if self.export_dtype not in self.DTYPES:
             p.append(f"{prefix}export_dtype must be one of {list(self.DTYPES)}")
@@ -195,7 +118,7 @@ class LogConfig(ConfigSection):
 
     def problems(self, prefix: str = "log.") -> list[str]:
         p: list[str] = []
-        if not _int(self.every, 1):
+        if not is_int(self.every, 1):
             p.append(f"{prefix}every must be a positive integer")
         if self.tensorboard not in ("auto", True, False):
             p.append(f"{prefix}tensorboard must be 'auto', true or false")
@@ -220,7 +143,7 @@ class AlignConfig(ConfigSection):
         if self.clip_text is not None and not (isinstance(self.clip_text, str) and self.clip_text):
             p.append(f"{prefix}clip_text must be null or a folder path")
         for name in ("lm_weight", "mse_weight"):
-            if not (_number(getattr(self, name)) and getattr(self, name) >= 0):
+            if not (is_number(getattr(self, name)) and getattr(self, name) >= 0):
                 p.append(f"{prefix}{name} must be a number >= 0")
         return p
 
@@ -294,14 +217,14 @@ class ExperimentConfig(RootConfig):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) and value):
                 p.append(f"{prefix}{name} must be null or a path")
-        if not _int(self.seed, 0):
+        if not is_int(self.seed, 0):
             p.append(f"{prefix}seed must be an integer >= 0")
         for name in ("max_steps", "micro_batch_size", "max_nonfinite_in_a_row"):
-            if not _int(getattr(self, name), 1):
+            if not is_int(getattr(self, name), 1):
                 p.append(f"{prefix}{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("gradient_accumulation_steps", "global_batch_size"):
             value = getattr(self, name)
-            if value is not None and not _int(value, 1):
+            if value is not None and not is_int(value, 1):
                 p.append(f"{prefix}{name} must be null or a positive integer, got {value!r}")
         if self.precision not in self.PRECISIONS:
             hint = " (fp16 is not supported: use bf16)" if self.precision == "fp16" else ""

@@ -13,7 +13,7 @@ steps). 7b and 13b share the hyper-parameters, as in the reference.
 
 Data: stage 1 reads captions (``cc12m``) from the data root ``data_stage1/``; stage 2 reads the mixture from
 ``data/`` with :data:`smartedit.data.mixture_config.DEFAULT_STAGE2_RATIOS` (the design's rule applied to the public
-dataset sizes; ``MixtureConfig.from_sizes`` recomputes it for the sizes you converted). Point ``--data-root`` (or
+dataset sizes; ``DataConfig.from_sizes`` recomputes it for the sizes you converted). Point ``--data-root`` (or
 ``--source NAME=DIR``) at your converted shards (docs/data.md).
 
 ``tiny`` presets run in seconds on a CPU on generated ShapesWorld samples (``shapes:FAMILY:N`` sources, a source kind

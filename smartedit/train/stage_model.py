@@ -22,16 +22,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..bim import BidirectionalInteraction
-from ..config import CONFIG_NAME, preset
+from ..config import CONFIG_NAME, preset, random_preset
 from ..model import SmartEditModel
 from ..stages import configure_stage, optimizer_param_groups
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RANDOM_PREFIX", "EXPORT_DIR", "resolve_init", "load_init_model", "set_bim", "prepare_stage_model",
-           "StageModule", "enable_gradient_checkpointing"]
+__all__ = ["EXPORT_DIR", "resolve_init", "load_init_model", "set_bim", "prepare_stage_model", "StageModule",
+           "enable_gradient_checkpointing"]
 
-RANDOM_PREFIX = "random:"
 EXPORT_DIR = "model"
 """Sub-folder of a run's output folder that holds the exported model (``save_pretrained`` format)."""
 
@@ -53,8 +52,8 @@ def load_init_model(spec: str, seed: int = 0, dtype: torch.dtype | None = None) 
     """``random:PRESET`` (only ``tiny``: a random model for tests and smoke runs) or a model / run folder, read with
     :meth:`SmartEditModel.from_pretrained`'s low-memory loading in ``dtype`` (None: the files' dtype): each process
     holds the model once, in its training precision, never a float32 copy next to it."""
-    if spec.startswith(RANDOM_PREFIX):
-        name = spec[len(RANDOM_PREFIX):]
+    name = random_preset(spec)
+    if name is not None:
         if name != "tiny":
             raise ValueError(f"only random:tiny can be trained from scratch here (got {spec!r}); 7b/13b start from "
                              f"real weights assembled with smartedit.weights (see docs/training.md)")

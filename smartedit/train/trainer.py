@@ -38,13 +38,15 @@ import torch
 
 from ..config import ConfigError
 from ..data.collate import SampleCollator
+from ..data.loader import BadDataError, StepBatches, build_loader
 from ..data.schema import Sample
+from ..data.sources import open_sources, source_specs
+from ..model import SmartEditModel
 from .checkpoint import (CHECKPOINTS_DIR, TRAINER_STATE_NAME, NoValidCheckpointError, RunLock, RunLockedError,
                          checkpoint_name, finalize, find_checkpoint, prune, read_json, staging_dir, step_folders,
                          write_json, write_manifest)
 from .clip_text import ClipTextTarget
 from .config import ExperimentConfig
-from ..data.loader import BadDataError, StepBatches, build_loader
 from .distributed import DistInfo, all_reduce, barrier, init_distributed
 from .engine import (build_optimizer, initialize_engine, load_ds_config, prepare_ds_config, resolve_optimizer_impl,
                      resolve_precision)
@@ -53,7 +55,6 @@ from .metrics import MetricsLogger, truncate_jsonl
 from .rng import derive_seed, load_rng, restore_rng, save_rng, seed_everything, step_generator
 from .safe_load import safe_torch_load
 from .schedule import build_scheduler
-from .sources import open_sources, source_specs
 from .stage_model import EXPORT_DIR, StageModule, enable_gradient_checkpointing, load_init_model, \
     prepare_stage_model
 
@@ -159,6 +160,9 @@ class Trainer:
                          "ratios": dict(cfg.data.ratios), "samples_per_epoch": cfg.data.samples_per_epoch}}
 
     def setup(self, resume: str | None = None, restart: bool = False) -> "Trainer":
+        """Build everything a run needs, in an order that keeps resume exact: processes, the checkpoint to resume,
+        the sources, the stage's model (same seed on every process), the DeepSpeed engine, the trainer state of the
+        checkpoint, the data stream, the logs and, last, the global random state."""
         cfg = self.config
         self.dist = dist = init_distributed()
         self.device = dist.device
@@ -173,8 +177,31 @@ class Trainer:
         barrier()
         self.resumed_from = self._find_resume(resume, restart, dist)
         sources = self.sources if self.sources is not None else open_sources(cfg.data, self.base_dir)
+        model = self._setup_model()
+        self._setup_engine(model)
+        self.step = 0
+        self.skipped_total = 0
+        self.consecutive_bad = 0
+        self.skipped_rows = 0
+        if self.resumed_from is not None:
+            self._load_checkpoint(self.resumed_from)
+        ratios = {n: cfg.data.ratios.get(n, 0) for n in sources}
+        collator = SampleCollator(model.config, model.tokenizer, resolution=cfg.data.resolution)
+        self.batches = StepBatches(sources, ratios, collator, cfg.micro_batch_size, rank=dist.rank,
+                                   world_size=dist.world_size, seed=cfg.seed,
+                                   samples_per_epoch=cfg.data.samples_per_epoch)
+        self._setup_logs()
+        # the global random state last: nothing after this point draws from it before the first step
+        if self.resumed_from is not None:
+            self._restore_rng(self.resumed_from)
+        else:
+            seed_everything(derive_seed(cfg.seed, 2, dist.rank))
+        return self
 
-        # model: identical on every process (same seed), then the stage's architecture and freezing
+    def _setup_model(self) -> SmartEditModel:
+        """The initial weights in the run's precision, identical on every process (same seed), made into the
+        stage's model (architecture, freezing; stage 1: its CLIP text target) and wrapped as the trained module."""
+        cfg = self.config
         seed_everything(cfg.seed)
         # (in the run's precision: DeepSpeed casts to it anyway, and its float32 master weights start from that cast)
         model = load_init_model(cfg.init, seed=cfg.seed,
@@ -183,22 +210,24 @@ class Trainer:
         self.clip = None
         if cfg.stage == "stage1":
             self.clip = ClipTextTarget(cfg.align.clip_text, device=self.device)
-            self.clip.check_model(model.config)
-            with torch.no_grad():
-                model.null_text_embedding.copy_(self.clip.null_embedding().to(model.null_text_embedding.dtype))
+            self.clip.prepare_model(model)
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         self.module = StageModule(model, cfg.stage, lm_weight=cfg.align.lm_weight, mse_weight=cfg.align.mse_weight,
                                   also_train=cfg.also_train)
+        return model
+
+    def _setup_engine(self, model: SmartEditModel) -> None:
+        """The optimizer over the stage's trainable parameters, its schedule and the DeepSpeed engine."""
+        cfg = self.config
         groups = self.module.param_groups(cfg.optim.weight_decay)
         n_train = sum(p.numel() for g in groups for p in g["params"])
         logger.info("%s: %s trainable parameters of %s", cfg.stage, f"{n_train:,}",
                     f"{sum(p.numel() for p in model.parameters()):,}")
-
         raw = load_ds_config(cfg.deepspeed, self.ds_search_dirs)
         impl = resolve_optimizer_impl(cfg.optim.impl, raw, self.device)
         self.ds_config = prepare_ds_config(raw, micro_batch_size=cfg.micro_batch_size,
-                                           accumulation_steps=self.accum, world_size=dist.world_size,
+                                           accumulation_steps=self.accum, world_size=self.dist.world_size,
                                            grad_clip=cfg.optim.grad_clip, precision=self.precision,
                                            torch_optimizer=impl == "torch")
         optimizer = build_optimizer(groups, cfg.optim, impl)
@@ -206,44 +235,23 @@ class Trainer:
                                          cfg.optim.min_lr_ratio)
         self.engine = initialize_engine(self.module, optimizer, self.scheduler, self.ds_config)
 
-        self.step = 0
-        self.skipped_total = 0
-        self.consecutive_bad = 0
-        self.skipped_rows = 0
-        if self.resumed_from is not None:
-            self._load_checkpoint(self.resumed_from)
-
-        # data
-        ratios = {n: cfg.data.ratios.get(n, 0) for n in sources}
-        collator = SampleCollator(model.config, model.tokenizer, resolution=cfg.data.resolution)
-        self.batches = StepBatches(sources, ratios, collator, cfg.micro_batch_size, rank=dist.rank,
-                                   world_size=dist.world_size, seed=cfg.seed,
-                                   samples_per_epoch=cfg.data.samples_per_epoch)
-
-        # logs
+    def _setup_logs(self) -> None:
+        """Metrics, per-rank sample-id and skipped-row logs (cut back to the resumed step) and experiment.json."""
+        cfg, dist = self.config, self.dist
         resume_step = self.step if self.resumed_from is not None else None
         self.metrics = MetricsLogger(self.output_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
                                      run_config=cfg.to_dict(), resume_step=resume_step, enabled=dist.is_main)
         self.ids_path = os.path.join(self.output_dir, f"samples-rank{dist.rank:05d}.jsonl")
         self.skips_path = os.path.join(self.output_dir, f"skipped-rank{dist.rank:05d}.jsonl")
-        if resume_step is not None:
-            truncate_jsonl(self.skips_path, resume_step)
-        elif os.path.exists(self.skips_path):
-            os.remove(self.skips_path)
-        if cfg.log.sample_ids:
+        for path, kept in ((self.skips_path, True), (self.ids_path, cfg.log.sample_ids)):
+            if not kept:
+                continue
             if resume_step is not None:
-                truncate_jsonl(self.ids_path, resume_step)
-            elif os.path.exists(self.ids_path):
-                os.remove(self.ids_path)
+                truncate_jsonl(path, resume_step)
+            elif os.path.exists(path):
+                os.remove(path)
         if dist.is_main:
             cfg.save(os.path.join(self.output_dir, "experiment.json"))
-
-        # the global random state last: nothing after this point draws from it before the first step
-        if self.resumed_from is not None:
-            self._restore_rng(self.resumed_from)
-        else:
-            seed_everything(derive_seed(cfg.seed, 2, dist.rank))
-        return self
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _load_checkpoint(self, path: str) -> None:
@@ -377,62 +385,28 @@ class Trainer:
                 f"data.max_skipped_fraction")
 
     def train(self) -> TrainResult:
+        """Optimizer steps from the resumed one to ``max_steps`` (a checkpoint every ``checkpoint.every``), then the
+        export of the trained model."""
         from tqdm.auto import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        cfg, dist, engine = self.config, self.dist, self.engine
+        cfg, dist = self.config, self.dist
         names = LOSS_TERMS[cfg.stage]
         loader = build_loader(self.batches, self.step * self.accum, cfg.max_steps * self.accum,
                               num_workers=cfg.data.num_workers, prefetch_factor=cfg.data.prefetch_factor,
                               pin_memory=self.device.type == "cuda")
         it = iter(loader)
-        engine.train()
+        self.engine.train()
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (dist.is_main and cfg.log.progress),
                    desc=cfg.stage, dynamic_ncols=True)
-        ids_file = open(self.ids_path, "a", encoding="utf-8") if cfg.log.sample_ids else None
         stack = contextlib.ExitStack()
+        ids_file = stack.enter_context(open(self.ids_path, "a", encoding="utf-8")) if cfg.log.sample_ids else None
         skips_file = stack.enter_context(open(self.skips_path, "a", encoding="utf-8"))
         try:
             if not bar.disable:  # log lines above the progress bar instead of through it
                 stack.enter_context(logging_redirect_tqdm())
             while self.step < cfg.max_steps:
-                start = time.perf_counter()
-                lr = float(self.scheduler.get_last_lr()[0])
-                values, nonfinite_loss, ids, epoch, wait, skips, skipped_now = self._accumulate(it, names)
-                applied = engine.was_step_applied()
-                self.step += 1
-                self._count_skips(skips, skipped_now, skips_file)
-                terms_text = ", ".join(f"{n}={v:.6g}" for n, v in zip(names, values))
-                if nonfinite_loss and applied:
-                    raise RuntimeError(f"step {self.step}: the loss was not finite ({terms_text}) but DeepSpeed "
-                                       f"applied the step: use ZeRO stage 1-3 with bf16.check_grad_overflow true")
-                if nonfinite_loss or not applied:
-                    self.skipped_total += 1
-                    self.consecutive_bad += 1
-                    what = "loss" if nonfinite_loss else "gradient norm"
-                    logger.warning("step %d: non-finite %s (%s): step skipped (%d in a row, %d in total)",
-                                   self.step, what, terms_text, self.consecutive_bad, self.skipped_total)
-                else:
-                    self.consecutive_bad = 0
-                elapsed = time.perf_counter() - start
-                grad_norm = engine.get_global_grad_norm()
-                record = {"step": self.step, **dict(zip(names, values)), "lr": lr,
-                          "grad_norm": None if grad_norm is None else float(grad_norm), "skipped": not applied,
-                          "skipped_total": self.skipped_total, "skipped_rows": self.skipped_rows, "epoch": epoch,
-                          "samples": self.step * self.global_batch,
-                          "samples_per_s": self.global_batch / elapsed, "data_wait_s": wait, "step_s": elapsed}
-                if self.step % cfg.log.every == 0 or self.step == cfg.max_steps or not applied or skipped_now:
-                    self.metrics.log(record)
-                if ids_file is not None:
-                    ids_file.write(json.dumps({"step": self.step, "ids": ids}) + "\n")
-                    ids_file.flush()
-                if self.consecutive_bad >= cfg.max_nonfinite_in_a_row:
-                    what = "loss" if nonfinite_loss else "gradient norm"
-                    raise NonFiniteLossError(
-                        f"step {self.step}: non-finite {what} in {self.consecutive_bad} consecutive steps "
-                        f"(steps {self.step - self.consecutive_bad + 1}..{self.step}); loss terms at step "
-                        f"{self.step}: {terms_text}; samples of this process's first micro-batch: {ids[0]}. "
-                        f"Lower optim.lr, check the data and the initial weights.")
+                values, lr = self._train_step(it, names, skips_file, ids_file)
                 bar.update(1)
                 bar.set_postfix({n: f"{v:.4g}" for n, v in zip(names, values)} | {"lr": f"{lr:.3g}"})
                 if self.step % cfg.checkpoint.every == 0 or self.step == cfg.max_steps:
@@ -440,14 +414,63 @@ class Trainer:
         finally:
             stack.close()
             bar.close()
-            if ids_file is not None:
-                ids_file.close()
             self.metrics.close()
             del it
+        return self._finish()
 
+    def _train_step(self, it, names: tuple[str, ...], skips_file, ids_file) -> tuple[list[float], float]:
+        """One optimizer step (its micro-batches), counted, checked and logged; returns its loss terms and lr."""
+        cfg, engine = self.config, self.engine
+        start = time.perf_counter()
+        lr = float(self.scheduler.get_last_lr()[0])
+        values, nonfinite_loss, ids, epoch, wait, skips, skipped_now = self._accumulate(it, names)
+        applied = engine.was_step_applied()
+        self.step += 1
+        self._count_skips(skips, skipped_now, skips_file)
+        terms_text = ", ".join(f"{n}={v:.6g}" for n, v in zip(names, values))
+        self._count_nonfinite(nonfinite_loss, applied, terms_text)
+        elapsed = time.perf_counter() - start
+        grad_norm = engine.get_global_grad_norm()
+        record = {"step": self.step, **dict(zip(names, values)), "lr": lr,
+                  "grad_norm": None if grad_norm is None else float(grad_norm), "skipped": not applied,
+                  "skipped_total": self.skipped_total, "skipped_rows": self.skipped_rows, "epoch": epoch,
+                  "samples": self.step * self.global_batch,
+                  "samples_per_s": self.global_batch / elapsed, "data_wait_s": wait, "step_s": elapsed}
+        if self.step % cfg.log.every == 0 or self.step == cfg.max_steps or not applied or skipped_now:
+            self.metrics.log(record)
+        if ids_file is not None:
+            ids_file.write(json.dumps({"step": self.step, "ids": ids}) + "\n")
+            ids_file.flush()
+        if self.consecutive_bad >= cfg.max_nonfinite_in_a_row:
+            what = "loss" if nonfinite_loss else "gradient norm"
+            raise NonFiniteLossError(
+                f"step {self.step}: non-finite {what} in {self.consecutive_bad} consecutive steps "
+                f"(steps {self.step - self.consecutive_bad + 1}..{self.step}); loss terms at step "
+                f"{self.step}: {terms_text}; samples of this process's first micro-batch: {ids[0]}. "
+                f"Lower optim.lr, check the data and the initial weights.")
+        return values, lr
+
+    def _count_nonfinite(self, nonfinite_loss: bool, applied: bool, terms_text: str) -> None:
+        """Count a step DeepSpeed skipped (non-finite loss or gradient norm); a non-finite loss it applied is a
+        configuration error."""
+        if nonfinite_loss and applied:
+            raise RuntimeError(f"step {self.step}: the loss was not finite ({terms_text}) but DeepSpeed "
+                               f"applied the step: use ZeRO stage 1-3 with bf16.check_grad_overflow true")
+        if nonfinite_loss or not applied:
+            self.skipped_total += 1
+            self.consecutive_bad += 1
+            what = "loss" if nonfinite_loss else "gradient norm"
+            logger.warning("step %d: non-finite %s (%s): step skipped (%d in a row, %d in total)",
+                           self.step, what, terms_text, self.consecutive_bad, self.skipped_total)
+        else:
+            self.consecutive_bad = 0
+
+    def _finish(self) -> TrainResult:
+        """Export the trained model and report the run."""
+        cfg, dist = self.config, self.dist
         info = {"stage": cfg.stage, "steps": self.step, "skipped_steps": self.skipped_total,
                 "experiment": cfg.to_dict()}
-        export_from_engine(engine, self.module, self.model_dir, self.precision,
+        export_from_engine(self.engine, self.module, self.model_dir, self.precision,
                            export_dtype(cfg.checkpoint.export_dtype, self.precision), dist.is_main, info=info)
         if self.skipped_rows:
             logger.warning("%d unreadable row(s) were skipped and replaced (listed in %s)", self.skipped_rows,

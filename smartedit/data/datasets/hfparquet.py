@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 
-from .validate import ItemError, LayoutError, Report, read_file_bytes, require_columns
+from ..validate import ItemError, LayoutError, Report, read_file_bytes, require_columns
 
 logger = logging.getLogger(__name__)
 

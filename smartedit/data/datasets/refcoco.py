@@ -22,12 +22,12 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from .choices import pick, recipe_rng
+from ..choices import pick, recipe_rng
+from ..safe_pickle import UnsafePickleError, load_plain_pickle
+from ..schema import Sample
+from ..validate import ItemError, LayoutError, Report, read_file_bytes, require
 from .coco import CocoIndex, annotation_mask, load_instances
 from .perception import segmentation_sample
-from .safe_pickle import UnsafePickleError, load_plain_pickle
-from .schema import Sample
-from .validate import ItemError, LayoutError, Report, read_file_bytes, require
 
 NAME = "refcoco"
 HELP = ("RefCOCO / RefCOCO+ / RefCOCOg (refs(unc).p + instances.json + COCO images) → perception samples "
@@ -87,7 +87,7 @@ def ref_sentences(ref: dict) -> list[tuple[int | str, str]]:
 
 
 def union_mask(coco: CocoIndex, ann_ids: Sequence[int], height: int, width: int) -> np.ndarray:
-    from ..image_io import pixel_budget
+    from ...image_io import pixel_budget
 
     if height < 1 or width < 1:
         raise ItemError("malformed item", f"image record declares {width}x{height} pixels")

@@ -1,4 +1,5 @@
-"""Open the data sources of an experiment config as ``Sequence[Sample]``.
+"""The one place that opens data sources: the sources of a :class:`~smartedit.data.mixture_config.DataConfig` as
+``Sequence[Sample]`` (:func:`open_sources`), and the sources a data root holds (:func:`source_folders`).
 
 A source spec is one of
 
@@ -12,7 +13,8 @@ A source spec is one of
   data, for smoke runs, tests and benchmarks.
 
 A source with a positive ratio and no spec of its own is read from ``data.root/<name>`` (the data-root layout of
-docs/data.md). Relative paths are resolved against ``base_dir``. The trainer also accepts ready
+docs/data.md); :func:`source_folders` lists the sub-folders of a root that hold shards. Relative paths are resolved
+against ``base_dir``. The trainer also accepts ready
 ``Sequence[Sample]`` objects directly (``Trainer(config, sources={...})``).
 """
 
@@ -25,12 +27,13 @@ import os
 from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint, distributions
 
-from ..data.schema import Sample
+from .schema import Sample
+from .validate import LayoutError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ENTRY_POINT_GROUP", "SourceOpener", "register_source_kind", "source_kinds", "open_source", "open_sources",
-           "source_specs"]
+           "source_specs", "source_folders"]
 
 ENTRY_POINT_GROUP = "smartedit.data_sources"
 """Entry-point group through which installed packages declare source kinds (name = kind, value = opener)."""
@@ -92,7 +95,7 @@ def open_source(spec: str, base_dir: str = ".") -> Sequence[Sample]:
     opener = _opener(kind) if sep and kind.isidentifier() else None
     if opener is not None:
         return opener(spec, base_dir)
-    from ..data.io import ParquetSampleDataset
+    from .io import ParquetSampleDataset
 
     path = spec if os.path.isabs(spec) else os.path.join(base_dir, spec)
     if not os.path.exists(path) and not any(c in path for c in "*?["):
@@ -104,7 +107,7 @@ def open_source(spec: str, base_dir: str = ".") -> Sequence[Sample]:
 
 
 def source_specs(data) -> dict[str, str]:
-    """Spec of every source with a positive ratio in a :class:`~smartedit.train.config.DataConfig`."""
+    """Spec of every source with a positive ratio in a :class:`~smartedit.data.mixture_config.DataConfig`."""
     specs = {}
     for name, ratio in data.ratios.items():
         if ratio > 0:
@@ -123,3 +126,26 @@ def open_sources(data, base_dir: str = ".") -> dict[str, Sequence[Sample]]:
         out[name] = open_source(spec, base_dir)
         logger.info("data source %s: %s (%d samples)", name, spec, len(out[name]))
     return out
+
+
+def source_folders(root: str | os.PathLike, names: Sequence[str] | None = None) -> dict[str, str]:
+    """``{name: folder}`` for the sub-folders of a data root that hold shards (only ``names`` if given; a named
+    source without shards is a :class:`~smartedit.data.validate.LayoutError`)."""
+    root = str(root)
+    if not os.path.isdir(root):
+        raise LayoutError(f"{root} is not a folder: expected a data root with one sub-folder of *.parquet shards "
+                          f"per source (ip2p/, magicbrush/, …)")
+    found = {}
+    for entry in sorted(os.listdir(root)):
+        path = os.path.join(root, entry)
+        if os.path.isdir(path) and any(f.endswith(".parquet") for _, _, fs in os.walk(path) for f in fs):
+            found[entry] = path
+    if names is not None:
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise LayoutError(f"{root} has no shards for source(s) {missing}: expected {root}/<source>/*.parquet "
+                              f"(found sources: {sorted(found)})")
+        found = {n: found[n] for n in names}
+    if not found:
+        raise LayoutError(f"no source folders with *.parquet shards in {root}: expected {root}/<source>/*.parquet")
+    return found

@@ -11,9 +11,9 @@ import argparse
 import os
 from collections.abc import Iterator
 
+from ..schema import Sample
+from ..validate import ItemError, Report, check_image
 from .hfparquet import find_parquet_files, image_cell_bytes, iter_parquet_rows
-from .schema import Sample
-from .validate import ItemError, Report, check_image
 
 NAME = "ip2p"
 HELP = "InstructPix2Pix CLIP-filtered (HF parquet: original_image, edited_image, edit_prompt) → edit samples"

@@ -14,10 +14,10 @@ import argparse
 import os
 from collections.abc import Iterator
 
+from ..schema import Sample
+from ..validate import ItemError, Report, check_image
 from .hfparquet import find_parquet_files, image_cell_bytes, iter_parquet_rows
 from .masks import mask_bytes_for
-from .schema import Sample
-from .validate import ItemError, Report, check_image
 
 NAME = "magicbrush"
 HELP = ("MagicBrush (HF parquet: img_id, turn_index, source_img, mask_img, instruction, target_img; train and dev) "

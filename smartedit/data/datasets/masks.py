@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .schema import encode_png
-from .validate import ItemError, check_image, check_mask_size
+from ..schema import encode_png
+from ..validate import ItemError, check_image, check_mask_size
 
 __all__ = ["edit_region_mask", "encode_mask", "mask_bytes_for"]
 
@@ -64,7 +64,7 @@ def _open(data: bytes, what: str):
 
     from PIL import Image
 
-    from .validate import ITEM_ERRORS
+    from ..validate import ITEM_ERRORS
 
     if not data:
         raise ItemError("missing field", what)

@@ -16,10 +16,10 @@ import argparse
 import os
 from collections.abc import Iterator
 
-from .choices import pick, recipe_rng
+from ..choices import pick, recipe_rng
+from ..schema import Sample
+from ..validate import ItemError, LayoutError, Report, check_image, read_file_bytes, require
 from .coco import load_json
-from .schema import Sample
-from .validate import ItemError, LayoutError, Report, check_image, read_file_bytes, require
 
 NAME = "synthetic_reasoning"
 HELP = "synthetic reasoning editing (json: origin_img_path, target_img_path, instruction list) → reasoning samples"

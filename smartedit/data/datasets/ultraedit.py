@@ -13,10 +13,10 @@ import argparse
 import os
 from collections.abc import Iterator
 
+from ..schema import Sample
+from ..validate import ItemError, Report, check_image
 from .hfparquet import find_parquet_files, image_cell_bytes, iter_parquet_rows
 from .masks import mask_bytes_for
-from .schema import Sample
-from .validate import ItemError, Report, check_image
 
 NAME = "ultraedit"
 HELP = ("UltraEdit free-form / region-based (parquet: edit_prompt, source_image, edited_image[, mask_image]) → edit "

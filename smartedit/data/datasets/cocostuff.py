@@ -21,10 +21,10 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from .choices import pick, recipe_rng
+from ..choices import pick, recipe_rng
+from ..schema import Sample
+from ..validate import ITEM_ERRORS, ItemError, LayoutError, Report, find_image, read_file_bytes
 from .perception import segmentation_sample
-from .schema import Sample
-from .validate import ITEM_ERRORS, ItemError, LayoutError, Report, find_image, read_file_bytes
 
 NAME = "cocostuff"
 HELP = "COCO-Stuff (label PNGs, 182 classes, 255 = ignore, + COCO images) → perception samples (20 % absent classes)"

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
+from ..schema import Sample
+from ..validate import ItemError, LayoutError, Report, check_image, read_file_bytes, require
 from .coco import load_json
-from .schema import Sample
-from .validate import ItemError, LayoutError, Report, check_image, read_file_bytes, require
 
 NAME = "llava_instruct"
 HELP = "LLaVA-Instruct-150K (conversations json + COCO images) → chat samples (no diffusion loss)"

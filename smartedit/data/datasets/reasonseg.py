@@ -22,10 +22,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .choices import pick, recipe_rng
+from ..choices import pick, recipe_rng
+from ..schema import Sample
+from ..validate import ItemError, LayoutError, Report, check_image, find_image, read_file_bytes, require
 from .perception import segmentation_sample
-from .schema import Sample
-from .validate import ItemError, LayoutError, Report, check_image, find_image, read_file_bytes, require
 
 NAME = "reasonseg"
 HELP = "LISA ReasonSeg (json polygons + images) → reasoning samples (question prepended to the perception edit)"

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .schema import Sample, encode_png
-from .validate import ItemError, check_image
+from ..schema import Sample, encode_png
+from ..validate import ItemError, check_image
 
 __all__ = ["TEMPLATES", "COLOURS", "QUESTION_OBJECT", "choose_template_and_colour", "perception_instruction",
            "blend", "segmentation_sample", "fit_max_side"]

@@ -17,10 +17,10 @@ import argparse
 import os
 from collections.abc import Iterator
 
+from ..schema import Sample
+from ..validate import LayoutError, Report
 from .coco import load_instances, load_json
 from .refcoco import dataset_name, find_refs_file, referring_samples
-from .schema import Sample
-from .validate import LayoutError, Report
 
 NAME = "grefcoco"
 HELP = "gRefCOCO (grefs(unc).json + instances.json + COCO images) → perception samples (multi / no-target refs)"

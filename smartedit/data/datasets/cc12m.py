@@ -10,8 +10,8 @@ import argparse
 import os
 from collections.abc import Iterator
 
-from .schema import Sample
-from .validate import ItemError, LayoutError, Report
+from ..schema import Sample
+from ..validate import ItemError, LayoutError, Report
 
 NAME = "cc12m"
 HELP = "CC12M-style caption TSV (url<TAB>caption) → caption samples (stage 1, text only)"

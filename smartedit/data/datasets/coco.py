@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .validate import ItemError, LayoutError
+from ..validate import ItemError, LayoutError
 
 __all__ = ["CocoIndex", "load_instances", "annotation_mask", "polygons_to_mask", "rle_decode", "rle_encode",
            "counts_to_string", "string_to_counts", "load_json"]
