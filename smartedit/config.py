@@ -390,6 +390,8 @@ class UNetConfig(ConfigSection):
     cross_attention_dim: int = 768
     attention_head_dim: int = 8
     norm_num_groups: int = 32
+    patch_size: int = 1
+    """Latent cells per token side of a transformer generator (SD3: 2); 1 for a UNet."""
 
     @property
     def in_channels(self) -> int:
@@ -399,7 +401,7 @@ class UNetConfig(ConfigSection):
     def problems(self, prefix: str = "unet.") -> list[str]:
         p: list[str] = []
         _positive(self, ["sample_size", "latent_channels", "layers_per_block", "cross_attention_dim",
-                         "attention_head_dim", "norm_num_groups"], p, prefix)
+                         "attention_head_dim", "norm_num_groups", "patch_size"], p, prefix)
         if self.mask_channels not in (0, self.latent_channels):
             p.append(f"{prefix}mask_channels must be 0 or latent_channels ({self.latent_channels}), "
                      f"got {self.mask_channels!r}")
@@ -424,6 +426,11 @@ class VAEConfig(ConfigSection):
     latent_channels: int = 4
     norm_num_groups: int = 32
     scaling_factor: float = 0.18215
+    shift_factor: float = 0.0
+    """Subtracted from a latent before scaling (SD3: 0.0609): z = (latent − shift_factor) · scaling_factor."""
+    use_quant_conv: bool = True
+    use_post_quant_conv: bool = True
+    """diffusers' 1×1 convolutions around the latent (SD3's VAE has neither)."""
 
     @property
     def downsample_factor(self) -> int:
@@ -441,18 +448,26 @@ class VAEConfig(ConfigSection):
                              f"norm_num_groups ({self.norm_num_groups})")
         if not (isinstance(self.scaling_factor, (int, float)) and self.scaling_factor > 0):
             p.append(f"{prefix}scaling_factor must be > 0")
+        if not is_number(self.shift_factor):
+            p.append(f"{prefix}shift_factor must be a number, got {self.shift_factor!r}")
+        for name in ("use_quant_conv", "use_post_quant_conv"):
+            if not isinstance(getattr(self, name), bool):
+                p.append(f"{prefix}{name} must be true or false")
         return p
 
 
 @dataclass
 class SchedulerConfig(ConfigSection):
-    """Training noise schedule (diffusers ``DDPMScheduler``)."""
+    """Training noise schedule: diffusers' ``DDPMScheduler``, or flow matching (``prediction_type = "flow"``,
+    ``FlowMatchEulerDiscreteScheduler``: x_t = (1 − σ) x_0 + σ ε, the model predicts ε − x_0; SD3)."""
 
     num_train_timesteps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"
     prediction_type: str = "epsilon"
+    shift: float = 1.0
+    """Flow matching's timestep shift σ → shift·σ / (1 + (shift − 1)·σ) (SD3: 3.0); unused by DDPM schedules."""
     sampler: str = "EulerAncestralDiscreteScheduler"
     """diffusers scheduler class the pipeline samples with by default (the reference uses EulerAncestral; the
     ShapesWorld models use deterministic DDIM)."""
@@ -470,12 +485,13 @@ class SchedulerConfig(ConfigSection):
     the image: edit-region IoU 0.60 at best; residual decoding raises that ceiling to 0.84 (``bench/vae_ceiling.py``)."""
 
     SCHEDULES: ClassVar[tuple[str, ...]] = ("linear", "scaled_linear", "squaredcos_cap_v2")
-    PREDICTIONS: ClassVar[tuple[str, ...]] = ("epsilon", "v_prediction", "sample")
+    PREDICTIONS: ClassVar[tuple[str, ...]] = ("epsilon", "v_prediction", "sample", "flow")
     DIFFUSE: ClassVar[tuple[str, ...]] = ("target", "change")
     DECODES: ClassVar[tuple[str, ...]] = ("latent", "residual")
     SAMPLERS: ClassVar[tuple[str, ...]] = ("EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler",
                                            "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler",
-                                           "UniPCMultistepScheduler", "PNDMScheduler", "LMSDiscreteScheduler")
+                                           "UniPCMultistepScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
+                                           "FlowMatchEulerDiscreteScheduler")
 
     def problems(self, prefix: str = "scheduler.") -> list[str]:
         p: list[str] = []
@@ -495,6 +511,13 @@ class SchedulerConfig(ConfigSection):
             p.append(f"{prefix}sampler must be one of {list(self.SAMPLERS)}, got {self.sampler!r}")
         if not (0 < self.beta_start < self.beta_end < 1):
             p.append(f"{prefix}need 0 < beta_start < beta_end < 1")
+        if (self.prediction_type == "flow") != (self.sampler == "FlowMatchEulerDiscreteScheduler"):
+            p.append(f"{prefix}prediction_type 'flow' and sampler 'FlowMatchEulerDiscreteScheduler' go together "
+                     f"(got {self.prediction_type!r} with {self.sampler!r})")
+        if self.prediction_type == "flow" and self.diffuse != "target":
+            p.append(f"{prefix}flow matching diffuses the target latent: diffuse must be 'target'")
+        if not (is_number(self.shift) and self.shift > 0):
+            p.append(f"{prefix}shift must be > 0, got {self.shift!r}")
         return p
 
 
@@ -529,7 +552,7 @@ class BackboneConfig(ConfigSection):
     generator_config: dict = field(default_factory=dict)
 
     MLLMS: ClassVar[tuple[str, ...]] = ("llava", "qwen2_5_vl")
-    GENERATORS: ClassVar[tuple[str, ...]] = ("sd15", "sdxl")
+    GENERATORS: ClassVar[tuple[str, ...]] = ("sd15", "sdxl", "sd3")
 
     def problems(self, prefix: str = "backbone.") -> list[str]:
         p: list[str] = []
@@ -545,7 +568,7 @@ class BackboneConfig(ConfigSection):
                      f"transformers config for {self.mllm!r}")
         if not p and (self.generator == "sd15") != (not self.generator_config):
             p.append(f"{prefix}generator_config must be empty for 'sd15' (built from unet) and hold the diffusers "
-                     f"UNet config for {self.generator!r}")
+                     f"UNet / transformer config for {self.generator!r}")
         return p
 
 
@@ -588,6 +611,18 @@ class SmartEditConfig(RootConfig):
     def latent_size(self) -> int:
         return self.resolution // self.vae.downsample_factor
 
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE's factor × the generator's own downsampling (a UNet's
+        2^(levels − 1), a transformer's patch size)."""
+        return self.vae.downsample_factor * 2 ** (len(self.unet.block_out_channels) - 1) * self.unet.patch_size
+
+    @property
+    def scaled_source_latent(self) -> bool:
+        """Whether the source latent the generator reads is scaled like the diffused one, (z − shift) · scale (the
+        SD3 pipelines), rather than the VAE's raw mode (InstructPix2Pix on SD-1.5 / SDXL)."""
+        return self.backbone.generator == "sd3"
+
     def problems(self, prefix: str = "") -> list[str]:
         p: list[str] = []
         for name in ("vision", "mllm", "lora", "qformer", "bim", "unet", "vae", "scheduler", "sampling", "backbone"):
@@ -613,10 +648,14 @@ class SmartEditConfig(RootConfig):
         if self.vae.latent_channels != self.unet.latent_channels:
             p.append(f"vae.latent_channels ({self.vae.latent_channels}) must equal unet.latent_channels "
                      f"({self.unet.latent_channels})")
-        if self.resolution % (self.vae.downsample_factor * 2 ** (len(self.unet.block_out_channels) - 1)):
+        if self.resolution % self.size_multiple:
             p.append(f"resolution ({self.resolution}) must be divisible by the VAE factor "
-                     f"({self.vae.downsample_factor}) times the UNet's downsampling "
-                     f"({2 ** (len(self.unet.block_out_channels) - 1)})")
+                     f"({self.vae.downsample_factor}) times the generator's downsampling "
+                     f"({self.size_multiple // self.vae.downsample_factor})")
+        if (self.backbone.generator == "sd3") != (self.scheduler.prediction_type == "flow"):
+            p.append(f"the sd3 generator is trained and sampled with flow matching: scheduler.prediction_type must "
+                     f"be 'flow' exactly when backbone.generator is 'sd3' (got {self.scheduler.prediction_type!r} "
+                     f"with {self.backbone.generator!r})")
         return p
 
 
@@ -672,7 +711,8 @@ def _backbone_preset(name: str):
 
 
 PRESETS |= {name: _backbone_preset(name) for name in (
-    "llava1.5-7b+sd15", "llava1.5-7b+sdxl", "qwen2.5vl-7b+sd15", "qwen2.5vl-7b+sdxl", "tiny-sdxl")
+    "llava1.5-7b+sd15", "llava1.5-7b+sdxl", "llava1.5-7b+sd3", "qwen2.5vl-7b+sd15", "qwen2.5vl-7b+sdxl",
+    "qwen2.5vl-7b+sd3", "tiny-sdxl", "tiny-sd3")
 }
 
 

@@ -207,6 +207,22 @@ class SmartEditModel(nn.Module):
                 latent = vae.encode(images.float()).latent_dist.mode().to(torch.float16)  # [B, 4, h, w]
         return latent
 
+    def condition_latent(self, images: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [-1,1] → the source (or mask) latent the generator reads: the VAE's mode, unscaled
+        (InstructPix2Pix), or scaled like the diffused latent, (mode − shift) · scale, where
+        ``config.scaled_source_latent`` (SD3)."""
+        latent = self.encode_latent(images)  # [B, C, h, w]
+        if not self.config.scaled_source_latent:
+            return latent
+        vae = self.config.vae
+        return (latent - vae.shift_factor) * vae.scaling_factor  # [B, C, h, w]
+
+    def feature_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The generator's input grid for an image of ``height`` × ``width`` pixels: the latent size, divided by a
+        transformer's patch size (where the BIM's spatial feature is added)."""
+        grid = self.config.vae.downsample_factor * self.config.unet.patch_size
+        return height // grid, width // grid
+
     def decode_latent(self, latents: torch.Tensor) -> torch.Tensor:
         """Unscaled VAE latents [B,4,h,w] → images [B,3,H,W] in about [-1, 1], float32.
 
@@ -265,7 +281,7 @@ class SmartEditModel(nn.Module):
         factor = self.config.vae.downsample_factor
         if image.shape[-1] % factor or image.shape[-2] % factor:
             raise ValueError(f"image height and width must be multiples of {factor}, got {tuple(image.shape[-2:])}")
-        latent_size = (image.shape[-2] // factor, image.shape[-1] // factor)
+        latent_size = self.feature_grid(image.shape[-2], image.shape[-1])
         features = self.mllm.encode_images(self.mllm.preprocess_images(image))  # [B, P, Dv]
         replies = None
         if generate:
@@ -279,9 +295,9 @@ class SmartEditModel(nn.Module):
         source = image * 2 - 1
         mask_latent = None
         if self.config.unet.mask_channels:
-            mask_latent = self.encode_latent(self.mask_to_image(mask.to(device) if mask is not None else None,
-                                                                source))
-        return Condition(context=context, spatial=spatial, source_latent=self.encode_latent(source),
+            mask_latent = self.condition_latent(self.mask_to_image(mask.to(device) if mask is not None else None,
+                                                                   source))
+        return Condition(context=context, spatial=spatial, source_latent=self.condition_latent(source),
                          mask_latent=mask_latent, replies=replies)
 
     def _generate_states(self, instructions: list[str], features: torch.Tensor, max_new_tokens: int = 64):
@@ -371,21 +387,23 @@ class SmartEditModel(nn.Module):
             raise ValueError(f"every editing sample must hold exactly {n} <img_i> tokens in its answer")
         source, target = source[idx], target[idx]
         features = out.image_features[idx] if out.image_features is not None else None
-        factor = self.config.vae.downsample_factor
-        latent_size = (target.shape[-2] // factor, target.shape[-1] // factor)
+        latent_size = self.feature_grid(target.shape[-2], target.shape[-1])
         context, spatial = self.context_from_states(states, features, latent_size)  # [b,Q,D], [b,C0,h,w]
 
         with torch.no_grad():
-            source_latent = self.encode_latent(source)  # [b, 4, h, w]
+            source_latent = self.condition_latent(source)  # [b, 4, h, w]
+            vae = self.config.vae
             if self.config.scheduler.diffuse == "change":
-                latents = (self.encode_latent(target) - source_latent) * self.config.vae.scaling_factor
+                latents = (self.encode_latent(target) - source_latent) * vae.scaling_factor
             else:
                 latents = self.vae.encode(target.to(self.vae.dtype)).latent_dist.sample(generator)
-                latents = latents * self.config.vae.scaling_factor  # [b, 4, h, w]
+                if vae.shift_factor:
+                    latents = latents - vae.shift_factor
+                latents = latents * vae.scaling_factor  # [b, 4, h, w]
             mask_latent = None
             if self.config.unet.mask_channels:
                 m = masks[idx] if masks is not None else None
-                mask_latent = self.encode_latent(self.mask_to_image(m, source))
+                mask_latent = self.condition_latent(self.mask_to_image(m, source))
         b = latents.shape[0]
         device = latents.device
         noise = torch.randn(latents.shape, generator=generator, device=device, dtype=torch.float32)
@@ -396,19 +414,38 @@ class SmartEditModel(nn.Module):
         drops = sample_dropout(b, self.config.cfg_dropout_prob, device=device, generator=generator)
         context, source_latent = apply_dropout(context, self.null_text_embedding, source_latent, drops)
 
-        pred = self.predict(self.unet_input(noisy, source_latent, mask_latent), timesteps, context, spatial)
+        pred = self.predict(self.unet_input(noisy, source_latent, mask_latent), self.model_timesteps(timesteps),
+                            context, spatial)
         return F.mse_loss(pred.float(), self.diffusion_target(latents, noise, timesteps))
 
     # ---- noise schedule (float32) -------------------------------------------------------------------------
+    def flow_sigmas(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Flow matching: the noise level σ [B, 1, 1, 1] (float32) of training step indices ``timesteps`` — the
+        schedule's shifted σ, drawn uniformly over its ``num_train_timesteps`` levels."""
+        sigmas = self.noise_scheduler.sigmas.to(timesteps.device, torch.float32)
+        return sigmas[timesteps].view(-1, 1, 1, 1)  # [B, 1, 1, 1]
+
+    def model_timesteps(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the generator is told of the noise level: the DDPM step, or flow matching's t = 1000 σ."""
+        if self.config.scheduler.prediction_type != "flow":
+            return timesteps
+        return self.flow_sigmas(timesteps).flatten() * self.noise_scheduler.config.num_train_timesteps  # [B]
+
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The forward process x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε, in float32 whatever the latents' dtype: diffusers casts
-        ᾱ to the samples' dtype, and in bfloat16 ᾱ_0 and ᾱ_1 round to 1 (no noise at all while the target is that
-        noise) and the noise scale is off by up to 100 % below t = 50."""
+        """The forward process x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε (flow matching: x_t = (1 − σ)·x_0 + σ·ε), in float32
+        whatever the latents' dtype: diffusers casts ᾱ to the samples' dtype, and in bfloat16 ᾱ_0 and ᾱ_1 round to
+        1 (no noise at all while the target is that noise) and the noise scale is off by up to 100 % below t = 50."""
+        if self.config.scheduler.prediction_type == "flow":
+            sigma = self.flow_sigmas(timesteps)
+            return (1 - sigma) * latents.float() + sigma * noise.float()  # [B, C, h, w] float32
         return self.noise_scheduler.add_noise(latents.float(), noise.float(), timesteps)  # [B, C, h, w] float32
 
     def diffusion_target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """What the UNet is trained to predict (ε, v or x_0, by ``scheduler.prediction_type``), in float32."""
-        kind = self.noise_scheduler.config.prediction_type
+        """What the generator is trained to predict (ε, v, x_0 or flow matching's velocity ε − x_0, by
+        ``scheduler.prediction_type``), in float32."""
+        kind = self.config.scheduler.prediction_type
+        if kind == "flow":
+            return noise.float() - latents.float()
         if kind == "epsilon":
             return noise.float()
         if kind == "v_prediction":

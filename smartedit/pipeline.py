@@ -80,11 +80,13 @@ def resize_image(t: torch.Tensor, size: tuple[int, int], mode: str = "bicubic", 
 
 
 def decode_latents(decode, latents: torch.Tensor, scaling_factor: float,
-                   source_latent: torch.Tensor | None = None) -> torch.Tensor:
+                   source_latent: torch.Tensor | None = None, shift_factor: float = 0.0) -> torch.Tensor:
     """Scaled latents → images [B, 3, H, W] in [0, 1]. ``source_latent`` (unscaled; for a model that diffuses the
     latent change, ``scheduler.diffuse = "change"``) is added back first. ``decode``: unscaled latents → pixels in
     about [-1, 1] (:meth:`SmartEditModel.decode_latent`, or ``lambda z: vae.decode(z).sample`` of a diffusers VAE)."""
     latents = latents / scaling_factor
+    if shift_factor:
+        latents = latents + shift_factor  # (SD3's VAE: z = (latent − shift) · scale)
     if source_latent is not None:
         latents = latents + source_latent.to(latents.device, latents.dtype)  # [B, C, h, w]
     return (decode(latents).float() / 2 + 0.5).clamp(0, 1)  # [B, 3, H, W]
@@ -388,7 +390,7 @@ class SmartEditPipeline(DiffusionPipeline):
     def _resolution(self, resolution: int | None) -> int:
         cfg = self.model.config
         res = resolution or cfg.resolution
-        factor = cfg.vae.downsample_factor * 2 ** (len(cfg.unet.block_out_channels) - 1)
+        factor = cfg.size_multiple
         if isinstance(res, bool) or not isinstance(res, int) or res < factor or res % factor:
             raise ValueError(f"resolution must be a positive multiple of {factor}, got {res!r}")
         return res
@@ -573,9 +575,9 @@ class SmartEditPipeline(DiffusionPipeline):
             source = batch * 2 - 1
             mask_latent = None
             with self._running(model.vae):
-                source_latent = model.encode_latent(source)
+                source_latent = model.condition_latent(source)
                 if model.config.unet.mask_channels:
-                    mask_latent = model.encode_latent(model.mask_to_image(mask, source))
+                    mask_latent = model.condition_latent(model.mask_to_image(mask, source))
             return Condition(context=prompt_embeds.to(batch.device), spatial=None, source_latent=source_latent,
                              mask_latent=mask_latent)
         if model.mllm is None:
@@ -614,7 +616,9 @@ class SmartEditPipeline(DiffusionPipeline):
         elif tuple(latents.shape) != (batch, channels, h, w):
             raise ValueError(f"latents must have shape {(batch, channels, h, w)}, got {tuple(latents.shape)}")
         # the sampler's arithmetic in float32 whatever the model's dtype (as in training); the UNet gets its own
-        latents = latents.to(device, torch.float32) * self.scheduler.init_noise_sigma  # [B, 4, h, w]
+        # (flow matching starts from unit noise: its scheduler has no init_noise_sigma and no scale_model_input)
+        latents = latents.to(device, torch.float32) * getattr(self.scheduler, "init_noise_sigma", 1.0)  # [B, 4, h, w]
+        scale_input = getattr(self.scheduler, "scale_model_input", lambda x, t: x)
         null = model.null_text_embedding if negative_prompt_embeds is None else negative_prompt_embeds
         contexts, sources = guidance_branches(cond.context, null.to(device, cond.context.dtype), cond.source_latent)
         spatial = None if cond.spatial is None else torch.cat([cond.spatial] * 3, dim=0)
@@ -629,7 +633,7 @@ class SmartEditPipeline(DiffusionPipeline):
             for i, t in enumerate(self.progress_bar(timesteps)):
                 if self.interrupt:
                     continue
-                x = self.scheduler.scale_model_input(torch.cat([latents] * 3), t).to(contexts.dtype)  # [3B, 4, h, w]
+                x = scale_input(torch.cat([latents] * 3), t).to(contexts.dtype)  # [3B, 4, h, w]
                 pred = model.predict(model.unet_input(x, sources, masks), t, contexts, spatial)  # [3B, 4, h, w]
                 guided = combine_guidance(pred.to(latents.dtype), text_guidance_scale, image_guidance_scale)
                 latents = self.scheduler.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
@@ -649,7 +653,7 @@ class SmartEditPipeline(DiffusionPipeline):
         with self._running(vae):  # the VAE first, then its inputs to the execution device
             latents = latents.to(self._execution_device, vae.dtype)  # (float16 overflow guarded by decode_latent)
             return decode_latents(self.model.decode_latent, latents, self.model.config.vae.scaling_factor,
-                                  source_latent if change else None)
+                                  source_latent if change else None, self.model.config.vae.shift_factor)
 
     def decode_change(self, latents: torch.Tensor, source_latent: torch.Tensor) -> torch.Tensor:
         """Sampled latent changes (``scheduler.diffuse = "change"``) → the pixel change [B, 3, H, W] (in units of

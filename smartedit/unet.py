@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
 
 from .config import SchedulerConfig, UNetConfig, VAEConfig
 
@@ -46,14 +46,19 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL:
         up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=tuple(cfg.block_out_channels),
         layers_per_block=cfg.layers_per_block, latent_channels=cfg.latent_channels,
         norm_num_groups=cfg.norm_num_groups, scaling_factor=cfg.scaling_factor,
+        **({"shift_factor": cfg.shift_factor} if cfg.shift_factor else {}),
+        **({} if cfg.use_quant_conv else {"use_quant_conv": False}),
+        **({} if cfg.use_post_quant_conv else {"use_post_quant_conv": False}),
     )
 
 
-def build_noise_scheduler(cfg: SchedulerConfig) -> DDPMScheduler:
+def build_noise_scheduler(cfg: SchedulerConfig) -> DDPMScheduler | FlowMatchEulerDiscreteScheduler:
     """The training noise schedule (and, through :func:`smartedit.pipeline.inference_scheduler`, every sampler's).
     ``clip_sample=False`` as in Stable Diffusion's scheduler config: latents are not images in [-1, 1] (scaled
     SD-style latents and latent changes reach ±5–8), and DDIM / DDPM's default x0 clipping to ±1 would flatten
-    every edit towards the source."""
+    every edit towards the source. Flow matching (``prediction_type = "flow"``): SD3's schedule with its shift."""
+    if cfg.prediction_type == "flow":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=cfg.num_train_timesteps, shift=cfg.shift)
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_start=cfg.beta_start,
                          beta_end=cfg.beta_end, beta_schedule=cfg.beta_schedule,
                          prediction_type=cfg.prediction_type, clip_sample=False)

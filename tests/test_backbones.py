@@ -254,12 +254,12 @@ def clip_dir(tmp_path_factory):
 
 def _init_folder(mllm, generator, qwen_dir, folder):
     """A stage-1 starting folder (save_pretrained layout): the tiny LLaVA from its preset, or the tiny Qwen2.5-VL
-    assembled from its published folder; the generator from ``tiny`` (SD-1.5) or ``tiny-sdxl``."""
+    assembled from its published folder; the generator from ``tiny`` (SD-1.5), ``tiny-sdxl`` or ``tiny-sd3``."""
     from smartedit.backbones.assemble import from_qwen_vl
     from smartedit.config import preset
     from smartedit.model import SmartEditModel
 
-    base = "tiny" if generator == "sd15" else "tiny-sdxl"
+    base = {"sd15": "tiny", "sdxl": "tiny-sdxl", "sd3": "tiny-sd3"}[generator]
     if mllm == "qwen":
         model = from_qwen_vl(qwen_dir, preset=base, **{"bim.enabled": False})
     else:
@@ -269,7 +269,8 @@ def _init_folder(mllm, generator, qwen_dir, folder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mllm,generator", [("llava", "sdxl"), ("qwen", "sd15"), ("qwen", "sdxl")])
+@pytest.mark.parametrize("mllm,generator", [("llava", "sdxl"), ("qwen", "sd15"), ("qwen", "sdxl"), ("llava", "sd3"),
+                                            ("qwen", "sd3")])
 def test_every_pair_trains_stage1_to_2b_and_edits(mllm, generator, qwen_dir, clip_dir, tmp_path):
     """Tiny random models of each new (MLLM, generator) pair (LLaVA + SD-1.5: tests/test_train_stages.py) go through
     train/stage1_align.py → stage2_mllmsd.py → stage2_smartedit.py, each stage changing only what it trains, and

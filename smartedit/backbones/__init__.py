@@ -10,10 +10,12 @@ config's ``backbone`` section (:class:`~smartedit.config.BackboneConfig`).
 |---|---|---|
 | ``sd15`` | :mod:`smartedit.unet` | SD-1.5 InstructPix2Pix UNet (context [B, 77, 768]) |
 | ``sdxl`` | :mod:`.sdxl` | SDXL InstructPix2Pix UNet (context [B, 77, 2048] + pooled + time ids) |
+| ``sd3`` | :mod:`.sd3` | SD3 MMDiT with the source latent on channels (UltraEdit's route; context [B, 77, 4096] + pooled; flow matching) |
 
 Every pair works: the Q-Former reads the MLLM's ``<img_i>`` states (width ``mllm.hidden_size``) and emits the
 generator's context (``qformer.hidden_size`` = ``unet.cross_attention_dim``); the BIM reads the MLLM's patch grid
-(``vision.hidden_size``, ``vision.grid_size``) and adds to the generator's ``conv_in`` output. To add a family:
+(``vision.hidden_size``, ``vision.grid_size``) and adds to the generator's ``conv_in`` output (SD3: its patch
+embedding's convolution). To add a family:
 a module here with an :class:`~smartedit.mllm.SmartEditMLLM`-like class (or a UNet class), a name in
 ``BackboneConfig.MLLMS`` / ``GENERATORS``, a branch in :func:`build_mllm` / :func:`build_generator` /
 :func:`chat_format`, a preset in :mod:`.presets` and a loader in :mod:`.assemble` (docs/design.md).
@@ -53,16 +55,26 @@ def build_generator(config: SmartEditConfig):
     if kind == "sdxl":
         from .sdxl import SDXLEditUNet, sdxl_unet_fields
 
-        fields = sdxl_unet_fields(config.backbone.generator_config)
-        wrong = [f"unet.{k} is {getattr(config.unet, k)!r} but backbone.generator_config gives {v!r}"
-                 for k, v in fields.items() if getattr(config.unet, k) != v]
-        if wrong:
-            raise ValueError("the unet section does not describe backbone.generator_config: " + "; ".join(wrong))
+        _check_unet_section(config, sdxl_unet_fields(config.backbone.generator_config))
         kwargs = {k: v for k, v in config.backbone.generator_config.items() if not k.startswith("_")}
         unet = SDXLEditUNet(**dict(kwargs, in_channels=config.unet.in_channels))
         unet.vae_scale_factor = config.vae.downsample_factor
         return unet
+    if kind == "sd3":
+        from .sd3 import SD3EditTransformer, sd3_unet_fields
+
+        _check_unet_section(config, sd3_unet_fields(config.backbone.generator_config))
+        kwargs = {k: v for k, v in config.backbone.generator_config.items() if not k.startswith("_")}
+        return SD3EditTransformer(**dict(kwargs, in_channels=config.unet.in_channels))
     raise ValueError(f"unknown backbone.generator {kind!r}")
+
+
+def _check_unet_section(config: SmartEditConfig, fields: dict) -> None:
+    """The ``unet`` section must describe the generator that ``backbone.generator_config`` builds."""
+    wrong = [f"unet.{k} is {getattr(config.unet, k)!r} but backbone.generator_config gives {v!r}"
+             for k, v in fields.items() if getattr(config.unet, k) != v]
+    if wrong:
+        raise ValueError("the unet section does not describe backbone.generator_config: " + "; ".join(wrong))
 
 
 def chat_format(config: SmartEditConfig, tokenizer):

@@ -2,7 +2,8 @@
 
 :func:`assemble` (``smartedit assemble``) reads the MLLM folder (LLaVA-1.1 / LLaMA / llava-hf: :mod:`smartedit.weights`;
 Qwen2.5-VL: :func:`from_qwen_vl`) and the generator folder (SD-1.5 / InstructPix2Pix: :func:`smartedit.weights.load_sd`;
-SDXL / SDXL InstructPix2Pix: :func:`load_sdxl`), telling them apart by their configs.
+SDXL / SDXL InstructPix2Pix: :func:`load_sdxl`; SD3 / SD3 InstructPix2Pix (UltraEdit): :func:`load_sd3`), telling them
+apart by their configs.
 
 A Qwen2.5-VL folder (transformers layout) holds config.json (``model_type: qwen2_5_vl``), the weights (model.safetensors or shards + index; keys
 ``model.visual.*``, ``model.language_model.*``, ``lm_head.weight``, or the older ``visual.*`` / ``model.*``), the
@@ -27,7 +28,8 @@ from .presets import compose_preset, qwen_vl_sections
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QWEN_LAYOUT", "SDXL_LAYOUT", "from_qwen_vl", "load_sdxl", "sdxl_generator_config", "is_qwen_vl_folder", "is_sdxl_folder",
+__all__ = ["QWEN_LAYOUT", "SDXL_LAYOUT", "SD3_LAYOUT", "from_qwen_vl", "load_sdxl", "load_sd3", "sdxl_generator_config",
+           "sd3_generator_config", "is_qwen_vl_folder", "is_sdxl_folder", "is_sd3_folder", "generator_kind",
            "assemble"]
 
 QWEN_LAYOUT = ("a Qwen2.5-VL folder holds config.json (model_type 'qwen2_5_vl'), model.safetensors (or shards with "
@@ -37,6 +39,10 @@ SDXL_LAYOUT = ("an SDXL (InstructPix2Pix) diffusers folder holds model_index.jso
                "with addition_embed_type 'text_time' + diffusion_pytorch_model.safetensors), vae/ (config.json + "
                "diffusion_pytorch_model.safetensors) and scheduler/ (scheduler_config.json); text_encoder/ and "
                "text_encoder_2/ are not read (the Q-Former replaces them)")
+SD3_LAYOUT = ("an SD3 (InstructPix2Pix) diffusers folder holds model_index.json and the subfolders transformer/ "
+              "(config.json of an SD3Transformer2DModel + diffusion_pytorch_model.safetensors), vae/ (config.json + "
+              "diffusion_pytorch_model.safetensors) and scheduler/ (scheduler_config.json of a "
+              "FlowMatchEulerDiscreteScheduler); the text encoders are not read (the Q-Former replaces them)")
 _RULES = (("model.visual.", "vision_tower."), ("visual.", "vision_tower."), ("model.language_model.", "llm.model."),
           ("lm_head.", "llm.lm_head."), ("model.", "llm.model."))
 
@@ -168,6 +174,34 @@ def is_sdxl_folder(path: str | os.PathLike) -> bool:
         read_json(config, "SDXL", SDXL_LAYOUT).get("addition_embed_type") == "text_time"
 
 
+def _read_generator(path: str, subfolder: str, diffusers_cls, edit_cls, family: str, layout: str,
+                    in_channels: int | None):
+    """The denoiser in ``path/subfolder`` as ``edit_cls`` (its ``pooled_proj``, not in the folder, zero) with its
+    input convolution widened to ``in_channels`` (default: 2 × latent channels when it takes only the noisy latent),
+    and the folder's VAE. Returns (denoiser, vae, the folder's input channels, the widened ones)."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL
+
+    from ..unet import widen_conv_in
+
+    try:
+        loaded = diffusers_cls.from_pretrained(path, subfolder=subfolder, local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ValueError(f"cannot read the {family} weights in {path} ({exc}); {layout}") from None
+    with init_empty_weights():
+        model = edit_cls(**{k: v for k, v in dict(loaded.config).items() if not k.startswith("_")})
+    state = loaded.state_dict()
+    state.update({f"pooled_proj.{k}": torch.zeros(v.shape) for k, v in model.pooled_proj.state_dict().items()})
+    model.load_state_dict(state, strict=True, assign=True)
+    del loaded, state
+    original = model.conv_in.in_channels
+    latent = model.config.out_channels
+    target = in_channels if in_channels is not None else (2 * latent if original == latent else original)
+    widen_conv_in(model, target)
+    return model, vae, original, target
+
+
 def load_sdxl(path: str | os.PathLike, in_channels: int | None = None):
     """Read an SDXL or SDXL InstructPix2Pix diffusers folder (:data:`SDXL_LAYOUT`) into a
     :class:`smartedit.weights.LoadedSD`: the UNet as an :class:`~smartedit.backbones.sdxl.SDXLEditUNet` (its
@@ -175,12 +209,10 @@ def load_sdxl(path: str | os.PathLike, in_channels: int | None = None):
     takes only the noisy latent), the VAE, the scheduler's noise schedule, and the null text embedding: zeros
     [1, 77, 2048], which is what the SDXL pipelines use for an empty negative prompt
     (``force_zeros_for_empty_prompt``, true in the published folders)."""
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     from ..config import SchedulerConfig
     from ..weights import LoadedSD
-    from ..unet import widen_conv_in
     from .sdxl import SDXLEditUNet, sdxl_unet_fields
 
     path = os.fspath(path)
@@ -198,21 +230,8 @@ def load_sdxl(path: str | os.PathLike, in_channels: int | None = None):
     for part, name in (("vae", "config.json"), ("scheduler", "scheduler_config.json")):
         if not os.path.isfile(os.path.join(path, part, name)):
             raise FileNotFoundError(f"{path}/{part}/{name} is missing; {SDXL_LAYOUT}")
-    try:
-        loaded = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
-    except (OSError, ValueError, EnvironmentError) as exc:
-        raise ValueError(f"cannot read the SDXL weights in {path} ({exc}); {SDXL_LAYOUT}") from None
-    with init_empty_weights():
-        unet = SDXLEditUNet(**{k: v for k, v in dict(loaded.config).items() if not k.startswith("_")})
-    state = loaded.state_dict()  # + pooled_proj, not in the folder: zero (SDXL's empty-prompt pooled embedding)
-    state.update({f"pooled_proj.{k}": torch.zeros(v.shape) for k, v in unet.pooled_proj.state_dict().items()})
-    unet.load_state_dict(state, strict=True, assign=True)
-    del loaded, state
-    original = unet.conv_in.in_channels
-    latent = unet.config.out_channels
-    target = in_channels if in_channels is not None else (2 * latent if original == latent else original)
-    widen_conv_in(unet, target)
+    unet, vae, original, target = _read_generator(path, "unet", UNet2DConditionModel, SDXLEditUNet, "SDXL",
+                                                  SDXL_LAYOUT, in_channels)  # (pooled_proj zero: SDXL's empty prompt)
     fields = dict(sdxl_unet_fields(sdxl_generator_config(unet)))
     vae_fields = dict(block_out_channels=tuple(vae.config.block_out_channels),
                       layers_per_block=vae.config.layers_per_block, latent_channels=vae.config.latent_channels,
@@ -236,6 +255,72 @@ def sdxl_generator_config(unet) -> dict:
     return config
 
 
+# ---- SD3 (InstructPix2Pix) diffusers folders ---------------------------------------------------------------------
+
+def is_sd3_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds an SD3-family diffusers pipeline (transformer/config.json of an SD3 MMDiT)."""
+    config = os.path.join(os.fspath(path), "transformer", "config.json")
+    return os.path.isfile(config) and \
+        read_json(config, "SD3", SD3_LAYOUT).get("_class_name") == "SD3Transformer2DModel"
+
+
+def generator_kind(path: str | os.PathLike) -> str:
+    """``sd3``, ``sdxl`` or ``sd15``: the generator family of a diffusers folder, read off its configs."""
+    return "sd3" if is_sd3_folder(path) else "sdxl" if is_sdxl_folder(path) else "sd15"
+
+
+def load_sd3(path: str | os.PathLike, in_channels: int | None = None):
+    """Read an SD3 or SD3 InstructPix2Pix diffusers folder (:data:`SD3_LAYOUT`) into a
+    :class:`smartedit.weights.LoadedSD`: the transformer as an :class:`~smartedit.backbones.sd3.SD3EditTransformer`
+    (its ``pooled_proj`` zero, its patch convolution widened to ``in_channels``, default 2 × latent channels when
+    the folder's transformer takes only the noisy latent), the VAE (with its shift factor), the flow-matching
+    schedule, and a zero null text embedding [1, 77, joint_attention_dim] (stage 1 sets the CLIP text one)."""
+    from diffusers import SD3Transformer2DModel
+
+    from ..weights import LoadedSD
+    from .sd3 import SD3EditTransformer, sd3_unet_fields
+
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"SD3 folder {path!r} does not exist; {SD3_LAYOUT}")
+    read_json(os.path.join(path, "model_index.json"), "SD3", SD3_LAYOUT)
+    for part, name in (("transformer", "config.json"), ("vae", "config.json"), ("scheduler", "scheduler_config.json")):
+        if not os.path.isfile(os.path.join(path, part, name)):
+            raise FileNotFoundError(f"{path}/{part}/{name} is missing; {SD3_LAYOUT}")
+    sched = read_json(os.path.join(path, "scheduler", "scheduler_config.json"), "SD3", SD3_LAYOUT)
+    if sched.get("use_dynamic_shifting"):
+        raise ValueError(f"{path}/scheduler uses dynamic shifting (a resolution-dependent shift, SD3.5 / FLUX "
+                         f"style), which smartedit's flow-matching schedule does not model; use a fixed-shift "
+                         f"scheduler config (SD3: shift 3.0)")
+    transformer, vae, original, target = _read_generator(path, "transformer", SD3Transformer2DModel,
+                                                         SD3EditTransformer, "SD3", SD3_LAYOUT, in_channels)
+    config = sd3_generator_config(transformer)
+    vae_fields = dict(block_out_channels=tuple(vae.config.block_out_channels),
+                      layers_per_block=vae.config.layers_per_block, latent_channels=vae.config.latent_channels,
+                      norm_num_groups=vae.config.norm_num_groups, scaling_factor=float(vae.config.scaling_factor),
+                      shift_factor=float(vae.config.shift_factor or 0.0),
+                      use_quant_conv=bool(vae.config.use_quant_conv),
+                      use_post_quant_conv=bool(vae.config.use_post_quant_conv))
+    scheduler = {"num_train_timesteps": sched.get("num_train_timesteps", 1000), "shift": float(sched.get("shift", 1.0)),
+                 "prediction_type": "flow", "sampler": "FlowMatchEulerDiscreteScheduler"}
+    null = torch.zeros(1, 77, transformer.config.joint_attention_dim)
+    logger.info("loaded SD3 from %s: MMDiT %d layers (patch conv %d → %d ch), VAE scaling %.4f shift %.4f", path,
+                transformer.config.num_layers, original, target, vae_fields["scaling_factor"],
+                vae_fields["shift_factor"])
+    return LoadedSD(path=path, unet=transformer, vae=vae, unet_config=dict(sd3_unet_fields(config)),
+                    vae_config=vae_fields, scheduler=scheduler, null_text_embedding=null,
+                    original_in_channels=original)
+
+
+def sd3_generator_config(transformer) -> dict:
+    """``backbone.generator_config`` of an SD3 transformer: its diffusers config (``in_channels`` as the folder's
+    noisy latent only; :func:`smartedit.backbones.build_generator` sets the patch convolution from
+    ``unet.in_channels``)."""
+    config = {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
+    config["in_channels"] = config["out_channels"]
+    return config
+
+
 # ---- any pair ------------------------------------------------------------------------------------------------------
 
 def _check_context(base: SmartEditConfig, sd: str | os.PathLike) -> None:
@@ -243,10 +328,12 @@ def _check_context(base: SmartEditConfig, sd: str | os.PathLike) -> None:
     from ..config import PRESETS
     from ..weights.sd import CLIP_TEXT_LENGTH
 
-    config = os.path.join(os.fspath(sd), "unet", "config.json")
+    sd3 = is_sd3_folder(sd)
+    config = os.path.join(os.fspath(sd), "transformer" if sd3 else "unet", "config.json")
     if not os.path.isfile(config):
         return  # (the loader says what the folder lacks)
-    want = (CLIP_TEXT_LENGTH, read_json(config, "UNet", SDXL_LAYOUT).get("cross_attention_dim"))
+    raw = read_json(config, "SD3" if sd3 else "UNet", SD3_LAYOUT if sd3 else SDXL_LAYOUT)
+    want = (CLIP_TEXT_LENGTH, raw.get("joint_attention_dim" if sd3 else "cross_attention_dim"))
     if (base.qformer.num_queries, base.qformer.hidden_size) == want:
         return
     fits = [n for n in sorted(PRESETS) if (make_preset(n).qformer.num_queries, make_preset(n).qformer.hidden_size)
@@ -260,31 +347,31 @@ def assemble(llm: str | os.PathLike, sd: str | os.PathLike, clip: str | os.PathL
              preset: str | SmartEditConfig | None = None, dtype: torch.dtype | str = "auto", seed: int | None = 0,
              **overrides) -> "SmartEditModel":  # noqa: F821
     """A SmartEdit model from an MLLM folder ``llm`` (LLaMA / LLaVA-1.1 / llava-hf, or Qwen2.5-VL) and a generator
-    folder ``sd`` (SD-1.5 / InstructPix2Pix, or SDXL / SDXL InstructPix2Pix), whichever pair they are. ``preset``
-    gives the Q-Former, BIM and training settings (default: the 7B-class preset of the pair); its
-    ``qformer.hidden_size`` must equal the generator's context width."""
+    folder ``sd`` (SD-1.5 / InstructPix2Pix, SDXL / SDXL InstructPix2Pix, or SD3 / SD3 InstructPix2Pix), whichever
+    pair they are. ``preset`` gives the Q-Former, BIM and training settings (default: the 7B-class preset of the
+    pair); its ``qformer.hidden_size`` must equal the generator's context width."""
     from ..weights import from_components, load_sd
     from ..model import save_dtype
     from ..unet import widen_conv_in
 
-    qwen, sdxl = is_qwen_vl_folder(llm), is_sdxl_folder(sd)
-    name = preset if preset is not None else {(False, False): "7b", (False, True): "llava1.5-7b+sdxl",
-                                              (True, False): "qwen2.5vl-7b+sd15",
-                                              (True, True): "qwen2.5vl-7b+sdxl"}[(qwen, sdxl)]
+    qwen, kind = is_qwen_vl_folder(llm), generator_kind(sd)
+    name = preset if preset is not None else {"sd15": "qwen2.5vl-7b+sd15" if qwen else "7b",
+                                              "sdxl": "qwen2.5vl-7b+sdxl" if qwen else "llava1.5-7b+sdxl",
+                                              "sd3": "qwen2.5vl-7b+sd3" if qwen else "llava1.5-7b+sd3"}[kind]
     base = name if isinstance(name, SmartEditConfig) else make_preset(name)
-    if not qwen and not sdxl:
+    if not qwen and kind == "sd15":
         return from_components(llm=llm, clip=clip, sd=sd, preset=base, dtype=dtype, seed=seed, **overrides)
     if qwen and clip is not None:
         raise ValueError(f"{llm} is a Qwen2.5-VL folder, which brings its own vision transformer: drop --clip")
     _check_context(base, sd)  # (before any weights are read)
-    generator = load_sdxl(sd) if sdxl else load_sd(sd)
+    generator = {"sd3": load_sd3, "sdxl": load_sdxl, "sd15": load_sd}[kind](sd)
     data = base.to_dict()
     data["unet"] = dict(generator.unet_config, mask_channels=overrides.pop("unet.mask_channels",
                                                                            base.unet.mask_channels))
     data["vae"] = dict(generator.vae_config)
     data["scheduler"] = dict(data["scheduler"], **generator.scheduler)
-    data["backbone"] = dict(data["backbone"], generator="sdxl" if sdxl else "sd15",
-                            generator_config=sdxl_generator_config(generator.unet) if sdxl else {})
+    generator_config = {"sd3": sd3_generator_config, "sdxl": sdxl_generator_config}.get(kind, lambda unet: {})
+    data["backbone"] = dict(data["backbone"], generator=kind, generator_config=generator_config(generator.unet))
     if not qwen:
         data["preset"] = "custom"
         return from_components(llm=llm, clip=clip, sd=generator, preset=SmartEditConfig.from_dict(data), dtype=dtype,

@@ -12,9 +12,11 @@ import copy
 
 from ..config import (BackboneConfig, BIMConfig, ConfigError, MLLMConfig, QFormerConfig, SmartEditConfig,
                       UNetConfig, VAEConfig, VisionConfig, preset as make_preset)
+from .sd3 import SD3_TRANSFORMER_CONFIG, SD3_VAE, sd3_unet_fields
 from .sdxl import SDXL_UNET_CONFIG, sdxl_unet_fields
 
-__all__ = ["backbone_preset", "compose_preset", "QWEN2_5_VL_7B", "qwen_vl_sections", "sdxl_sections"]
+__all__ = ["backbone_preset", "compose_preset", "QWEN2_5_VL_7B", "qwen_vl_sections", "sdxl_sections", "sd3_sections",
+           "TINY_SDXL_UNET", "TINY_SD3_TRANSFORMER", "FLOW_SCHEDULER"]
 
 QWEN2_5_VL_7B = {
     "model_type": "qwen2_5_vl", "image_token_id": 151655, "video_token_id": 151656,
@@ -57,8 +59,17 @@ def sdxl_sections(unet_config: dict) -> dict:
     return {"unet": sdxl_unet_fields(unet_config), "backbone_generator": ("sdxl", copy.deepcopy(unet_config))}
 
 
+def sd3_sections(transformer_config: dict) -> dict:
+    return {"unet": sd3_unet_fields(transformer_config), "backbone_generator": ("sd3", copy.deepcopy(transformer_config))}
+
+
+FLOW_SCHEDULER = {"prediction_type": "flow", "shift": 3.0, "sampler": "FlowMatchEulerDiscreteScheduler"}
+"""SD3's flow-matching schedule (scheduler/scheduler_config.json of SD3-medium: shift 3)."""
+
+
 def compose_preset(base: SmartEditConfig, name: str, mllm: dict | None = None, generator: dict | None = None,
-                   qformer: dict | None = None, bim: dict | None = None, vae: dict | None = None) -> SmartEditConfig:
+                   qformer: dict | None = None, bim: dict | None = None, vae: dict | None = None,
+                   scheduler: dict | None = None) -> SmartEditConfig:
     """``base`` with the given sections replaced (``backbone_*`` entries set the ``backbone`` section), named
     ``name``."""
     data = base.to_dict()
@@ -72,7 +83,7 @@ def compose_preset(base: SmartEditConfig, name: str, mllm: dict | None = None, g
             else:
                 data[key] = dict(data[key], **value)
     data["backbone"] = backbone
-    for key, value in (("qformer", qformer), ("bim", bim), ("vae", vae)):
+    for key, value in (("qformer", qformer), ("bim", bim), ("vae", vae), ("scheduler", scheduler)):
         if value:
             data[key] = dict(data[key], **value)
     return SmartEditConfig.from_dict(data)
@@ -85,6 +96,20 @@ _SDXL = sdxl_sections(SDXL_UNET_CONFIG)
 _SDXL_QFORMER = dict(QFormerConfig(hidden_size=2048, num_attention_heads=16, intermediate_size=8192).to_dict())
 _SDXL_VAE = dict(VAEConfig(scaling_factor=0.13025).to_dict())
 _QWEN_BIM = dict(BIMConfig(hidden_size=1280).to_dict())  # (the BIM reads the 1280-wide vision patches)
+_SD3 = sd3_sections(SD3_TRANSFORMER_CONFIG)
+_SD3_QFORMER = dict(QFormerConfig(hidden_size=4096, num_attention_heads=32, intermediate_size=16384).to_dict())
+_SD3_VAE = dict(VAEConfig(**SD3_VAE).to_dict())
+
+TINY_SD3_TRANSFORMER = {
+    "sample_size": 16, "patch_size": 2, "in_channels": 16, "num_layers": 2, "attention_head_dim": 8,
+    "num_attention_heads": 4, "joint_attention_dim": 64, "caption_projection_dim": 32, "pooled_projection_dim": 32,
+    "out_channels": 16, "pos_embed_max_size": 16,
+}
+"""A tiny SD3-layout MMDiT (2 joint blocks, patch 2, context width 64 = the tiny Q-Former's)."""
+TINY_SD3_VAE = dict(block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=16, norm_num_groups=8,
+                    scaling_factor=SD3_VAE["scaling_factor"], shift_factor=SD3_VAE["shift_factor"],
+                    use_quant_conv=False, use_post_quant_conv=False)
+"""The tiny VAE in SD3's layout: 16 latent channels, SD3's scaling and shift, no quant convolutions."""
 
 TINY_SDXL_UNET = {
     "addition_embed_type": "text_time", "addition_time_embed_dim": 8, "attention_head_dim": [2, 4],
@@ -109,6 +134,15 @@ def backbone_preset(name: str) -> SmartEditConfig:
     if name == "qwen2.5vl-7b+sdxl":
         return compose_preset(sd15_7b, name, mllm=_QWEN_7B, generator=_SDXL, qformer=_SDXL_QFORMER, bim=_QWEN_BIM,
                         vae=_SDXL_VAE)
+    if name == "llava1.5-7b+sd3":
+        return compose_preset(sd15_7b, name, mllm=_LLAVA15_7B, generator=_SD3, qformer=_SD3_QFORMER, vae=_SD3_VAE,
+                              scheduler=FLOW_SCHEDULER)
+    if name == "qwen2.5vl-7b+sd3":
+        return compose_preset(sd15_7b, name, mllm=_QWEN_7B, generator=_SD3, qformer=_SD3_QFORMER, bim=_QWEN_BIM,
+                              vae=_SD3_VAE, scheduler=FLOW_SCHEDULER)
     if name == "tiny-sdxl":
         return compose_preset(make_preset("tiny"), name, generator=sdxl_sections(TINY_SDXL_UNET))
+    if name == "tiny-sd3":
+        return compose_preset(make_preset("tiny"), name, generator=sd3_sections(TINY_SD3_TRANSFORMER),
+                              vae=TINY_SD3_VAE, scheduler=FLOW_SCHEDULER)
     raise ConfigError([f"unknown backbone preset {name!r}"])

@@ -92,6 +92,17 @@ def build_tiny_qwen_vl(folder: str, seed: int = 0, image_size: int = 32) -> str:
     return folder
 
 
+def _perturb(*modules) -> None:
+    """Small random noise on every parameter: zero-initialised layers made random, so a loader that skips a tensor
+    is caught."""
+    import torch
+
+    with torch.no_grad():
+        for module in modules:
+            for p in module.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+
+
 def build_tiny_sdxl_ip2p(folder: str, seed: int = 0, in_channels: int = 8) -> str:
     """A tiny random SDXL InstructPix2Pix pipeline folder as diffusers saves it (model_index.json for
     ``StableDiffusionXLInstructPix2PixPipeline``, unet/ with the tiny SDXL-layout UNet of the ``tiny-sdxl`` preset,
@@ -107,9 +118,7 @@ def build_tiny_sdxl_ip2p(folder: str, seed: int = 0, in_channels: int = 8) -> st
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**dict(TINY_SDXL_UNET, in_channels=in_channels))
     vae = build_vae(preset("tiny-sdxl").vae)
-    with torch.no_grad():  # (zero-initialised layers made random: a loader that skips a tensor is caught)
-        for p in list(unet.parameters()) + list(vae.parameters()):
-            p.add_(torch.randn_like(p) * 0.02)
+    _perturb(unet, vae)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        timestep_spacing="leading", steps_offset=1)
     pipe = StableDiffusionXLInstructPix2PixPipeline(vae=vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
@@ -152,4 +161,34 @@ def build_tiny_llava_hf(folder: str, seed: int = 0, next_: bool = False) -> str:
             p.add_(torch.randn_like(p) * 0.02)
     model.eval().save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def build_tiny_sd3_ip2p(folder: str, seed: int = 0, in_channels: int = 32) -> str:
+    """A tiny random SD3 InstructPix2Pix folder as UltraEdit publishes theirs (model_index.json for
+    ``StableDiffusion3InstructPix2PixPipeline``, transformer/ with the ``tiny-sd3`` preset's MMDiT taking
+    ``in_channels`` (32: noisy ‖ source latent; 16: a plain SD3 text-to-image transformer), vae/ with SD3's
+    scaling and shift factors, scheduler/ with SD3's flow-matching schedule, shift 3); the three text encoders are
+    left out (``None``). Returns ``folder``."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    from ..config import preset
+    from ..unet import build_vae
+    from .presets import TINY_SD3_TRANSFORMER
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(**dict(TINY_SD3_TRANSFORMER, in_channels=in_channels))
+    vae = build_vae(preset("tiny-sd3").vae)
+    _perturb(transformer, vae)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(
+        shift=3.0), text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None,
+        tokenizer_3=None)
+    pipe.save_pretrained(folder)
+    index_path = os.path.join(folder, "model_index.json")
+    with open(index_path, encoding="utf-8") as f:
+        index = json.load(f)
+    index["_class_name"] = "StableDiffusion3InstructPix2PixPipeline"  # (a community pipeline: not in diffusers)
+    with open(index_path, "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=2)
     return folder
