@@ -447,3 +447,22 @@ def test_parquet_dataset_random_access_matches_sequential(tmp_path, row_group_si
     few = ParquetSampleDataset(tmp_path, cache_row_groups=1)
     few.max_open_files = 1  # shards are closed least-recently-used first
     assert [few[i].id for i in (9, 0, 5, 9)] == ["x/9", "x/0", "x/5", "x/9"] and len(few._handles) == 1
+
+
+def test_converted_shards_load_in_hugging_face_datasets(tmp_path):
+    """A converted folder is plain parquet: 🤗 ``datasets`` reads it as it is (every row, the encoded images byte for
+    byte), streamed or not, so users can inspect or re-mix converted data with their own tools."""
+    from datasets import load_dataset
+
+    from smartedit.data.io import write_samples
+    from smartedit.shapes.world import training_samples
+
+    samples = list(training_samples("simple", 12, seed=4))
+    write_samples(samples, tmp_path / "shapes", "shapes-train", shard_size=5, row_group_size=2)
+    files = sorted(str(p) for p in (tmp_path / "shapes").glob("*.parquet"))
+    assert len(files) == 3
+    table = load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "cache"))
+    assert table.num_rows == 12 and table["id"] == [s.id for s in samples]
+    assert table[3]["source_image"] == samples[3].source_image and table[3]["instruction"] == samples[3].instruction
+    streamed = load_dataset("parquet", data_files=files, split="train", streaming=True)
+    assert [row["target_image"] for row in streamed] == [s.target_image for s in samples]

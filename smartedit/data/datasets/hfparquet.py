@@ -2,6 +2,12 @@
 
 HF writes ``image`` features as a struct ``{bytes: binary, path: string}``; older exports use raw binary. Shards
 are named ``{split}-NNNNN-of-MMMMM.parquet`` (often under ``data/``); a split may also be a folder.
+
+Rows are streamed with pyarrow (row batches of the named columns only), not ``datasets.load_dataset``: a conversion
+must skip and report a shard that cannot be read and go on with the next (``load_dataset`` fails the whole split), and
+must not write an Arrow cache copy of a dataset of hundreds of thousands of images (``datasets`` does unless
+streaming, and its streaming mode stops at the first broken shard). The shards a conversion writes are plain
+parquet that ``datasets`` reads as they are (``tests/test_data_layouts.py``).
 """
 
 from __future__ import annotations
