@@ -112,12 +112,14 @@ def test_assemble_reads_a_tiny_sd3_folder(in_channels, tmp_path):
     """A tiny SD3 InstructPix2Pix folder (transformer taking noisy ‖ source latent) or a plain SD3 text-to-image
     folder (16 channels: widened with zero weights for the source) in diffusers' layout, assembled with the tiny
     LLaVA through ``smartedit assemble``: every transformer and VAE weight as saved, the flow-matching schedule
-    and VAE shift carried over, and the model edits."""
+    and VAE shift carried over; the assembled folder trains (stage 2b, 2 steps) and edits."""
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from PIL import Image
 
+    from helpers import load_script
     from smartedit.backbones.testing import build_tiny_llava_hf, build_tiny_sd3_ip2p
     from smartedit.cli import main as cli
+    from smartedit.model import load_weights
     from smartedit.pipeline import SmartEditPipeline
 
     sd3 = build_tiny_sd3_ip2p(str(tmp_path / "sd3"), seed=2, in_channels=in_channels)
@@ -141,6 +143,14 @@ def test_assemble_reads_a_tiny_sd3_folder(in_channels, tmp_path):
     assert ours["pos_embed.proj.weight"].shape[1] == 32
     vae = AutoencoderKL.from_pretrained(sd3, subfolder="vae").state_dict()
     assert all(torch.equal(model.vae.state_dict()[k], v) for k, v in vae.items())
+    trained = str(tmp_path / "stage2b")
+    assert load_script("train/stage2_smartedit.py").main(
+        ["--preset", "tiny", "--init", out, "--output", trained, "--max-steps", "2", "--set", "precision=fp32",
+         "--set", "log.progress=false"]) == 0
+    exported = load_weights(os.path.join(trained, "model"))  # (stage 2b adds LoRA to the LLM)
+    assert {k for k in exported if k.startswith("unet.")} == {k for k in model.state_dict() if k.startswith("unet.")}
+    assert not torch.equal(exported["unet.pos_embed.proj.weight"], model.state_dict()["unet.pos_embed.proj.weight"])
+    pipe = SmartEditPipeline.from_pretrained(os.path.join(trained, "model"))
     pipe.set_progress_bar_config(disable=True)
     edited = pipe(prompt="make it red", image=Image.new("RGB", (40, 40), (20, 40, 200)), num_inference_steps=2,
                   seed=0, output_type="np").images
