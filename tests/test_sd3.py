@@ -170,3 +170,35 @@ def test_sd3_presets_count_the_published_sizes(capsys):
         assert preset(name).qformer.hidden_size == 4096 and preset(name).vae.latent_channels == 16
     assert cli(["info", "--preset", "qwen2.5vl-7b+sd3"]) == 0
     assert "sd3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage, says", [("no_vae", "vae/config.json is missing"),
+                                          ("bad_json", "is not valid JSON"),
+                                          ("truncated", "cannot read the SD3 weights"),
+                                          ("dynamic_shift", "dynamic shifting")])
+def test_assemble_reports_a_broken_sd3_folder(damage, says, tmp_path, capsys):
+    """A broken SD3 folder is one `error:` line naming what is wrong, and nothing is written."""
+    import shutil
+
+    from smartedit.backbones.testing import build_tiny_llava_hf, build_tiny_sd3_ip2p
+    from smartedit.cli import main as cli
+
+    bad = tmp_path / "sd3"
+    build_tiny_sd3_ip2p(str(bad))
+    llava = build_tiny_llava_hf(str(tmp_path / "llava"))
+    capsys.readouterr()
+    if damage == "no_vae":
+        shutil.rmtree(bad / "vae")
+    elif damage == "bad_json":
+        (bad / "transformer" / "config.json").write_text("{broken")
+    elif damage == "truncated":
+        weights = bad / "transformer" / "diffusion_pytorch_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        config = bad / "scheduler" / "scheduler_config.json"
+        config.write_text(json.dumps(dict(json.loads(config.read_text()), use_dynamic_shifting=True)))
+    assert cli(["assemble", "--llm", llava, "--sd", str(bad), "--preset", "tiny-sd3", "--out",
+                str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and says in err[0], err
+    assert not (tmp_path / "out").exists()
