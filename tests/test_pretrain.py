@@ -208,3 +208,38 @@ def test_llava_trains_and_saves_the_mllm(tmp_path):
     assert not torch.equal(before, model.mllm.state_dict()["llm.model.embed_tokens.weight"])
     lines = open(os.path.join(out, "metrics.jsonl")).read().splitlines()
     assert len(lines) == 2
+
+
+def test_skill_questions_name_shapes_as_the_edits_do_and_the_probe_scores_each_skill():
+    """Every understanding skill has a question built by its edit category's own constructor, whose answer is a
+    fact of the scene (where the named shape is, how many of a kind, its colour); LLaVA-tiny's skill data is a pure
+    function of (seed, step); the probe reports a score per skill and for the knowledge facts."""
+    from smartedit.model import SmartEditModel
+    from smartedit.shapes import world
+    from smartedit.shapes.pretrain import _skill_turns, llava_samples, probe_llava_skills
+
+    rng = np.random.default_rng(5)
+    for skill in world.SKILLS:
+        for _ in range(20):
+            scene, [[question, answer]] = _skill_turns(rng, skill)
+            if skill in ("left-right", "relative-size", "mirror", "colour-reference"):
+                rank = world.ORDINALS.index(answer.split()[3])
+                shape = sorted(scene.shapes, key=lambda s: s.x)[rank]
+                assert shape.kind in question and question.startswith("Where is the ")
+                if skill == "colour-reference":
+                    assert f"{shape.colour} {shape.kind}" in question
+                if skill == "mirror":
+                    assert scene.mirror and (shape.x > 0.5) == ("in the mirror" in question)
+            elif skill == "count":
+                kind = question.split()[2][:-1]
+                assert answer.split()[-1].rstrip(".") == str(sum(s.kind == kind for s in scene.shapes))
+            else:
+                kind = question.split()[-1].rstrip("?")
+                assert answer == f"The {kind} is {next(s.colour for s in scene.shapes if s.kind == kind)}."
+    a, b = llava_samples(3, 7, 16, 64, skills=True), llava_samples(3, 7, 16, 64, skills=True)
+    assert [s.conversation for s in a] == [s.conversation for s in b]
+    assert any(turns[0][0].startswith("Where is") for turns in (s.conversation for s in a))
+    assert not any(s.conversation[0][0].startswith("Where is") for s in llava_samples(3, 7, 16, 64))
+    model = SmartEditModel.from_config(shapes_config(**{"bim.enabled": False}), seed=0).eval()
+    scores = probe_llava_skills(model, per_skill=2)
+    assert set(scores) == set(world.SKILLS) | {"knowledge"} and all(0 <= v <= 1 for v in scores.values())

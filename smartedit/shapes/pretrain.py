@@ -441,8 +441,9 @@ def _start_from(init: str, text_encoder, unet) -> None:
 
 # ---- LLaVA-tiny --------------------------------------------------------------------------------------------------
 
-def llava_samples(seed: int, step: int, batch_size: int, side: int):
-    """Chat samples of one LLaVA step: image descriptions, VQA and knowledge Q&A (fresh every step)."""
+def llava_samples(seed: int, step: int, batch_size: int, side: int, skills: bool = False):
+    """Chat samples of one LLaVA step: image descriptions, VQA and knowledge Q&A (fresh every step). ``skills``:
+    45 % of them are instead questions of every understanding skill (:func:`smartedit.shapes.world.skill_chat`)."""
     from ..data.schema import Sample
 
     out = []
@@ -450,9 +451,11 @@ def llava_samples(seed: int, step: int, batch_size: int, side: int):
         rng = sample_rng(seed, step, i, stream=45)
         scene = world.random_scene(rng)
         u = rng.random()
-        if u < 0.3:
+        if skills and 0.3 <= u < 0.75:
+            scene, turns = _skill_turns(rng)
+        elif u < (0.2 if skills else 0.3):
             turns = [["Describe the image.", world.caption(scene).capitalize() + "."]]
-        elif u < 0.65:
+        elif u < (0.3 if skills else 0.65):
             turns = world.vqa_chat(rng, scene)
         else:
             turns = world.knowledge_chat(rng)
@@ -461,9 +464,19 @@ def llava_samples(seed: int, step: int, batch_size: int, side: int):
     return out
 
 
-def pretrain_llava(config: SmartEditConfig, output: str, settings: PretrainSettings, resume: bool = True) -> str:
-    """Train the tiny LLaVA (vision tower + projector + LLaMA, all from scratch) on ShapesWorld chat; write
-    ``output/mllm.safetensors`` + ``output/config.json`` and return ``output``."""
+def _skill_turns(rng, skill: str | None = None):
+    """A scene and a question of ``skill`` (default: one drawn uniformly from :data:`world.SKILLS`)."""
+    while True:
+        built = world.skill_chat(rng, skill or str(rng.choice(world.SKILLS)))
+        if built is not None:
+            return built
+
+
+def pretrain_llava(config: SmartEditConfig, output: str, settings: PretrainSettings, resume: bool = True,
+                   skills: bool = False) -> str:
+    """Train the tiny LLaVA (vision tower + projector + LLaMA, all from scratch) on ShapesWorld chat (``skills``:
+    with every understanding skill's questions, :func:`llava_samples`); write ``output/mllm.safetensors`` +
+    ``output/config.json`` and return ``output``."""
     from safetensors.torch import save_file
 
     from ..data.collate import SampleCollator
@@ -476,7 +489,7 @@ def pretrain_llava(config: SmartEditConfig, output: str, settings: PretrainSetti
     collator = SampleCollator(model.config, model.tokenizer)
 
     def step_fn(step: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        samples = llava_samples(settings.seed, step, settings.batch_size, config.resolution)
+        samples = llava_samples(settings.seed, step, settings.batch_size, config.resolution, skills=skills)
         batch = collator(samples, [(settings.seed, step, i) for i in range(len(samples))])
         pixels = mllm.preprocess_images((batch["source_images"] + 1) / 2)
         out = mllm(batch["input_ids"], batch["attention_mask"], pixel_values=pixels, labels=batch["labels"])
@@ -488,6 +501,40 @@ def pretrain_llava(config: SmartEditConfig, output: str, settings: PretrainSetti
     save_file(state, os.path.join(output, "mllm.safetensors"), metadata={"format": "pt"})
     model.config.save(output)
     return output
+
+
+@torch.no_grad()
+def probe_llava_skills(model, seed: int = 0, per_skill: int = 40) -> dict[str, float]:
+    """Greedy-reply accuracy of the tiny LLaVA per understanding skill (:data:`world.SKILLS`) on ``per_skill``
+    fresh scenes each (a stream no training step draws from), and on every knowledge fact: does it know where the
+    shape an instruction names is, how many there are, what colour it is, and the facts behind the reasoning
+    edits?"""
+    rng = sample_rng(seed, 0, 0, stream=47)
+    out = {}
+    for skill in world.SKILLS:
+        hits = 0
+        for _ in range(per_skill):
+            scene, [[question, answer]] = _skill_turns(rng, skill)
+            want = answer.rstrip(".").split(" is ")[-1] if skill != "count" else answer.split()[-1].rstrip(".")
+            hits += want in _ask_llava(model, question, scene)
+        out[skill] = hits / per_skill
+    facts = [(f"Which shape is {fact}?", kind) for kind, fs in world.KIND_FACTS.items() for fact in fs]
+    facts += [(f"What is {fact}?", colour) for colour, fs in world.COLOUR_FACTS.items() for fact in fs]
+    out["knowledge"] = sum(answer in _ask_llava(model, q, world.random_scene(rng)) for q, answer in facts) / len(facts)
+    return out
+
+
+def _ask_llava(model, question: str, scene) -> str:
+    """The tiny LLaVA's greedy reply (up to 16 tokens) to ``question`` about ``scene``."""
+    from ..prompt import chat_conversation
+
+    mllm, tok = model.mllm, model.tokenizer
+    image = _to_tensor([world.render(scene, model.config.resolution)])
+    features = mllm.encode_images(mllm.preprocess_images((image + 1) / 2))
+    prompt = chat_conversation([(question, "")], model.config.vision.num_patches)[0][0]
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    reply = mllm.generate_reply(ids, features, max_new_tokens=16)[0]
+    return tok.decode([t for t in reply.tolist() if t < model.config.mllm.vocab_size], skip_special_tokens=True)
 
 
 @torch.no_grad()

@@ -154,6 +154,10 @@ class RecipeConfig(RootConfig):
     of their power across 32 instructions on one scene): frozen (or with LoRA), stage 1 learns only the mean CLIP
     text (top-1 instruction retrieval at chance, 0.03, after 800-2400 steps); trained, 3000 steps reach retrieval
     0.88 and the stage-1 model already edits like IP2P-tiny."""
+    llava_skills: bool = False
+    """LLaVA-tiny also learns a question of every understanding skill (where is the shape an instruction names, how
+    many of a kind, a named shape's colour: :data:`smartedit.shapes.world.SKILLS`); its probe then reports each
+    skill on held-out scenes. Off in the shipped run."""
     ip2p_from_control: bool = True
     """Start IP2P-tiny's text encoder and UNet from the regression control (which learns the grounding, which
     words pick which pixels, far faster: every sample is an edit to infer, not a denoising step that the noisy
@@ -163,12 +167,9 @@ class RecipeConfig(RootConfig):
         p = []
         if not isinstance(self.seed, int):
             p.append(f"{prefix}seed must be an integer, got {self.seed!r}")
-        if not isinstance(self.stage1_grounded, bool):
-            p.append(f"{prefix}stage1_grounded must be true or false, got {self.stage1_grounded!r}")
-        if not isinstance(self.ip2p_from_control, bool):
-            p.append(f"{prefix}ip2p_from_control must be true or false, got {self.ip2p_from_control!r}")
-        if not isinstance(self.stage1_train_llm, bool):
-            p.append(f"{prefix}stage1_train_llm must be true or false, got {self.stage1_train_llm!r}")
+        for name in ("stage1_grounded", "ip2p_from_control", "stage1_train_llm", "llava_skills"):
+            if not isinstance(getattr(self, name), bool):
+                p.append(f"{prefix}{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("vae", "decoder", "llava", "control", "ip2p", "stage1", "stage2a", "stage2b", "eval"):
             p += getattr(self, name).problems(f"{prefix}{name}.")
         return p
@@ -225,12 +226,14 @@ def _step_llava(cfg: RecipeConfig, paths: _Paths) -> dict:
     from safetensors.torch import load_file
 
     from ..model import SmartEditModel
-    from .pretrain import pretrain_llava, probe_llava
+    from .pretrain import pretrain_llava, probe_llava, probe_llava_skills
 
-    pretrain_llava(shapes_config(), paths.llava, _settings(cfg.llava, cfg.seed))
+    pretrain_llava(shapes_config(), paths.llava, _settings(cfg.llava, cfg.seed), skills=cfg.llava_skills)
     model = SmartEditModel.from_config(shapes_config(**{"bim.enabled": False}), seed=cfg.seed)
     model.mllm.load_state_dict(load_file(os.path.join(paths.llava, "mllm.safetensors")), strict=True)
     probe = probe_llava(model.eval(), seed=cfg.seed)
+    if cfg.llava_skills:
+        probe["skills"] = probe_llava_skills(model, seed=cfg.seed)
     logger.info("LLaVA-tiny probe: %s", probe)
     return probe
 

@@ -463,6 +463,44 @@ def vqa_chat(rng, scene: Scene) -> list[list[str]]:
         sum(t.kind == s.kind for t in shapes) == 1 else [["Describe the image.", caption(scene).capitalize() + "."]]
 
 
+SKILLS = ("left-right", "relative-size", "mirror", "colour-reference", "count", "named-colour")
+"""What the understanding edits ask of the MLLM, one question each (:func:`skill_chat`): locate the shape a
+Left-Right / Relative-Size / Mirror / Color reference names, count a kind (Multiple-Objects), and say a named
+shape's colour. The knowledge the reasoning edits need is :func:`knowledge_chat`."""
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh")
+
+
+def _position(scene: Scene, index: int) -> str:
+    """Where shape ``index`` is: its rank from the left among all shapes."""
+    rank = sorted(range(len(scene.shapes)), key=lambda k: scene.shapes[k].x).index(index)
+    return f"It is the {ORDINALS[rank]} shape from the left."
+
+
+def skill_chat(rng, skill: str) -> tuple[Scene, list[list[str]]] | None:
+    """A scene and one question-answer turn exercising ``skill`` (one of :data:`SKILLS`); None: draw again. The
+    scenes are built by the understanding edits' own constructors, so a question names a shape exactly as an edit
+    instruction of that category does, and the answer says where it is."""
+    scene = random_scene(rng, n_max=4)
+    if skill in ("left-right", "relative-size", "mirror", "colour-reference"):
+        built = _UNDERSTANDING[{"left-right": "1-Left-Right", "relative-size": "2-Relative-Size",
+                                "mirror": "3-Mirror", "colour-reference": "4-Color"}[skill]](rng, scene)
+        if built is None:
+            return None
+        scene, pick, reference = built
+        return scene, [[f"Where is {reference}?", _position(scene, pick)]]
+    if skill == "count":
+        kind = str(rng.choice(sorted({s.kind for s in scene.shapes})))
+        n = sum(s.kind == kind for s in scene.shapes)
+        return scene, [[f"How many {kind}s are there?", f"There {'is' if n == 1 else 'are'} {n}."]]
+    if skill == "named-colour":
+        unique = [s for s in scene.shapes if sum(t.kind == s.kind for t in scene.shapes) == 1]
+        if not unique:
+            return None
+        shape = unique[int(rng.integers(len(unique)))]
+        return scene, [[f"What colour is the {shape.kind}?", f"The {shape.kind} is {shape.colour}."]]
+    raise ValueError(f"unknown skill {skill!r}; choose one of {SKILLS}")
+
+
 # ---- datasets ----------------------------------------------------------------------------------------------
 
 def png_bytes(array: np.ndarray) -> bytes:
