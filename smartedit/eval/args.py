@@ -135,7 +135,7 @@ def setup_logging(level: str = "INFO", verbose: bool = False) -> None:
 
 
 def _error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    sys.stderr.write(f"error: {message}\n")
 
 
 def describe_incomplete(run) -> str:

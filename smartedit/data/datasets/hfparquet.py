@@ -17,11 +17,11 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 
-from ..validate import ItemError, LayoutError, Report, read_file_bytes, require_columns
+from ..validate import ItemError, LayoutError, Report, check_image, read_file_bytes, require_columns
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["find_parquet_files", "iter_parquet_rows", "image_cell_bytes"]
+__all__ = ["find_parquet_files", "iter_parquet_rows", "image_cell_bytes", "edit_pair"]
 
 
 def _matches_split(path: str, root: str, split: str) -> bool:
@@ -94,3 +94,16 @@ def image_cell_bytes(cell, base_dir: str, what: str) -> bytes:
     if not data:
         raise ItemError("empty file", f"{what} is an empty (zero-byte) image")
     return data if isinstance(data, bytes) else bytes(data)
+
+
+def edit_pair(rec: dict, base_dir: str, instruction: str, source: str, target: str) -> tuple[str, bytes, bytes, tuple]:
+    """An editing row's (instruction, source image bytes, target image bytes, source (width, height)) read from the
+    named columns, every part checked: a missing or empty field or a broken image is an :class:`ItemError`."""
+    text = (rec.get(instruction) or "").strip()
+    if not text:
+        raise ItemError("missing field", f"'{instruction}'")
+    source_bytes = image_cell_bytes(rec.get(source), base_dir, f"'{source}'")
+    target_bytes = image_cell_bytes(rec.get(target), base_dir, f"'{target}'")
+    size = check_image(source_bytes, source).size
+    check_image(target_bytes, target)
+    return text, source_bytes, target_bytes, size

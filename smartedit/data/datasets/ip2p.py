@@ -12,8 +12,8 @@ import os
 from collections.abc import Iterator
 
 from ..schema import Sample
-from ..validate import ItemError, Report, check_image
-from .hfparquet import find_parquet_files, image_cell_bytes, iter_parquet_rows
+from ..validate import Report
+from .hfparquet import edit_pair, find_parquet_files, iter_parquet_rows
 
 NAME = "ip2p"
 HELP = "InstructPix2Pix CLIP-filtered (HF parquet: original_image, edited_image, edit_prompt) → edit samples"
@@ -26,14 +26,8 @@ def ip2p_samples(data: str, report: Report, split: str | None = "train", name: s
     for path, row, rec in iter_parquet_rows(files, REQUIRED, (), LAYOUT, report):
         sample = None
         with report.guard(path, row):
-            base = os.path.dirname(path)
-            instruction = (rec.get("edit_prompt") or "").strip()
-            if not instruction:
-                raise ItemError("missing field", "'edit_prompt'")
-            source = image_cell_bytes(rec.get("original_image"), base, "'original_image'")
-            target = image_cell_bytes(rec.get("edited_image"), base, "'edited_image'")
-            check_image(source, "original_image")
-            check_image(target, "edited_image")
+            instruction, source, target, _ = edit_pair(rec, os.path.dirname(path), "edit_prompt", "original_image",
+                                                       "edited_image")
             sample = Sample(id=f"{name}/{os.path.splitext(os.path.basename(path))[0]}/{row}", dataset=name,
                             task="edit", instruction=instruction, source_image=source, target_image=target)
         if sample is not None:

@@ -15,8 +15,8 @@ import os
 from collections.abc import Iterator
 
 from ..schema import Sample
-from ..validate import ItemError, Report, check_image
-from .hfparquet import find_parquet_files, image_cell_bytes, iter_parquet_rows
+from ..validate import ItemError, Report
+from .hfparquet import edit_pair, find_parquet_files, image_cell_bytes, iter_parquet_rows
 from .masks import mask_bytes_for
 
 NAME = "magicbrush"
@@ -37,13 +37,7 @@ def magicbrush_samples(data: str, report: Report, splits: tuple[str, ...] = ("tr
                 img_id, turn = rec.get("img_id"), rec.get("turn_index")
                 if img_id is None or turn is None:
                     raise ItemError("missing field", "'img_id'" if img_id is None else "'turn_index'")
-                instruction = (rec.get("instruction") or "").strip()
-                if not instruction:
-                    raise ItemError("missing field", "'instruction'")
-                source = image_cell_bytes(rec.get("source_img"), base, "'source_img'")
-                target = image_cell_bytes(rec.get("target_img"), base, "'target_img'")
-                size = check_image(source, "source_img").size
-                check_image(target, "target_img")
+                instruction, source, target, size = edit_pair(rec, base, "instruction", "source_img", "target_img")
                 mask = None
                 if use_masks and rec.get("mask_img") is not None:
                     mask = mask_bytes_for(image_cell_bytes(rec["mask_img"], base, "'mask_img'"), size, "mask_img")

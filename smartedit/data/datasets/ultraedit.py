@@ -14,8 +14,8 @@ import os
 from collections.abc import Iterator
 
 from ..schema import Sample
-from ..validate import ItemError, Report, check_image
-from .hfparquet import find_parquet_files, image_cell_bytes, iter_parquet_rows
+from ..validate import ItemError, Report
+from .hfparquet import edit_pair, find_parquet_files, image_cell_bytes, iter_parquet_rows
 from .masks import mask_bytes_for
 
 NAME = "ultraedit"
@@ -33,13 +33,7 @@ def ultraedit_samples(data: str, report: Report, split: str | None = None, requi
         sample = None
         with report.guard(path, row):
             base = os.path.dirname(path)
-            instruction = (rec.get("edit_prompt") or "").strip()
-            if not instruction:
-                raise ItemError("missing field", "'edit_prompt'")
-            source = image_cell_bytes(rec.get("source_image"), base, "'source_image'")
-            target = image_cell_bytes(rec.get("edited_image"), base, "'edited_image'")
-            size = check_image(source, "source_image").size
-            check_image(target, "edited_image")
+            instruction, source, target, size = edit_pair(rec, base, "edit_prompt", "source_image", "edited_image")
             mask = None
             if rec.get("mask_image") is not None:
                 mask = mask_bytes_for(image_cell_bytes(rec["mask_image"], base, "'mask_image'"), size, "mask_image",
