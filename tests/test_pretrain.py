@@ -38,6 +38,26 @@ def test_edit_batch_is_a_pure_function_of_its_arguments():
     assert a[0].shape == (4, 3, 64, 64) and a[0].min() >= -1 and a[0].max() <= 1
 
 
+def test_the_fair_baselines_edits_follow_the_stage2_mixture():
+    """``stage2`` edits come in the stage-2 mixture's ratios with its chat share left out (reasoning 0.15,
+    understanding 0.085, simple 0.15 + 0.15, perception 0.12 + 0.08 + 0.095 of 0.83), and never use a held-out fact."""
+    from smartedit.shapes import world
+    from smartedit.shapes.pretrain import stage2_family_weights
+
+    weights = stage2_family_weights()
+    assert weights == pytest.approx({"simple": 0.30 / 0.83, "perception": 0.295 / 0.83, "understanding": 0.085 / 0.83,
+                                     "reasoning": 0.15 / 0.83})
+    _, held_out = world.held_out_facts()
+    texts = [t for step in range(25) for t in edit_batch("stage2", 0, step, 16, 64)[2]]
+    assert not [t for t in texts for facts in held_out.values() for fact in facts if fact in t]
+    reasoning = [t for t in texts for facts in world.KIND_FACTS.values() for fact in facts if fact in t]
+    marks = [t for t in texts if any(t.startswith(m.split("{")[0]) for m in world.MARK_TEMPLATES)]
+    assert abs(len(reasoning) / len(texts) - weights["reasoning"]) < 0.06
+    assert abs(len(marks) / len(texts) - weights["perception"]) < 0.08
+    with pytest.raises(ValueError, match="unknown edit family 'stage3'"):
+        edit_batch("stage3", 0, 0, 1, 64)
+
+
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("vae")
@@ -208,6 +228,36 @@ def test_llava_trains_and_saves_the_mllm(tmp_path):
     assert not torch.equal(before, model.mllm.state_dict()["llm.model.embed_tokens.weight"])
     lines = open(os.path.join(out, "metrics.jsonl")).read().splitlines()
     assert len(lines) == 2
+
+
+def test_vision_pretraining_labels_every_patch_and_llava_keeps_the_tower_frozen(tmp_path):
+    """The tower learns per-patch labels of its own patch grid; the llava step loads it and leaves it bit-identical
+    (LLaVA keeps its CLIP ViT frozen) while the LLM trains; the probe scores every label and shape kinds."""
+    from smartedit.model import SmartEditModel
+    from smartedit.shapes import world
+    from smartedit.shapes.pretrain import pretrain_vision, probe_vision, vision_batch, vision_heads
+
+    config = shapes_config()
+    images, labels = vision_batch(0, 0, 3, 64, config.vision.grid_size)
+    assert images.shape == (3, 3, 64, 64) and 0 <= images.min() and images.max() <= 1
+    assert labels.shape == (3, len(world.PATCH_LABELS), 64) and (labels[:, 0] > 0).any()
+    assert torch.equal(vision_batch(0, 0, 3, 64, 8)[1], labels)
+
+    out = pretrain_vision(config, str(tmp_path / "vision"), _settings(2))
+    tower = load_file(os.path.join(out, "vision.safetensors"))
+    llava = pretrain_llava(config, str(tmp_path / "llava"), _settings(2), vision=out)
+    state = load_file(os.path.join(llava, "mllm.safetensors"))
+    for key, value in tower.items():
+        assert torch.equal(state[f"vision_tower.{key}"], value), key
+    fresh = SmartEditModel.from_config(config, seed=0).mllm.state_dict()
+    assert not torch.equal(state["llm.model.layers.0.mlp.up_proj.weight"], fresh["llm.model.layers.0.mlp.up_proj.weight"])
+
+    mllm = SmartEditModel.from_config(config.replace(**{"bim.enabled": False}), seed=0).mllm.eval()
+    mllm.vision_tower.load_state_dict(tower)
+    heads = vision_heads(config)
+    heads.load_state_dict(load_file(os.path.join(out, "vision_heads.safetensors")))
+    probe = probe_vision(mllm, heads, count=4)
+    assert set(probe) == {*world.PATCH_LABELS, "shape_kind"} and all(0 <= v <= 1 for v in probe.values())
 
 
 def test_skill_questions_name_shapes_as_the_edits_do_and_the_probe_scores_each_skill():

@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from smartedit.config import ConfigError
 from smartedit.shapes.recipe import MODELS, STEPS, RecipeConfig, compare_runs, run_recipe, ship
@@ -17,7 +18,7 @@ def toy_config() -> RecipeConfig:
     pre = {"steps": 2, "batch_size": 2, "warmup_steps": 1, "checkpoint_every": 1, "log_every": 1}
     stage = {"steps": 2, "batch_size": 2, "warmup_steps": 1, "samples_per_source": 4}
     return RecipeConfig.from_dict({
-        "vae": pre, "decoder": pre, "llava": pre, "ip2p": pre, "control": pre,
+        "vae": pre, "decoder": pre, "vision": pre, "llava": pre, "ip2p": pre, "ip2p_mix": pre, "control": pre,
         "stage1": stage, "stage2a": stage, "stage2b": stage,
         "eval": {"per_category": 1, "simple": 2, "steps": 2}})
 
@@ -58,7 +59,7 @@ def test_every_step_done_and_the_ablation_covers_every_model(recipe_dir):
     for name, rows in report["table"].items():
         assert "6-Reasoning" in rows and "7-Simple" in rows, name
         assert {"edit_iou", "psnr_fg_target", "psnr_bg"} <= set(rows["7-Simple"]), name
-    for key in ("smartedit-ip2p", "smartedit-mllmsd"):
+    for key in ("smartedit-ip2p_mix", "smartedit-ip2p", "smartedit-mllmsd"):
         row = report["paired"][key]["7-Simple"]
         assert row["n"] == 2 and row["ci90"][0] <= row["mean_difference"] <= row["ci90"][1]
     identity = report["table"]["identity"]["7-Simple"]
@@ -95,12 +96,12 @@ def test_rerun_skips_done_steps_and_refuses_another_config(recipe_dir):
 
 def test_ship_copies_both_models_and_the_ablation(recipe_dir, tmp_path):
     shipped = ship(recipe_dir, str(tmp_path))
-    assert set(shipped) == {"smartedit-tiny", "ip2p-tiny"}
+    assert set(shipped) == {"smartedit-tiny", "ip2p-tiny", "ip2p-tiny-fair"}
     assert os.path.isfile(tmp_path / "smartedit-tiny" / "config.json")
     assert os.path.isfile(tmp_path / "smartedit-tiny" / "ablation.json")
     assert os.path.isfile(tmp_path / "ip2p-tiny" / "model_index.json")
     # the shipped folder keeps the per-sample scores, so a re-run on a fresh clone can --compare against it
-    for name in ("ip2p", "mllmsd", "smartedit"):
+    for name in ("ip2p", "ip2p_mix", "mllmsd", "smartedit"):
         shipped_samples = json.loads((tmp_path / "smartedit-tiny" / "eval" / name / "samples.json").read_text())
         assert set(shipped_samples["samples"][0]["metrics"]) <= {"edit_iou", "psnr_fg_target", "psnr_bg"}
     result = compare_runs(recipe_dir, str(tmp_path / "smartedit-tiny"))
@@ -175,3 +176,105 @@ def test_compare_runs_needs_both_evaluations(tmp_path):
     _write_scores(tmp_path / "b", "smartedit", {"4-Color/001": 0.5})
     with pytest.raises(FileNotFoundError, match="same test set"):
         compare_runs(str(tmp_path / "a"), str(tmp_path / "b"), models=("smartedit",))
+
+
+def test_the_fair_baseline_fine_tunes_ip2p_tiny_on_the_stage2_edits(recipe_dir):
+    with open(os.path.join(recipe_dir, "ip2p_mix", "pipeline", "smartedit.json")) as f:
+        info = json.load(f)
+    assert info["family"] == "stage2" and info["init"] == os.path.join(recipe_dir, "ip2p", "pipeline")
+    with open(os.path.join(recipe_dir, "done", "ip2p_mix.json")) as f:
+        assert set(json.load(f)["families"]) == {"simple", "perception", "understanding", "reasoning"}
+
+
+def _fake_seed_run(root, seed, gap):
+    """A finished recipe run of ``seed`` whose SmartEdit-tiny beats the fair IP2P-tiny by ``gap[group]`` on each
+    of 30 held-out samples per group (sample noise around it)."""
+    import numpy as np
+
+    from smartedit.shapes.recipe import GROUPS
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    RecipeConfig().replace(seed=seed).save(str(root / "recipe.json"))
+    (root / "ablation.json").write_text("{}")
+    per_model = {m: [] for m in ("ip2p_mix", "mllmsd", "smartedit")}
+    for group in GROUPS[:7]:
+        for k in range(30):
+            base = float(rng.uniform(0.5, 0.75))
+            for name, v in (("ip2p_mix", base), ("mllmsd", base + gap.get(group, 0.0) - 0.02),
+                            ("smartedit", base + gap.get(group, 0.0) + float(rng.normal(0, 0.02)))):
+                per_model[name].append({"id": f"{group}/{k:03d}", "group": group, "status": "ok",
+                                        "metrics": {"edit_iou": v, "psnr_bg": 31.0}, "meta": {"instruction": "x"}})
+    for name, samples in per_model.items():
+        os.makedirs(root / "eval" / name)
+        (root / "eval" / name / "samples.json").write_text(json.dumps({"samples": samples}))
+    return str(root)
+
+
+def test_seed_summary_reports_the_spread_and_checks_the_claim_seed_by_seed(tmp_path):
+    """Three seeds where SmartEdit-tiny wins every claimed category by about 0.2: the claim holds. Let one seed
+    lose Mirror and it fails on Mirror alone, though the mean over seeds still clears the margin."""
+    from helpers import load_script
+
+    from smartedit.shapes.recipe import CLAIM_GROUPS, seed_summary
+
+    main = load_script("train/shapes_recipe.py").main
+    wins = dict.fromkeys(CLAIM_GROUPS, 0.2)
+    runs = [_fake_seed_run(tmp_path / f"s{seed}", seed, wins) for seed in range(3)]
+    result = seed_summary(runs, str(tmp_path / "seeds"))
+    assert result["seeds"] == [0, 1, 2]
+    assert all(c["holds"] for c in result["claim"].values()), result["claim"]
+    mirror = result["paired"]["smartedit-ip2p_mix"]["3-Mirror"]
+    assert mirror["mean"] == pytest.approx(0.2, abs=0.02) and len(mirror["ci90"]) == 3
+    cell = result["table"]["smartedit"]["3-Mirror"]
+    assert cell["min"] <= cell["mean"] <= cell["max"] and len(cell["per_seed"]) == 3 and cell["std"] > 0
+    assert "± " in (tmp_path / "seeds" / "seeds.md").read_text()
+    assert main(["--summarize", ",".join(runs), "--output", str(tmp_path / "seeds")]) == 0
+
+    runs[2] = _fake_seed_run(tmp_path / "s3", 3, wins | {"3-Mirror": -0.05})
+    result = seed_summary(runs, str(tmp_path / "seeds"))
+    failed = [name for name, c in result["claim"].items() if not c["holds"]]
+    assert failed == ["wins 3-Mirror"] and result["paired"]["smartedit-ip2p_mix"]["3-Mirror"]["mean"] > 0.10
+    assert main(["--summarize", ",".join(runs), "--output", str(tmp_path / "seeds")]) == 1
+
+
+def test_seed_summary_refuses_unfinished_runs_and_repeated_seeds(tmp_path):
+    from helpers import load_script
+
+    from smartedit.shapes.recipe import seed_summary
+
+    main = load_script("train/shapes_recipe.py").main
+    a = _fake_seed_run(tmp_path / "a", 0, {})
+    b = _fake_seed_run(tmp_path / "b", 0, {})
+    with pytest.raises(ValueError, match="share seeds"):
+        seed_summary([a, b], str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="at least two"):
+        seed_summary([a], str(tmp_path / "out"))
+    assert main(["--summarize", f"{a},{tmp_path / 'missing'}", "--output", str(tmp_path / "out")]) == 2
+
+
+def test_a_pretrained_vision_tower_and_a_wider_llava_reach_the_assembled_model(tmp_path):
+    """``llava_vision`` pretrains the tower in the vision step and the llava step keeps it; ``mllm_config`` widens
+    LLaVA-tiny (and the BIM with its tower) wherever the recipe builds the model. Bad overrides are refused with
+    every problem listed."""
+    from safetensors.torch import load_file
+
+    wide = {"vision.hidden_size": 96, "vision.intermediate_size": 192, "bim.hidden_size": 96,
+            "mllm.num_hidden_layers": 3}
+    cfg = toy_config().replace(llava_vision=True, mllm_config=wide)
+    out = str(tmp_path / "run")
+    run_recipe(cfg, out, steps=("vision", "llava"))
+    done = json.loads(open(os.path.join(out, "done", "vision.json")).read())
+    assert {"kind", "colour", "size", "rank", "shape_kind"} <= set(done["probe"])
+    tower = load_file(os.path.join(out, "vision", "vision.safetensors"))
+    state = load_file(os.path.join(out, "llava", "mllm.safetensors"))
+    assert all(torch.equal(state[f"vision_tower.{k}"], v) for k, v in tower.items())
+    assert tower["embeddings.position_embedding.weight"].shape[1] == 96
+    assert "llm.model.layers.2.mlp.up_proj.weight" in state
+
+    off = str(tmp_path / "off")
+    run_recipe(toy_config(), off, steps=("vision",))
+    assert "skipped" in json.loads(open(os.path.join(off, "done", "vision.json")).read())
+    with pytest.raises(ConfigError) as e:
+        toy_config().replace(mllm_config={"vision.hidden_size": 96, "mllm.num_hiden_layers": 3})
+    assert "bim.hidden_size" in str(e.value) and "num_hiden_layers" in str(e.value)

@@ -129,3 +129,23 @@ def test_the_shipped_example_is_the_example_scene_with_exact_edits():
         example_edit("remove the red square")
     with pytest.raises(ValueError, match="not a simple edit"):
         example_edit("paint the red circle with stripes")
+
+
+def test_patch_labels_name_the_shape_on_each_patch():
+    """A large red square centred on patch (2, 5) of an 8×8 grid and a small blue circle on patch (6, 0): the
+    square's patches carry square / red / large / second from the left, the circle's circle / blue / small /
+    first, the rest 0."""
+    from smartedit.shapes import world
+
+    scene = world.Scene((world.Shape("square", "red", "large", 5.5 / 8, 2.5 / 8),
+                         world.Shape("circle", "blue", "small", 0.5 / 8, 6.5 / 8)), (230, 230, 230), "plain", False)
+    labels = world.patch_labels(scene, 64, 8).reshape(len(world.PATCH_LABELS), 8, 8)
+    kind, colour, size, rank = labels
+    square = (world.KINDS.index("square") + 1, list(world.COLOURS).index("red") + 1, 3, 2)
+    circle = (world.KINDS.index("circle") + 1, list(world.COLOURS).index("blue") + 1, 1, 1)
+    assert tuple(int(x[2, 5]) for x in labels) == square
+    assert tuple(int(x[6, 0]) for x in labels) == circle
+    assert int(kind[0, 0]) == 0 and int(kind[7, 7]) == 0
+    assert set(kind.flatten().tolist()) == {0, square[0], circle[0]}
+    with pytest.raises(ValueError, match="multiple of the patch grid"):
+        world.patch_labels(scene, 60, 8)

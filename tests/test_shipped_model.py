@@ -112,3 +112,27 @@ def test_held_out_simple_edits(one_torch_thread):
     assert statistics.fmean(scores) >= 0.45, scores
     assert sum(v >= 0.5 for v in scores) >= 0.5 * len(scores), scores
     assert statistics.median(backgrounds) >= 28.0, backgrounds
+
+
+def test_the_fair_baseline_is_shipped_and_the_readme_states_its_paired_scores():
+    """``checkpoints/ip2p-tiny-fair`` is a diffusers InstructPix2Pix folder (fine-tuned from IP2P-tiny on the
+    stage-2 edits), and the README's "vs IP2P-tiny fair" row is exactly what the shipped per-sample scores give."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    from smartedit.shapes.recipe import GROUPS, paired_between
+
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained("checkpoints/ip2p-tiny-fair", safety_checker=None,
+                                                                  requires_safety_checker=False, local_files_only=True)
+    assert pipe.unet.config.in_channels == 16
+    with open("checkpoints/ip2p-tiny-fair/smartedit.json", encoding="utf-8") as f:
+        info = json.load(f)
+    assert info["family"] == "stage2" and info["init"] == IP2P
+    rows = paired_between(os.path.join(SHIPPED, "eval", "smartedit", "samples.json"),
+                          os.path.join(SHIPPED, "eval", "ip2p_mix", "samples.json"))
+    with open("README.md", encoding="utf-8") as f:
+        line = next(ln for ln in f.read().splitlines() if ln.startswith("| vs IP2P-tiny fair |"))
+    cells = [c.strip().strip("*").replace("−", "-") for c in line.strip("|").split("|")[1:]]
+    groups = [g for g in GROUPS if g not in ("7-Simple",)]
+    for group, cell in zip(groups, cells):
+        r = rows[group]
+        assert cell == f"{r['mean_difference']:+.2f} [{r['ci90'][0]:+.2f}, {r['ci90'][1]:+.2f}]", (group, cell)

@@ -6,6 +6,8 @@ Reason-Edit-layout test set and write the ablation. Resumable: re-run the same c
     python train/shapes_recipe.py --output runs/shapes --steps vae,llava    # a subset
     python train/shapes_recipe.py --output runs/shapes --ship checkpoints   # copy the results to checkpoints/
     python train/shapes_recipe.py --output runs/rerun --compare checkpoints/smartedit-tiny  # reproduced?
+    python train/shapes_recipe.py --output runs/s1 --set seed=1             # another seed
+    python train/shapes_recipe.py --summarize runs/shapes,runs/s1,runs/s2 --output runs/seeds  # over seeds
 
 The work is done by :mod:`smartedit.shapes.recipe`; budgets: ``--print-config``, change them with ``--set``.
 """
@@ -41,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "held-out samples; RUN is a recipe output folder or a shipped one (checkpoints/smartedit-tiny "
                    "keeps its per-sample scores). Writes reproduction.json / .md into --output; exit status 1 if "
                    "not reproduced")
+    p.add_argument("--summarize", metavar="RUN,RUN,...", help="summarise finished runs of different seeds (mean ± "
+                   "spread, every seed's paired interval, the paper's claim checked seed by seed) into --output's "
+                   "seeds.json / seeds.md instead of running steps")
     p.add_argument("--print-config", action="store_true", help="print the recipe config as JSON and exit")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -49,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from smartedit.config import ConfigError
     from smartedit.train.config import parse_override
-    from smartedit.shapes.recipe import RecipeConfig, compare_runs, run_recipe, ship
+    from smartedit.shapes.recipe import RecipeConfig, compare_runs, run_recipe, seed_summary, ship
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -61,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(json.dumps(cfg.to_dict(), indent=2))
             return 0
+        if args.summarize:
+            runs = [r.strip() for r in args.summarize.split(",") if r.strip()]
+            result = seed_summary(runs, args.output)
+            with open(os.path.join(args.output, "seeds.md"), encoding="utf-8") as f:
+                print(f.read())
+            return 0 if all(c["holds"] for c in result["claim"].values()) else 1
         steps = tuple(s.strip() for s in args.steps.split(",") if s.strip()) if args.steps else None
         models = tuple(m.strip() for m in args.eval_models.split(",") if m.strip()) if args.eval_models else None
         run_recipe(cfg, args.output, steps=steps, force=args.force, threads=args.threads, eval_models=models)

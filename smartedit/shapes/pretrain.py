@@ -205,16 +205,38 @@ def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
+EDIT_FAMILIES = ("simple", "perception", "understanding", "reasoning")
+
+
+def stage2_family_weights() -> dict[str, float]:
+    """Each edit family's share of the tiny stage-2 mixture (:data:`smartedit.train.presets.TINY_STAGE2_SOURCES`
+    at :data:`smartedit.data.mixture_config.DEFAULT_STAGE2_RATIOS`), the chat share left out and the rest
+    renormalised: the edits a CLIP-text editor can learn from SmartEdit-tiny's stage-2 data, in the same ratios."""
+    from ..data.mixture_config import DEFAULT_STAGE2_RATIOS
+    from ..train.presets import TINY_STAGE2_SOURCES
+
+    weights = dict.fromkeys(EDIT_FAMILIES, 0.0)
+    for name, spec in TINY_STAGE2_SOURCES.items():
+        family = spec.split(":")[1]
+        if family in weights:
+            weights[family] += DEFAULT_STAGE2_RATIOS[name]
+    total = sum(weights.values())
+    return {family: w / total for family, w in weights.items()}
+
+
 def edit_batch(family: str, seed: int, step: int, batch_size: int, side: int, stream: int = 40):
     """(sources [B,3,H,W], targets [B,3,H,W] in [-1,1], instructions) of fresh ShapesWorld edits of ``family``
-    (``simple``, ``perception``, ``understanding``, ``reasoning`` or ``any``), a pure function of the arguments."""
-
+    (one of :data:`EDIT_FAMILIES`; ``any``: a family drawn uniformly per sample; ``stage2``: drawn at
+    :func:`stage2_family_weights`), a pure function of the arguments. Reasoning edits use the training facts only."""
+    if family not in (*EDIT_FAMILIES, "any", "stage2"):
+        raise ValueError(f"unknown edit family {family!r}; choose one of {', '.join(EDIT_FAMILIES)}, any or stage2")
     train_facts, _ = world.held_out_facts()
-    families = ("simple", "perception", "understanding", "reasoning")
+    shares = list(stage2_family_weights().values())
     srcs, tgts, texts = [], [], []
     for i in range(batch_size):
         rng = sample_rng(seed, step, i, stream=stream)
-        fam = families[int(rng.integers(len(families)))] if family == "any" else family
+        fam = (EDIT_FAMILIES[int(rng.integers(len(EDIT_FAMILIES)))] if family == "any" else
+               str(rng.choice(EDIT_FAMILIES, p=shares)) if family == "stage2" else family)
         edit = world.edit_for(fam, rng, train_facts)
         src, tgt, _ = edit.images(side)
         srcs.append(src)
@@ -439,6 +461,77 @@ def _start_from(init: str, text_encoder, unet) -> None:
     unet.load_state_dict(UNet2DConditionModel.from_pretrained(os.path.join(init, "unet")).state_dict())
 
 
+# ---- the vision tower (ShapesWorld's stand-in for CLIP's pretraining) ------------------------------------------
+
+def vision_batch(seed: int, step: int, batch_size: int, side: int, grid: int, stream: int = 49):
+    """(images [B,3,side,side] in [0,1], labels [B, len(PATCH_LABELS), grid²]) of fresh scenes, a pure function of
+    the arguments (:func:`smartedit.shapes.world.patch_labels`)."""
+    images, labels = [], []
+    for i in range(batch_size):
+        scene = world.random_scene(sample_rng(seed, step, i, stream=stream))
+        images.append(world.render(scene, side))
+        labels.append(world.patch_labels(scene, side, grid))
+    return (_to_tensor(images) + 1) / 2, torch.from_numpy(np.stack(labels))
+
+
+def vision_heads(config: SmartEditConfig) -> nn.ModuleDict:
+    """One linear classifier per :data:`world.PATCH_LABELS` on the vision tower's selected-layer patch features."""
+    return nn.ModuleDict({name: nn.Linear(config.vision.hidden_size, n) for name, n in world.PATCH_LABELS.items()})
+
+
+def pretrain_vision(config: SmartEditConfig, output: str, settings: PretrainSettings, resume: bool = True) -> str:
+    """Pretrain the config's CLIP ViT from scratch to tell, for every patch, the kind, colour, size and rank from the
+    left of the shape on it (:func:`smartedit.shapes.world.patch_labels`; cross-entropy of linear heads on the
+    features the MLLM reads), the ShapesWorld stand-in for CLIP's pretraining: trained only through LLaVA-tiny's
+    chat loss, the tower tells colours but hardly shape kinds. Writes ``output/vision.safetensors`` (the tower)
+    and ``output/vision_heads.safetensors``; returns ``output``."""
+    from safetensors.torch import save_file
+
+    from ..model import SmartEditModel
+
+    torch.manual_seed(settings.seed)
+    mllm = SmartEditModel.from_config(config.replace(**{"bim.enabled": False}), seed=settings.seed).mllm
+    tower, heads = mllm.vision_tower.requires_grad_(True), vision_heads(config)
+    side, grid = config.resolution, config.vision.grid_size
+
+    def step_fn(step: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        images, labels = vision_batch(settings.seed, step, settings.batch_size, side, grid)
+        features = mllm.encode_images(mllm.preprocess_images(images))  # [B, P, Dv]
+        losses = {name: F.cross_entropy(head(features).flatten(0, 1), labels[:, j].flatten())
+                  for j, (name, head) in enumerate(heads.items())}
+        return {"loss": sum(losses.values()), **losses}
+
+    _Loop(output, {"vision": tower, "heads": heads}, settings, "vision").run(step_fn, resume=resume)
+    for name, module in (("vision", tower), ("vision_heads", heads)):
+        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()},
+                  os.path.join(output, f"{name}.safetensors"), metadata={"format": "pt"})
+    return output
+
+
+@torch.no_grad()
+def probe_vision(mllm, heads: nn.ModuleDict, seed: int = 0, count: int = 128) -> dict[str, float]:
+    """Accuracy of the pretrained tower's heads on ``count`` fresh scenes (a stream no training step draws from):
+    per label over the patches a shape covers, and ``shape_kind``: each shape's kind from its patches' summed
+    kind logits, what an LLM reading the patch tokens could tell."""
+    side, grid = mllm.vision_config.image_size, mllm.vision_config.grid_size
+    images, labels = vision_batch(seed, 0, count, side, grid, stream=50)
+    features = mllm.encode_images(mllm.preprocess_images(images))  # [B, P, Dv]
+    on_shape = labels[:, 0] > 0  # [B, P]
+    out = {name: float((head(features).argmax(-1) == labels[:, j])[on_shape].float().mean())
+           for j, (name, head) in enumerate(heads.items())}
+    kind_logits = heads["kind"](features)  # [B, P, K]
+    hits = total = 0
+    for b in range(count):
+        for rank in labels[b, 3].unique().tolist():
+            if rank == 0:
+                continue
+            mine = labels[b, 3] == rank  # the patches of one shape
+            hits += int(kind_logits[b, mine].sum(0)[1:].argmax() + 1 == labels[b, 0, mine][0])
+            total += 1
+    out["shape_kind"] = hits / max(1, total)
+    return out
+
+
 # ---- LLaVA-tiny --------------------------------------------------------------------------------------------------
 
 def llava_samples(seed: int, step: int, batch_size: int, side: int, skills: bool = False):
@@ -473,11 +566,12 @@ def _skill_turns(rng, skill: str | None = None):
 
 
 def pretrain_llava(config: SmartEditConfig, output: str, settings: PretrainSettings, resume: bool = True,
-                   skills: bool = False) -> str:
+                   skills: bool = False, vision: str | None = None) -> str:
     """Train the tiny LLaVA (vision tower + projector + LLaMA, all from scratch) on ShapesWorld chat (``skills``:
-    with every understanding skill's questions, :func:`llava_samples`); write ``output/mllm.safetensors`` +
-    ``output/config.json`` and return ``output``."""
-    from safetensors.torch import save_file
+    with every understanding skill's questions, :func:`llava_samples`); ``vision``: a :func:`pretrain_vision`
+    folder whose tower is loaded and kept frozen, as LLaVA keeps its CLIP ViT. Writes ``output/mllm.safetensors``
+    + ``output/config.json`` and returns ``output``."""
+    from safetensors.torch import load_file, save_file
 
     from ..data.collate import SampleCollator
     from ..model import SmartEditModel
@@ -486,6 +580,9 @@ def pretrain_llava(config: SmartEditConfig, output: str, settings: PretrainSetti
     model = SmartEditModel.from_config(config.replace(**{"bim.enabled": False}), seed=settings.seed)
     mllm = model.mllm
     mllm.requires_grad_(True)
+    if vision is not None:
+        mllm.vision_tower.load_state_dict(load_file(os.path.join(vision, "vision.safetensors")), strict=True)
+        mllm.vision_tower.requires_grad_(False)
     collator = SampleCollator(model.config, model.tokenizer)
 
     def step_fn(step: int, g: torch.Generator) -> dict[str, torch.Tensor]:

@@ -135,6 +135,26 @@ def render(scene: Scene, side: int = 64) -> np.ndarray:
     return img
 
 
+PATCH_LABELS = {"kind": len(KINDS) + 1, "colour": len(COLOURS) + 1, "size": len(SIZES) + 1, "rank": 8}
+"""What :func:`patch_labels` tells about each patch, with its number of classes (0: no shape)."""
+
+
+def patch_labels(scene: Scene, side: int, grid: int, cover: float = 0.25) -> np.ndarray:
+    """int64 [len(PATCH_LABELS), grid²]: per patch of a ``grid``×``grid`` split of the ``side``-px render, the kind,
+    colour, size and rank from the left (1-based) of the shape covering at least ``cover`` of it (a later shape over
+    an earlier one, as :func:`render` draws them), 0 for none: what a vision tower that sees the scene can tell."""
+    if side % grid:
+        raise ValueError(f"side {side} is not a multiple of the patch grid {grid}")
+    cell = side // grid
+    order = sorted(range(len(scene.shapes)), key=lambda k: scene.shapes[k].x)
+    labels = np.zeros((len(PATCH_LABELS), grid, grid), dtype=np.int64)
+    for k, shape in enumerate(scene.shapes):
+        covered = shape_mask(shape, side).reshape(grid, cell, grid, cell).mean(axis=(1, 3)) >= cover  # [g, g]
+        labels[:, covered] = np.array([KINDS.index(shape.kind) + 1, list(COLOURS).index(shape.colour) + 1,
+                                       list(SIZES).index(shape.size) + 1, order.index(k) + 1])[:, None]
+    return labels.reshape(len(PATCH_LABELS), grid * grid)
+
+
 # ---- scene sampling ------------------------------------------------------------------------------------------
 
 def _place(rng, shapes: list[Shape], kind: str, colour: str, size: str, x_range=(0.12, 0.88),
