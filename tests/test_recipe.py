@@ -83,6 +83,11 @@ def test_stages_ran_with_the_project_scripts(recipe_dir):
         with open(os.path.join(recipe_dir, "configs", f"{stage}.json")) as f:
             also[stage] = json.load(f)["also_train"]
     assert also == {"stage1": ["llm"], "stage2a": []}
+    # the alignment probe is reported for all families together and within each edit family
+    with open(os.path.join(recipe_dir, "done", "stage1.json")) as f:
+        alignment = json.load(f)["alignment"]
+    assert set(alignment["per_family"]) == {"simple", "perception", "understanding", "reasoning"}
+    assert all(0 <= p["top1_retrieval"] <= 1 and p["edits"] == 32 for p in alignment["per_family"].values())
 
 
 def test_rerun_skips_done_steps_and_refuses_another_config(recipe_dir):

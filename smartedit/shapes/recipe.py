@@ -407,18 +407,27 @@ def _step_stage(cfg: RecipeConfig, paths: _Paths, stage: str) -> dict:
 
 def stage1_alignment(paths: _Paths, seed: int, count: int = 32) -> dict:
     """:func:`smartedit.eval.alignment.alignment_probe` of the stage-1 model on ``count`` fresh edit prompts of every
-    family (does its context carry the instruction the way IP2P-tiny's CLIP text does?)."""
+    family (does its context carry the instruction the way IP2P-tiny's CLIP text does?), and ``per_family``: the
+    same probe on ``count`` prompts of each edit family alone, where retrieval must tell apart instructions of one
+    kind (e.g. "the star on the left" from "the star on the right")."""
     from ..eval.alignment import alignment_probe
     from ..model import SmartEditModel
     from ..train.clip_text import ClipTextTarget
-    from .pretrain import edit_batch
+    from .pretrain import EDIT_FAMILIES, edit_batch
 
     model = SmartEditModel.from_pretrained(os.path.join(paths.stage["stage1"], "model"))
+    target = ClipTextTarget(paths.model("ip2p"))
     src, _, texts = edit_batch("any", seed + 5, 0, count, model.config.resolution, stream=48)
-    probe = alignment_probe(model, ClipTextTarget(paths.model("ip2p")), (src + 1) / 2, texts)
+    probe = alignment_probe(model, target, (src + 1) / 2, texts)
     logger.info("stage-1 alignment on edit prompts: MSE %.3f (mean-answer MSE %.3f), context variance %.3f, "
                 "top-1 instruction retrieval %.2f (chance %.2f)", probe["mse"], probe["mse_of_mean"],
                 probe["context_variance"], probe["top1_retrieval"], probe["chance"])
+    probe["per_family"] = {}
+    for family in EDIT_FAMILIES:
+        src, _, texts = edit_batch(family, seed + 5, 1, count, model.config.resolution, stream=48)
+        probe["per_family"][family] = alignment_probe(model, target, (src + 1) / 2, texts)
+    logger.info("stage-1 top-1 retrieval within each family: %s", {f: round(p["top1_retrieval"], 2)
+                                                                   for f, p in probe["per_family"].items()})
     return probe
 
 
@@ -1016,5 +1025,7 @@ def _probe_lines(done: dict[str, dict]) -> list[str]:
         a = done["stage1"]["alignment"]
         out.append(f"Stage-1 alignment on {a['edits']} held-out edit prompts: context MSE to the CLIP text "
                    f"{a['mse']:.3f} (the mean answer: {a['mse_of_mean']:.3f}), top-1 instruction retrieval "
-                   f"{a['top1_retrieval']:.2f} (chance {a['chance']:.2f}).")
+                   f"{a['top1_retrieval']:.2f} (chance {a['chance']:.2f})" + ("; within one family: " + ", ".join(
+                       f"{family} {p['top1_retrieval']:.2f}" for family, p in a["per_family"].items())
+                       if a.get("per_family") else "") + ".")
     return out
