@@ -290,6 +290,11 @@ def test_skill_questions_name_shapes_as_the_edits_do_and_the_probe_scores_each_s
     assert [s.conversation for s in a] == [s.conversation for s in b]
     assert any(turns[0][0].startswith("Where is") for turns in (s.conversation for s in a))
     assert not any(s.conversation[0][0].startswith("Where is") for s in llava_samples(3, 7, 16, 64))
+    skill_questions = ("Where is", "How many", "What colour is")
+    for share in (0.45, 0.8):
+        samples = [s for step in range(8) for s in llava_samples(3, step, 32, 64, skills=True, skill_share=share)]
+        asked = sum(s.conversation[0][0].startswith(skill_questions) for s in samples) / len(samples)
+        assert share - 0.05 < asked < share + 0.2, (share, asked)  # (VQA asks colours and counts too)
     model = SmartEditModel.from_config(shapes_config(**{"bim.enabled": False}), seed=0).eval()
     scores = probe_llava_skills(model, per_skill=2)
     assert set(scores) == set(world.SKILLS) | {"knowledge"} and all(0 <= v <= 1 for v in scores.values())

@@ -280,6 +280,8 @@ def test_a_pretrained_vision_tower_and_a_wider_llava_reach_the_assembled_model(t
     off = str(tmp_path / "off")
     run_recipe(toy_config(), off, steps=("vision",))
     assert "skipped" in json.loads(open(os.path.join(off, "done", "vision.json")).read())
+    with pytest.raises(ConfigError, match="llava_skill_share"):
+        toy_config().replace(llava_skill_share=1.5)
     with pytest.raises(ConfigError) as e:
         toy_config().replace(mllm_config={"vision.hidden_size": 96, "mllm.num_hiden_layers": 3})
     assert "bim.hidden_size" in str(e.value) and "num_hiden_layers" in str(e.value)

@@ -534,21 +534,23 @@ def probe_vision(mllm, heads: nn.ModuleDict, seed: int = 0, count: int = 128) ->
 
 # ---- LLaVA-tiny --------------------------------------------------------------------------------------------------
 
-def llava_samples(seed: int, step: int, batch_size: int, side: int, skills: bool = False):
+def llava_samples(seed: int, step: int, batch_size: int, side: int, skills: bool = False, skill_share: float = 0.45):
     """Chat samples of one LLaVA step: image descriptions, VQA and knowledge Q&A (fresh every step). ``skills``:
-    45 % of them are instead questions of every understanding skill (:func:`smartedit.shapes.world.skill_chat`)."""
+    ``skill_share`` of them are instead questions of every understanding skill
+    (:func:`smartedit.shapes.world.skill_chat`), the rest descriptions, VQA and knowledge in the ratio 4 : 2 : 5."""
     from ..data.schema import Sample
 
+    rest = 1.0 - skill_share
     out = []
     for i in range(batch_size):
         rng = sample_rng(seed, step, i, stream=45)
         scene = world.random_scene(rng)
         u = rng.random()
-        if skills and 0.3 <= u < 0.75:
+        if skills and 0.3 / 0.55 * rest <= u < 0.3 / 0.55 * rest + skill_share:
             scene, turns = _skill_turns(rng)
-        elif u < (0.2 if skills else 0.3):
+        elif u < (0.2 / 0.55 * rest if skills else 0.3):
             turns = [["Describe the image.", world.caption(scene).capitalize() + "."]]
-        elif u < (0.3 if skills else 0.65):
+        elif u < (0.3 / 0.55 * rest if skills else 0.65):
             turns = world.vqa_chat(rng, scene)
         else:
             turns = world.knowledge_chat(rng)
@@ -566,9 +568,10 @@ def _skill_turns(rng, skill: str | None = None):
 
 
 def pretrain_llava(config: SmartEditConfig, output: str, settings: PretrainSettings, resume: bool = True,
-                   skills: bool = False, vision: str | None = None) -> str:
+                   skills: bool = False, vision: str | None = None, skill_share: float = 0.45) -> str:
     """Train the tiny LLaVA (vision tower + projector + LLaMA, all from scratch) on ShapesWorld chat (``skills``:
-    with every understanding skill's questions, :func:`llava_samples`); ``vision``: a :func:`pretrain_vision`
+    with every understanding skill's questions as ``skill_share`` of it, :func:`llava_samples`); ``vision``: a
+    :func:`pretrain_vision`
     folder whose tower is loaded and kept frozen, as LLaVA keeps its CLIP ViT. Writes ``output/mllm.safetensors``
     + ``output/config.json`` and returns ``output``."""
     from safetensors.torch import load_file, save_file
@@ -586,7 +589,8 @@ def pretrain_llava(config: SmartEditConfig, output: str, settings: PretrainSetti
     collator = SampleCollator(model.config, model.tokenizer)
 
     def step_fn(step: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        samples = llava_samples(settings.seed, step, settings.batch_size, config.resolution, skills=skills)
+        samples = llava_samples(settings.seed, step, settings.batch_size, config.resolution, skills=skills,
+                                skill_share=skill_share)
         batch = collator(samples, [(settings.seed, step, i) for i in range(len(samples))])
         pixels = mllm.preprocess_images((batch["source_images"] + 1) / 2)
         out = mllm(batch["input_ids"], batch["attention_mask"], pixel_values=pixels, labels=batch["labels"])

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, ConfigSection, RootConfig, SmartEditConfig, check_numbers, preset
+from ..config import ConfigError, ConfigSection, RootConfig, SmartEditConfig, check_numbers, is_number, preset
 from ..train.checkpoint import write_json
 from .pretrain import PretrainSettings
 
@@ -162,6 +162,10 @@ class RecipeConfig(RootConfig):
     text (top-1 instruction retrieval at chance, 0.03, after 800-2400 steps); trained, 3000 steps reach retrieval
     0.88 and the stage-1 model already edits like IP2P-tiny."""
     llava_skills: bool = False
+    llava_skill_share: float = 0.45
+    """With ``llava_skills``: the share of LLaVA-tiny's chat samples that are skill questions (the rest: descriptions,
+    VQA and knowledge Q&A in the ratio 4 : 2 : 5). One skill needs tens of thousands of questions before the LLM binds
+    a named shape to what the tower sees (docs/training.md)."""
     llava_vision: bool = False
     """Pretrain LLaVA-tiny's vision tower first (the ``vision`` step: every patch's shape kind, colour, size and rank
     from the left, :func:`smartedit.shapes.pretrain.pretrain_vision`, ShapesWorld's stand-in for CLIP's
@@ -191,6 +195,9 @@ class RecipeConfig(RootConfig):
         for name in ("vae", "decoder", "vision", "llava", "control", "ip2p", "ip2p_mix", "stage1", "stage2a",
                      "stage2b", "eval"):
             p += getattr(self, name).problems(f"{prefix}{name}.")
+        if not (is_number(self.llava_skill_share) and 0 < self.llava_skill_share < 1):
+            p.append(f"{prefix}llava_skill_share must be a number between 0 and 1 (exclusive), got "
+                     f"{self.llava_skill_share!r}")
         if not isinstance(self.mllm_config, dict):
             p.append(f"{prefix}mllm_config must be a JSON object of dotted model-config keys, got {self.mllm_config!r}")
         elif self.mllm_config:
@@ -287,7 +294,7 @@ def _step_llava(cfg: RecipeConfig, paths: _Paths) -> dict:
             raise FileNotFoundError(f"{vision}/vision.safetensors does not exist: run the recipe's vision step "
                                     f"before llava (or set llava_vision=false)")
     pretrain_llava(cfg.model_config(), paths.llava, _settings(cfg.llava, cfg.seed), skills=cfg.llava_skills,
-                   vision=vision)
+                   vision=vision, skill_share=cfg.llava_skill_share)
     model = SmartEditModel.from_config(cfg.model_config(**{"bim.enabled": False}), seed=cfg.seed)
     model.mllm.load_state_dict(load_file(os.path.join(paths.llava, "mllm.safetensors")), strict=True)
     probe = probe_llava(model.eval(), seed=cfg.seed)
