@@ -231,7 +231,7 @@ def edit_batch(family: str, seed: int, step: int, batch_size: int, side: int, st
     if family not in (*EDIT_FAMILIES, "any", "stage2"):
         raise ValueError(f"unknown edit family {family!r}; choose one of {', '.join(EDIT_FAMILIES)}, any or stage2")
     train_facts, _ = world.held_out_facts()
-    shares = list(stage2_family_weights().values())
+    shares = list(stage2_family_weights().values()) if family == "stage2" else None
     srcs, tgts, texts = [], [], []
     for i in range(batch_size):
         rng = sample_rng(seed, step, i, stream=stream)
@@ -483,8 +483,9 @@ def pretrain_vision(config: SmartEditConfig, output: str, settings: PretrainSett
     """Pretrain the config's CLIP ViT from scratch to tell, for every patch, the kind, colour, size and rank from the
     left of the shape on it (:func:`smartedit.shapes.world.patch_labels`; cross-entropy of linear heads on the
     features the MLLM reads), the ShapesWorld stand-in for CLIP's pretraining: trained only through LLaVA-tiny's
-    chat loss, the tower tells colours but hardly shape kinds. Writes ``output/vision.safetensors`` (the tower)
-    and ``output/vision_heads.safetensors``; returns ``output``."""
+    chat loss, the tower tells colours but hardly shape kinds. Writes ``output/vision.safetensors`` (the tower),
+    ``output/vision_heads.safetensors`` and ``output/vision_quality.json`` (:func:`probe_vision`); returns
+    ``output``."""
     from safetensors.torch import save_file
 
     from ..model import SmartEditModel
@@ -505,6 +506,7 @@ def pretrain_vision(config: SmartEditConfig, output: str, settings: PretrainSett
     for name, module in (("vision", tower), ("vision_heads", heads)):
         save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()},
                   os.path.join(output, f"{name}.safetensors"), metadata={"format": "pt"})
+    write_json(os.path.join(output, "vision_quality.json"), probe_vision(mllm.eval(), heads.eval(), seed=settings.seed))
     return output
 
 
@@ -520,13 +522,14 @@ def probe_vision(mllm, heads: nn.ModuleDict, seed: int = 0, count: int = 128) ->
     out = {name: float((head(features).argmax(-1) == labels[:, j])[on_shape].float().mean())
            for j, (name, head) in enumerate(heads.items())}
     kind_logits = heads["kind"](features)  # [B, P, K]
+    kinds, ranks = labels[:, list(world.PATCH_LABELS).index("kind")], labels[:, list(world.PATCH_LABELS).index("rank")]
     hits = total = 0
     for b in range(count):
-        for rank in labels[b, 3].unique().tolist():
+        for rank in ranks[b].unique().tolist():
             if rank == 0:
                 continue
-            mine = labels[b, 3] == rank  # the patches of one shape
-            hits += int(kind_logits[b, mine].sum(0)[1:].argmax() + 1 == labels[b, 0, mine][0])
+            mine = ranks[b] == rank  # the patches of one shape
+            hits += int(kind_logits[b, mine].sum(0)[1:].argmax() + 1 == kinds[b, mine][0])
             total += 1
     out["shape_kind"] = hits / max(1, total)
     return out
@@ -540,17 +543,18 @@ def llava_samples(seed: int, step: int, batch_size: int, side: int, skills: bool
     (:func:`smartedit.shapes.world.skill_chat`), the rest descriptions, VQA and knowledge in the ratio 4 : 2 : 5."""
     from ..data.schema import Sample
 
-    rest = 1.0 - skill_share
+    scale = (1.0 - skill_share) / 0.55  # descriptions 0.2, VQA 0.1, knowledge 0.25 of the non-skill share
+    descriptions, vqa = (0.2 * scale, 0.3 * scale) if skills else (0.3, 0.65)
     out = []
     for i in range(batch_size):
         rng = sample_rng(seed, step, i, stream=45)
         scene = world.random_scene(rng)
         u = rng.random()
-        if skills and 0.3 / 0.55 * rest <= u < 0.3 / 0.55 * rest + skill_share:
+        if skills and vqa <= u < vqa + skill_share:
             scene, turns = _skill_turns(rng)
-        elif u < (0.2 / 0.55 * rest if skills else 0.3):
+        elif u < descriptions:
             turns = [["Describe the image.", world.caption(scene).capitalize() + "."]]
-        elif u < (0.3 / 0.55 * rest if skills else 0.65):
+        elif u < vqa:
             turns = world.vqa_chat(rng, scene)
         else:
             turns = world.knowledge_chat(rng)
@@ -571,9 +575,8 @@ def pretrain_llava(config: SmartEditConfig, output: str, settings: PretrainSetti
                    skills: bool = False, vision: str | None = None, skill_share: float = 0.45) -> str:
     """Train the tiny LLaVA (vision tower + projector + LLaMA, all from scratch) on ShapesWorld chat (``skills``:
     with every understanding skill's questions as ``skill_share`` of it, :func:`llava_samples`); ``vision``: a
-    :func:`pretrain_vision`
-    folder whose tower is loaded and kept frozen, as LLaVA keeps its CLIP ViT. Writes ``output/mllm.safetensors``
-    + ``output/config.json`` and returns ``output``."""
+    :func:`pretrain_vision` folder whose tower is loaded and kept frozen, as LLaVA keeps its CLIP ViT. Writes
+    ``output/mllm.safetensors`` + ``output/config.json`` and returns ``output``."""
     from safetensors.torch import load_file, save_file
 
     from ..data.collate import SampleCollator
