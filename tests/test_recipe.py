@@ -242,6 +242,14 @@ def test_seed_summary_reports_the_spread_and_checks_the_claim_seed_by_seed(tmp_p
     assert failed == ["wins 3-Mirror"] and result["paired"]["smartedit-ip2p_mix"]["3-Mirror"]["mean"] > 0.10
     assert main(["--summarize", ",".join(runs), "--output", str(tmp_path / "seeds")]) == 1
 
+    for run in runs[1:]:  # seeds that took seed 0's pretrained parts (--pretrained-from) say so
+        os.makedirs(os.path.join(run, "done"), exist_ok=True)
+        with open(os.path.join(run, "done", "llava.json"), "w") as f:
+            json.dump({"reused_from": runs[0], "reused_seed": 0}, f)
+    result = seed_summary(runs, str(tmp_path / "seeds"))
+    assert result["pretrained"] == {runs[0]: runs[0], runs[1]: runs[0], runs[2]: runs[0]}
+    assert f"trained once, in {runs[0]}" in (tmp_path / "seeds" / "seeds.md").read_text()
+
 
 def test_seed_summary_refuses_unfinished_runs_and_repeated_seeds(tmp_path):
     from helpers import load_script
@@ -285,3 +293,35 @@ def test_a_pretrained_vision_tower_and_a_wider_llava_reach_the_assembled_model(t
     with pytest.raises(ConfigError) as e:
         toy_config().replace(mllm_config={"vision.hidden_size": 96, "mllm.num_hiden_layers": 3})
     assert "bim.hidden_size" in str(e.value) and "num_hiden_layers" in str(e.value)
+
+
+def test_a_seed_study_reuses_the_pretrained_parts_of_a_finished_run(recipe_dir, tmp_path, caplog):
+    """``--pretrained-from RUN --set seed=N`` takes RUN's VAE, LLaVA-tiny and both IP2P-tiny instead of training
+    them (copied without training checkpoints, marked with where they came from), so only stages 1 → 2b and the test
+    set follow the new seed; a run pretrained with other budgets is refused, naming the field."""
+    from helpers import load_script
+
+    from smartedit.shapes.recipe import PRETRAINED_STEPS
+
+    main = load_script("train/shapes_recipe.py").main
+    out = tmp_path / "s1"
+    saved = os.path.join(recipe_dir, "recipe.json")
+    assert main(["--config", saved, "--set", "seed=1", "--output", str(out), "--pretrained-from", recipe_dir,
+                 "--steps", "assemble,testset"]) == 0
+    for step in PRETRAINED_STEPS:
+        info = json.loads((out / "done" / f"{step}.json").read_text())
+        assert info["reused_from"] == recipe_dir and info["reused_seed"] == 0, step
+    assert (out / "ip2p_mix" / "pipeline" / "unet").is_dir() and not (out / "ip2p_mix" / "checkpoints").exists()
+    assert json.loads((out / "recipe.json").read_text())["seed"] == 1
+    assert (out / "done" / "assemble.json").is_file() and not (out / "done" / "stage1.json").exists()
+    ours = sorted(os.listdir(out / "testset" / "reason_edit" / "1-Left-Right"))
+    theirs = sorted(os.listdir(os.path.join(recipe_dir, "testset", "reason_edit", "1-Left-Right")))
+    assert ours == theirs  # the same layout, other scenes (the test set follows the seed)
+    assert (out / "testset" / "reason_edit" / "1-Left-Right" / ours[0]).read_bytes() != open(
+        os.path.join(recipe_dir, "testset", "reason_edit", "1-Left-Right", theirs[0]), "rb").read()
+
+    caplog.clear()
+    assert main(["--config", saved, "--set", "seed=2", "--set", "llava.steps=3", "--output", str(tmp_path / "s2"),
+                 "--pretrained-from", recipe_dir, "--steps", "assemble"]) == 2
+    assert "llava.steps is 3 here but 2" in caplog.text and "Traceback" not in caplog.text
+    assert main(["--output", str(tmp_path / "s3"), "--pretrained-from", str(tmp_path / "nothing")]) == 2

@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-models", metavar="A,B",
                    help="score only these models in the evaluate step (identity, ip2p, control, mllmsd, smartedit), "
                         "e.g. the baselines in a second process while stage 2 trains; the step is not marked done")
+    p.add_argument("--pretrained-from", metavar="RUN",
+                   help="take the pretraining steps (VAE, ViT, LLaVA, control, both IP2P-tiny) RUN finished instead of "
+                        "training them: for a seed study of stages 1 -> 2b (--set seed=N; the configs must agree on "
+                        "everything else)")
     p.add_argument("--force", action="store_true", help="re-run steps already done")
     p.add_argument("--ship", metavar="DIR", help="after the steps, copy SmartEdit-tiny and IP2P-tiny into DIR")
     p.add_argument("--compare", metavar="RUN", help="after the steps, compare --output's scores with RUN's on the same "
@@ -54,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from smartedit.config import ConfigError
     from smartedit.train.config import parse_override
-    from smartedit.shapes.recipe import RecipeConfig, compare_runs, run_recipe, seed_summary, ship
+    from smartedit.shapes.recipe import RecipeConfig, compare_runs, reuse_pretrained, run_recipe, seed_summary, ship
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -74,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if all(c["holds"] for c in result["claim"].values()) else 1
         steps = tuple(s.strip() for s in args.steps.split(",") if s.strip()) if args.steps else None
         models = tuple(m.strip() for m in args.eval_models.split(",") if m.strip()) if args.eval_models else None
+        if args.pretrained_from:
+            cfg.validate()
+            reuse_pretrained(cfg, args.output, args.pretrained_from)
         run_recipe(cfg, args.output, steps=steps, force=args.force, threads=args.threads, eval_models=models)
         if args.ship:
             for name, where in ship(args.output, args.ship).items():

@@ -646,12 +646,20 @@ def seed_summary(runs: list[str], out: str, margin: float = 0.10, parity: float 
                 pairs.setdefault(key, {})[group] = {"mean": statistics.fmean(diffs), "std": statistics.stdev(diffs),
                                                     "per_seed": diffs, "ci90": [r["ci90"] for r in rows]}
     claim = _claim_checks(table, pairs, margin, parity, min_median, min_background_db)
-    result = {"runs": runs, "seeds": seeds, "table": table, "paired": pairs, "claim": claim}
+    result = {"runs": runs, "seeds": seeds, "pretrained": {run: _pretrained_source(run) for run in runs},
+              "table": table, "paired": pairs, "claim": claim}
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "seeds.json"), result)
     with open(os.path.join(out, "seeds.md"), "w", encoding="utf-8") as f:
         f.write(_seeds_markdown(result))
     return result
+
+
+def _pretrained_source(run: str) -> str:
+    """Where ``run``'s pretrained parts come from: ``run`` itself, or the run :func:`reuse_pretrained` took them from."""
+    sources = {info["reused_from"] for step, info in _done(_Paths(run)).items()
+               if step in PRETRAINED_STEPS and "reused_from" in info}
+    return ", ".join(sorted(sources)) or run
 
 
 def _claim_checks(table: dict, pairs: dict, margin: float, parity: float, min_median: float,
@@ -683,7 +691,13 @@ def _claim_checks(table: dict, pairs: dict, margin: float, parity: float, min_me
 def _seeds_markdown(result: dict) -> str:
     n = len(result["runs"])
     lines = [f"**Edit-region IoU over {n} seeds** ({', '.join(map(str, result['seeds']))}): mean over seeds of each "
-             "run's mean ± standard deviation over seeds [min, max]\n", *_table_head("model")]
+             "run's mean ± standard deviation over seeds [min, max]\n"]
+    shared = {source for run, source in result.get("pretrained", {}).items() if source != run}
+    if shared:
+        lines.append(f"The pretrained parts (VAE, ViT, LLaVA-tiny, both IP2P-tiny) were trained once, in "
+                     f"{', '.join(sorted(shared))}, and shared by every seed (`--pretrained-from`): the spread is that "
+                     f"of stages 1 → 2b and of the test sets, not of pretraining.\n")
+    lines += _table_head("model")
     for name, rows in result["table"].items():
         cells = ["–" if (c := rows.get(g)) is None else f"{c['mean']:.2f} ± {c['std']:.2f} [{c['min']:.2f}, "
                  f"{c['max']:.2f}]" for g in GROUPS]
@@ -804,6 +818,53 @@ def _step_report(cfg: RecipeConfig, paths: _Paths) -> dict:
 
 
 # ---- driver ------------------------------------------------------------------------------------------------------
+
+PRETRAINED_STEPS = ("vae", "decoder", "vision", "llava", "control", "ip2p", "ip2p_mix")
+"""The steps that build the pretrained parts (this world's SD, CLIP ViT, LLaVA and the two IP2P-tiny baselines):
+what a seed study over stages 1 → 2b shares, as the paper's runs share the released LLaVA and Stable Diffusion."""
+STAGE_FIELDS = ("seed", "stage1", "stage2a", "stage2b", "eval", "stage1_grounded", "stage1_train_llm")
+"""The recipe fields that may differ from the run whose pretrained parts are reused."""
+
+
+def reuse_pretrained(cfg: RecipeConfig, output: str, source: str) -> list[str]:
+    """Take :data:`PRETRAINED_STEPS` that ``source`` (a recipe run) finished into ``output`` instead of training them
+    again: their folders are copied (without training checkpoints) and marked done with where they came from. The two
+    recipe configs must agree on everything but :data:`STAGE_FIELDS`. Returns the steps taken."""
+    saved = os.path.join(source, RecipeConfig.FILE_NAME)
+    if not os.path.isfile(saved):
+        raise FileNotFoundError(f"{source} is not a recipe run (no {RecipeConfig.FILE_NAME}); give the --output "
+                                f"folder of a run whose pretraining steps finished")
+    theirs, ours = RecipeConfig.load(saved).to_dict(), cfg.to_dict()
+    differ = []
+    for key in ours:
+        if key in STAGE_FIELDS or ours[key] == theirs.get(key):
+            continue
+        if isinstance(ours[key], dict) and isinstance(theirs.get(key), dict):
+            differ += [(f"{key}.{k}", theirs[key].get(k), v) for k, v in ours[key].items() if v != theirs[key].get(k)]
+        else:
+            differ.append((key, theirs.get(key), ours[key]))
+    if differ:
+        raise ConfigError([f"{key} is {here!r} here but {there!r} in {saved}: only {', '.join(STAGE_FIELDS)} may "
+                           f"differ from the run whose pretrained parts are reused" for key, there, here in differ])
+    src, dst = _Paths(source), _Paths(output)
+    os.makedirs(dst.done, exist_ok=True)
+    taken = []
+    for step in PRETRAINED_STEPS:
+        marker = os.path.join(src.done, f"{step}.json")
+        if not os.path.isfile(marker) or os.path.isfile(os.path.join(dst.done, f"{step}.json")):
+            continue
+        folder = getattr(src, step)
+        if os.path.isdir(folder):
+            shutil.copytree(folder, getattr(dst, step), dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("checkpoints"))
+        with open(marker, encoding="utf-8") as f:
+            info = json.load(f)
+        write_json(os.path.join(dst.done, f"{step}.json"),
+                   {**info, "reused_from": source, "reused_seed": theirs["seed"]})
+        taken.append(step)
+    logger.info("reused the pretrained steps %s of %s (seed %s)", ", ".join(taken) or "(none)", source, theirs["seed"])
+    return taken
+
 
 def run_recipe(cfg: RecipeConfig, output: str, steps: tuple[str, ...] | None = None, force: bool = False,
                threads: int | None = None, eval_models: tuple[str, ...] | None = None) -> dict:
