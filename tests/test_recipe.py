@@ -248,7 +248,7 @@ def test_seed_summary_reports_the_spread_and_checks_the_claim_seed_by_seed(tmp_p
             json.dump({"reused_from": runs[0], "reused_seed": 0}, f)
     result = seed_summary(runs, str(tmp_path / "seeds"))
     assert result["pretrained"] == {runs[0]: runs[0], runs[1]: runs[0], runs[2]: runs[0]}
-    assert f"trained once, in {runs[0]}" in (tmp_path / "seeds" / "seeds.md").read_text()
+    assert f"{runs[1]}, {runs[2]} took the pretrained parts" in (tmp_path / "seeds" / "seeds.md").read_text()
 
 
 def test_seed_summary_refuses_unfinished_runs_and_repeated_seeds(tmp_path):

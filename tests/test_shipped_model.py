@@ -136,3 +136,23 @@ def test_the_fair_baseline_is_shipped_and_the_readme_states_its_paired_scores():
     for group, cell in zip(groups, cells):
         r = rows[group]
         assert cell == f"{r['mean_difference']:+.2f} [{r['ci90'][0]:+.2f}, {r['ci90'][1]:+.2f}]", (group, cell)
+
+
+def test_the_readme_states_the_shipped_seed_study():
+    """The shipped model is one of three seeds (``checkpoints/smartedit-tiny/seeds.json``, written by ``--summarize``)
+    and the README's "over seeds" rows are exactly that summary's mean ± standard deviation."""
+    from smartedit.shapes.recipe import GROUPS
+
+    with open(os.path.join(SHIPPED, "seeds.json"), encoding="utf-8") as f:
+        seeds = json.load(f)
+    assert seeds["seeds"] == [0, 1, 2] and seeds["runs"][0] == SHIPPED
+    with open("README.md", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    groups = [g for g in GROUPS if g != "7-Simple"]
+    for label, key in (("| SmartEdit-tiny − IP2P-tiny fair |", "smartedit-ip2p_mix"),
+                       ("| SmartEdit-tiny − MLLM-SD-tiny (the BIM) |", "smartedit-mllmsd")):
+        line = next(ln for ln in lines if ln.startswith(label))
+        cells = [c.strip().replace("−", "-") for c in line.strip("|").split("|")[1:]]
+        for group, cell in zip(groups, cells, strict=True):
+            r = seeds["paired"][key][group]
+            assert cell == f"{r['mean']:+.2f} ± {r['std']:.2f}", (key, group, cell)

@@ -692,11 +692,11 @@ def _seeds_markdown(result: dict) -> str:
     n = len(result["runs"])
     lines = [f"**Edit-region IoU over {n} seeds** ({', '.join(map(str, result['seeds']))}): mean over seeds of each "
              "run's mean ± standard deviation over seeds [min, max]\n"]
-    shared = {source for run, source in result.get("pretrained", {}).items() if source != run}
-    if shared:
-        lines.append(f"The pretrained parts (VAE, ViT, LLaVA-tiny, both IP2P-tiny) were trained once, in "
-                     f"{', '.join(sorted(shared))}, and shared by every seed (`--pretrained-from`): the spread is that "
-                     f"of stages 1 → 2b and of the test sets, not of pretraining.\n")
+    reused = {run: source for run, source in result.get("pretrained", {}).items() if source != run}
+    if reused:
+        lines.append(f"{', '.join(reused)} took the pretrained parts (VAE, ViT, LLaVA-tiny, both IP2P-tiny) of "
+                     f"{', '.join(sorted(set(reused.values())))} (`--pretrained-from`) instead of training their own: "
+                     f"their spread is that of stages 1 → 2b and of the test sets, not of pretraining.\n")
     lines += _table_head("model")
     for name, rows in result["table"].items():
         cells = ["–" if (c := rows.get(g)) is None else f"{c['mean']:.2f} ± {c['std']:.2f} [{c['min']:.2f}, "
