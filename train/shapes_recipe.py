@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
         steps = tuple(s.strip() for s in args.steps.split(",") if s.strip()) if args.steps else None
         models = tuple(m.strip() for m in args.eval_models.split(",") if m.strip()) if args.eval_models else None
         if args.pretrained_from:
-            cfg.validate()
             reuse_pretrained(cfg, args.output, args.pretrained_from)
         run_recipe(cfg, args.output, steps=steps, force=args.force, threads=args.threads, eval_models=models)
         if args.ship:
