@@ -3,6 +3,7 @@ assembly via load_sd, stage 1 → 2a → 2b with the training scripts, the Reaso
 re-runs skip finished steps, and a changed config is refused."""
 
 import json
+import logging
 import os
 
 import pytest
@@ -298,7 +299,8 @@ def test_a_pretrained_vision_tower_and_a_wider_llava_reach_the_assembled_model(t
 def test_a_seed_study_reuses_the_pretrained_parts_of_a_finished_run(recipe_dir, tmp_path, caplog):
     """``--pretrained-from RUN --set seed=N`` takes RUN's VAE, LLaVA-tiny and both IP2P-tiny instead of training
     them (copied without training checkpoints, marked with where they came from), so only stages 1 → 2b and the test
-    set follow the new seed; a run pretrained with other budgets is refused, naming the field."""
+    set follow the new seed; a step whose budgets differ from RUN's is trained here instead, and the log names the
+    field."""
     from helpers import load_script
 
     from smartedit.shapes.recipe import PRETRAINED_STEPS
@@ -320,8 +322,42 @@ def test_a_seed_study_reuses_the_pretrained_parts_of_a_finished_run(recipe_dir, 
     assert (out / "testset" / "reason_edit" / "1-Left-Right" / ours[0]).read_bytes() != open(
         os.path.join(recipe_dir, "testset", "reason_edit", "1-Left-Right", theirs[0]), "rb").read()
 
+    # another LLaVA-tiny budget: only the llava step trains again, the editors are still taken
     caplog.clear()
-    assert main(["--config", saved, "--set", "seed=2", "--set", "llava.steps=3", "--output", str(tmp_path / "s2"),
-                 "--pretrained-from", recipe_dir, "--steps", "assemble"]) == 2
-    assert "llava.steps is 3 here but 2" in caplog.text and "Traceback" not in caplog.text
+    caplog.set_level(logging.INFO)
+    s2 = tmp_path / "s2"
+    assert main(["--config", saved, "--set", "seed=2", "--set", "llava.steps=3", "--output", str(s2),
+                 "--pretrained-from", recipe_dir, "--steps", "llava,assemble"]) == 0
+    assert "llava (llava.steps is 3 here but 2 there)" in caplog.text
+    assert "reused_from" not in json.loads((s2 / "done" / "llava.json").read_text())
+    assert json.loads((s2 / "done" / "ip2p.json").read_text())["reused_from"] == recipe_dir
+    assert json.loads((s2 / "llava" / "train_time.json").read_text())["step"] == 3
     assert main(["--output", str(tmp_path / "s3"), "--pretrained-from", str(tmp_path / "nothing")]) == 2
+    assert "neither a recipe run" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_a_new_llava_can_start_from_the_shipped_editors(recipe_dir, tmp_path, caplog):
+    """``--pretrained-from DIR`` with a shipped folder (``--ship DIR``, like ``checkpoints``): its VAE, IP2P-tiny and
+    fair IP2P-tiny are taken (the control, which only starts IP2P-tiny, is then not needed), the LLaVA-tiny, not
+    shipped on its own, trains here, and the run goes on to a model card that says where the parts came from."""
+    from helpers import load_script
+
+    from smartedit.shapes.recipe import model_card
+
+    shipped = tmp_path / "shipped"
+    ship(recipe_dir, str(shipped))
+    main = load_script("train/shapes_recipe.py").main
+    out = tmp_path / "new"
+    assert main(["--config", os.path.join(recipe_dir, "recipe.json"), "--output", str(out),
+                 "--pretrained-from", str(shipped), "--steps", "vae,decoder,control,ip2p,llava,assemble"]) == 0
+    for step in ("vae", "decoder", "ip2p", "ip2p_mix"):
+        assert json.loads((out / "done" / f"{step}.json").read_text())["reused_from"] == str(shipped), step
+    assert "skipped" in json.loads((out / "done" / "control.json").read_text())
+    assert not (out / "control").exists() and "reused_from" not in json.loads((out / "done" / "llava.json").read_text())
+    for name in ("unet", "vae", "text_encoder"):
+        assert (out / "ip2p" / "pipeline" / name).is_dir()
+    a = (shipped / "ip2p-tiny" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert (out / "ip2p" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == a
+    assert (out / "init" / "model.safetensors").is_file()
+    card = model_card(str(out))
+    assert f"(taken from `{shipped}`)" in card and "nan" not in card

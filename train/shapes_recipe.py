@@ -38,9 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score only these models in the evaluate step (identity, ip2p, control, mllmsd, smartedit), "
                         "e.g. the baselines in a second process while stage 2 trains; the step is not marked done")
     p.add_argument("--pretrained-from", metavar="RUN",
-                   help="take the pretraining steps (VAE, ViT, LLaVA, control, both IP2P-tiny) RUN finished instead of "
-                        "training them: for a seed study of stages 1 -> 2b (--set seed=N; the configs must agree on "
-                        "everything else)")
+                   help="take the pretraining steps (VAE, ViT, LLaVA, control, both IP2P-tiny) that RUN finished "
+                        "instead of training them, each one whose budgets agree with this config (the others train "
+                        "here, and the log says why): for a seed study of stages 1 -> 2b (--set seed=N) or a new "
+                        "LLaVA-tiny on the same editors. RUN is a recipe run or a shipped folder such as "
+                        "checkpoints (its VAE and both IP2P-tiny)")
     p.add_argument("--force", action="store_true", help="re-run steps already done")
     p.add_argument("--ship", metavar="DIR", help="after the steps, copy SmartEdit-tiny and IP2P-tiny into DIR")
     p.add_argument("--compare", metavar="RUN", help="after the steps, compare --output's scores with RUN's on the same "

@@ -822,48 +822,90 @@ def _step_report(cfg: RecipeConfig, paths: _Paths) -> dict:
 PRETRAINED_STEPS = ("vae", "decoder", "vision", "llava", "control", "ip2p", "ip2p_mix")
 """The steps that build the pretrained parts (this world's SD, CLIP ViT, LLaVA and the two IP2P-tiny baselines):
 what a seed study over stages 1 → 2b shares, as the paper's runs share the released LLaVA and Stable Diffusion."""
+STEP_INPUTS = {
+    "vae": ("vae",),
+    "decoder": ("vae", "decoder"),
+    "vision": ("vision", "llava_vision", "mllm_config"),
+    "llava": ("vision", "llava_vision", "mllm_config", "llava", "llava_skills", "llava_skill_share"),
+    "control": ("vae", "control"),
+    "ip2p": ("vae", "control", "ip2p", "ip2p_from_control"),
+    "ip2p_mix": ("vae", "control", "ip2p", "ip2p_from_control", "ip2p_mix"),
+}
+"""The recipe fields that decide each pretrained step's output (those of the steps it starts from included): a step
+is reused only from a run that agrees on all of them. The seed is not among them, so a seed study shares them."""
 STAGE_FIELDS = ("seed", "stage1", "stage2a", "stage2b", "eval", "stage1_grounded", "stage1_train_llm")
-"""The recipe fields that may differ from the run whose pretrained parts are reused."""
+"""The recipe fields no pretrained step depends on."""
+SHIPPED_PARTS = {"vae": "ip2p-tiny/vae", "decoder": "ip2p-tiny/vae", "ip2p": "ip2p-tiny", "ip2p_mix": "ip2p-tiny-fair"}
+"""What a shipped folder (``--ship DIR``, e.g. ``checkpoints``) holds of the pretrained steps, relative to it. Its VAE
+is the final one (the vae step's encoder, the decoder step's decoder), so it stands for both steps."""
 
 
-def reuse_pretrained(cfg: RecipeConfig, output: str, source: str) -> list[str]:
-    """Take :data:`PRETRAINED_STEPS` that ``source`` (a recipe run) finished into ``output`` instead of training them
-    again: their folders are copied (without training checkpoints) and marked done with where they came from. The two
-    recipe configs must agree on everything but :data:`STAGE_FIELDS`. Returns the steps taken."""
-    saved = os.path.join(source, RecipeConfig.FILE_NAME)
-    if not os.path.isfile(saved):
-        raise FileNotFoundError(f"{source} is not a recipe run (no {RecipeConfig.FILE_NAME}); give the --output "
-                                f"folder of a run whose pretraining steps finished")
-    theirs, ours = RecipeConfig.load(saved).to_dict(), cfg.to_dict()
-    differ = []
-    for key in ours:
-        if key in STAGE_FIELDS or ours[key] == theirs.get(key):
+def _differences(ours: dict, theirs: dict, keys) -> list[tuple[str, Any, Any]]:
+    """(dotted key, their value, our value) for every field of ``keys`` the two config dicts disagree on."""
+    out = []
+    for key in keys:
+        if ours[key] == theirs.get(key):
             continue
         if isinstance(ours[key], dict) and isinstance(theirs.get(key), dict):
-            differ += [(f"{key}.{k}", theirs[key].get(k), v) for k, v in ours[key].items() if v != theirs[key].get(k)]
+            out += [(f"{key}.{k}", theirs[key].get(k), ours[key].get(k)) for k in sorted({*ours[key], *theirs[key]})
+                    if ours[key].get(k) != theirs[key].get(k)]
         else:
-            differ.append((key, theirs.get(key), ours[key]))
-    if differ:
-        raise ConfigError([f"{key} is {here!r} here but {there!r} in {saved}: only {', '.join(STAGE_FIELDS)} may "
-                           f"differ from the run whose pretrained parts are reused" for key, there, here in differ])
+            out.append((key, theirs.get(key), ours[key]))
+    return out
+
+
+def reuse_pretrained(cfg: RecipeConfig, output: str, source: str) -> dict[str, list[str]]:
+    """Take the :data:`PRETRAINED_STEPS` that ``source`` finished into ``output`` instead of training them again, for
+    every step whose inputs (:data:`STEP_INPUTS`) the two recipe configs agree on; the others train here. ``source``
+    is a recipe run (its step folders are copied without training checkpoints) or a shipped folder (``--ship DIR``:
+    :data:`SHIPPED_PARTS`; the control, which only starts IP2P-tiny, is then not needed). Reused steps are marked
+    done with where they came from. Returns ``{"reused": [...], "trained here": ["step (why)", ...]}``."""
+    shipped = os.path.join(source, "smartedit-tiny", RecipeConfig.FILE_NAME)
+    saved = shipped if os.path.isfile(shipped) else os.path.join(source, RecipeConfig.FILE_NAME)
+    if not os.path.isfile(saved):
+        raise FileNotFoundError(f"{source} is neither a recipe run (no {RecipeConfig.FILE_NAME}) nor a shipped folder "
+                                f"(no smartedit-tiny/{RecipeConfig.FILE_NAME}); give the --output folder of a run "
+                                f"whose pretraining steps finished, or a --ship folder such as checkpoints")
+    theirs, ours = RecipeConfig.load(saved).to_dict(), cfg.to_dict()
     src, dst = _Paths(source), _Paths(output)
     os.makedirs(dst.done, exist_ok=True)
-    taken = []
+    report: dict[str, list[str]] = {"reused": [], "trained here": []}
     for step in PRETRAINED_STEPS:
-        marker = os.path.join(src.done, f"{step}.json")
-        if not os.path.isfile(marker) or os.path.isfile(os.path.join(dst.done, f"{step}.json")):
+        if os.path.isfile(os.path.join(dst.done, f"{step}.json")):
             continue
-        folder = getattr(src, step)
-        if os.path.isdir(folder):
-            shutil.copytree(folder, getattr(dst, step), dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("checkpoints"))
-        with open(marker, encoding="utf-8") as f:
-            info = json.load(f)
+        differ = _differences(ours, theirs, STEP_INPUTS[step])
+        has = (os.path.exists(os.path.join(source, SHIPPED_PARTS[step])) if step in SHIPPED_PARTS else False) \
+            if saved == shipped else os.path.isfile(os.path.join(src.done, f"{step}.json"))
+        if differ or not has:
+            why = ", ".join(f"{key} is {here!r} here but {there!r} there" for key, there, here in differ) or \
+                f"{source} has no finished {step}"
+            report["trained here"].append(f"{step} ({why})")
+            continue
+        info: dict[str, Any] = {}
+        if saved == shipped:
+            where = os.path.join(source, SHIPPED_PARTS[step])
+            into = os.path.join(getattr(dst, step), "vae" if step in ("vae", "decoder") else "pipeline")
+            shutil.copytree(where, into, dirs_exist_ok=True)
+        else:
+            folder = getattr(src, step)
+            if os.path.isdir(folder):
+                shutil.copytree(folder, getattr(dst, step), dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("checkpoints"))
+            with open(os.path.join(src.done, f"{step}.json"), encoding="utf-8") as f:
+                info = json.load(f)
         write_json(os.path.join(dst.done, f"{step}.json"),
                    {**info, "reused_from": source, "reused_seed": theirs["seed"]})
-        taken.append(step)
-    logger.info("reused the pretrained steps %s of %s (seed %s)", ", ".join(taken) or "(none)", source, theirs["seed"])
-    return taken
+        report["reused"].append(step)
+    if saved == shipped and "ip2p" in report["reused"] and not os.path.isfile(os.path.join(dst.done, "control.json")):
+        report["trained here"] = [s for s in report["trained here"] if not s.startswith("control ")]
+        write_json(os.path.join(dst.done, "control.json"),
+                   {"skipped": f"not needed: IP2P-tiny, which it starts, was taken from {source}",
+                    "reused_from": source, "reused_seed": theirs["seed"]})
+    logger.info("reused the pretrained steps %s of %s (seed %s)", ", ".join(report["reused"]) or "(none)", source,
+                theirs["seed"])
+    for line in report["trained here"]:
+        logger.info("trained here: %s", line)
+    return report
 
 
 def run_recipe(cfg: RecipeConfig, output: str, steps: tuple[str, ...] | None = None, force: bool = False,
@@ -982,7 +1024,8 @@ def model_card(output: str) -> str:
     paths = _Paths(output)
     cfg = RecipeConfig.load(os.path.join(output, RecipeConfig.FILE_NAME))
     done = _done(paths)
-    total = sum(d.get("train_seconds", d.get("seconds", 0)) for d in done.values())
+    total = sum(d.get("train_seconds", d.get("seconds", 0)) for d in done.values() if "reused_from" not in d)
+    reused = sorted({d["reused_from"] for d in done.values() if "reused_from" in d})
     lines = ["# SmartEdit-tiny (ShapesWorld)", "",
              "A laptop-scale SmartEdit trained from scratch with this repository's recipe "
              "(`python train/shapes_recipe.py`) on ShapesWorld (`smartedit/shapes/world.py`): procedural 64×64 scenes "
@@ -1001,10 +1044,15 @@ def model_card(output: str) -> str:
     for step in STEPS:
         b = budgets.get(step)
         budget = f"{b.steps} steps × batch {b.batch_size}, lr {b.lr:g}" if b is not None else ""
-        secs = done.get(step, {}).get("train_seconds", done.get(step, {}).get("seconds"))
-        lines.append(f"| {step} | {what[step]} | {budget} | {'' if secs is None else f'{secs:.0f}'} |")
+        info = done.get(step, {})
+        secs = info.get("train_seconds", info.get("seconds"))
+        shown = "" if secs is None else f"{secs:.0f}"
+        if "reused_from" in info:
+            shown = f"{shown} (taken from `{info['reused_from']}`)".strip()
+        lines.append(f"| {step} | {what[step]} | {budget} | {shown} |")
     lines += ["", f"Total {total / 60:.0f} min of step time on a 2-core CPU (some steps ran in two processes at once, "
-                  "so the wall-clock time was shorter).", ""]
+                  "so the wall-clock time was shorter)" + (f", not counting the steps taken from "
+                  f"{', '.join(f'`{r}`' for r in reused)}" if reused else "") + ".", ""]
     lines += _probe_lines(done)
     e = cfg.eval
     lines += ["", "## Scores", "",
@@ -1055,7 +1103,7 @@ def _probe_lines(done: dict[str, dict]) -> list[str]:
     """The model card's sentences on the VAE quality, the LLaVA-tiny probe and the stage-1 alignment."""
     out = []
     for step, label in (("vae", "VAE"), ("decoder", "VAE after the decoder fine-tune")):
-        if step in done:
+        if step in done and "psnr_mean" in done[step]:
             v = done[step]
             out.append(f"{label}: held-out reconstruction PSNR {v.get('psnr_mean', float('nan')):.2f} dB "
                        f"(min {v.get('psnr_min', float('nan')):.2f}), scaling factor "
