@@ -273,7 +273,9 @@ def test_skill_questions_name_shapes_as_the_edits_do_and_the_probe_scores_each_s
         for _ in range(20):
             scene, [[question, answer]] = _skill_turns(rng, skill)
             if skill in ("left-right", "relative-size", "mirror", "colour-reference"):
-                rank = world.ORDINALS.index(answer.split()[3])
+                reference = question[len("Where is "):-1]
+                assert answer.lower().startswith(reference + " is the ")  # the shape is named again, then placed
+                rank = world.ORDINALS.index(answer.split()[-5])
                 shape = sorted(scene.shapes, key=lambda s: s.x)[rank]
                 assert shape.kind in question and question.startswith("Where is the ")
                 if skill == "colour-reference":
@@ -298,3 +300,55 @@ def test_skill_questions_name_shapes_as_the_edits_do_and_the_probe_scores_each_s
     model = SmartEditModel.from_config(shapes_config(**{"bim.enabled": False}), seed=0).eval()
     scores = probe_llava_skills(model, per_skill=2)
     assert set(scores) == set(world.SKILLS) | {"knowledge"} and all(0 <= v <= 1 for v in scores.values())
+
+
+def _the_shape(scene, reference: str):
+    """The shape ``reference`` names in ``scene``, worked out from the words alone (an independent reading of what
+    :func:`smartedit.shapes.world.scene_questions` asks)."""
+    from smartedit.shapes import world
+
+    words = reference.split()
+    kind = next(w for w in words if w in world.KINDS)
+    same = [s for s in scene.shapes if s.kind == kind]
+    if "mirror" in words:
+        twins = [s for s in same if s.colour == scene.shapes[0].colour and s.size == scene.shapes[0].size]
+        return max(twins, key=lambda s: s.x) if reference.endswith("in the mirror") else min(twins, key=lambda s: s.x)
+    if words[-1] in ("left", "right"):
+        return (min if words[-1] == "left" else max)(same, key=lambda s: s.x)
+    if words[1] in ("smaller", "larger"):
+        return (min if words[1] == "smaller" else max)(same, key=lambda s: world.SIZES[s.size])
+    (shape,) = [s for s in same if s.colour == words[1]]
+    return shape
+
+
+def test_several_questions_about_one_scene_are_all_true_and_differ():
+    """``llava_turns`` > 1: a skill scene comes with more questions about the same image (other shapes, other
+    skills), each answer true of the scene by an independent reading of the question, none asked twice; the
+    recipe refuses a turn count that is not a whole number of at least one."""
+    from smartedit.shapes import world
+    from smartedit.shapes.pretrain import _skill_turns, llava_samples
+    from smartedit.shapes.recipe import RecipeConfig
+
+    rng = np.random.default_rng(11)
+    lengths = []
+    for skill in world.SKILLS * 15:
+        scene, turns = _skill_turns(rng, skill, turns=4)
+        lengths.append(len(turns))
+        assert len({q for q, _ in turns}) == len(turns) <= 4
+        for question, answer in turns:
+            if question.startswith("Where is "):
+                shape = _the_shape(scene, question[len("Where is "):-1])
+                rank = sorted(scene.shapes, key=lambda s: s.x).index(shape)
+                assert answer.endswith(f"is the {world.ORDINALS[rank]} shape from the left."), (question, answer)
+            elif question.startswith("How many "):
+                kind = question.split()[2][:-1]
+                assert answer.split()[-1] == f"{sum(s.kind == kind for s in scene.shapes)}."
+            else:
+                kind = question.split()[-1].rstrip("?")
+                (shape,) = [s for s in scene.shapes if s.kind == kind]
+                assert answer == f"The {kind} is {shape.colour}."
+    assert sum(n == 4 for n in lengths) > len(lengths) / 2 and min(lengths) >= 1
+    one, four = llava_samples(3, 7, 32, 64, skills=True), llava_samples(3, 7, 32, 64, skills=True, turns=4)
+    assert max(len(s.conversation) for s in four) == 4 and max(len(s.conversation) for s in one) == 1
+    with pytest.raises(ConfigError, match="llava_turns"):
+        RecipeConfig().replace(llava_turns=0)

@@ -537,10 +537,12 @@ def probe_vision(mllm, heads: nn.ModuleDict, seed: int = 0, count: int = 128) ->
 
 # ---- LLaVA-tiny --------------------------------------------------------------------------------------------------
 
-def llava_samples(seed: int, step: int, batch_size: int, side: int, skills: bool = False, skill_share: float = 0.45):
+def llava_samples(seed: int, step: int, batch_size: int, side: int, skills: bool = False, skill_share: float = 0.45,
+                  turns: int = 1):
     """Chat samples of one LLaVA step: image descriptions, VQA and knowledge Q&A (fresh every step). ``skills``:
     ``skill_share`` of them are instead questions of every understanding skill
-    (:func:`smartedit.shapes.world.skill_chat`), the rest descriptions, VQA and knowledge in the ratio 4 : 2 : 5."""
+    (:func:`smartedit.shapes.world.skill_chat`, ``turns`` questions about one scene), the rest descriptions, VQA and
+    knowledge in the ratio 4 : 2 : 5."""
     from ..data.schema import Sample
 
     scale = (1.0 - skill_share) / 0.55  # descriptions 0.2, VQA 0.1, knowledge 0.25 of the non-skill share
@@ -551,32 +553,33 @@ def llava_samples(seed: int, step: int, batch_size: int, side: int, skills: bool
         scene = world.random_scene(rng)
         u = rng.random()
         if skills and vqa <= u < vqa + skill_share:
-            scene, turns = _skill_turns(rng)
+            scene, chat = _skill_turns(rng, turns=turns)
         elif u < descriptions:
-            turns = [["Describe the image.", world.caption(scene).capitalize() + "."]]
+            chat = [["Describe the image.", world.caption(scene).capitalize() + "."]]
         elif u < vqa:
-            turns = world.vqa_chat(rng, scene)
+            chat = world.vqa_chat(rng, scene)
         else:
-            turns = world.knowledge_chat(rng)
-        out.append(Sample(f"llava/{step}/{i}", "shapes_llava", "chat", conversation=turns,
+            chat = world.knowledge_chat(rng)
+        out.append(Sample(f"llava/{step}/{i}", "shapes_llava", "chat", conversation=chat,
                           source_image=world.png_bytes(world.render(scene, side))))
     return out
 
 
-def _skill_turns(rng, skill: str | None = None):
-    """A scene and a question of ``skill`` (default: one drawn uniformly from :data:`world.SKILLS`)."""
+def _skill_turns(rng, skill: str | None = None, turns: int = 1):
+    """A scene and ``turns`` questions about it, the first of ``skill`` (default: one drawn uniformly from
+    :data:`world.SKILLS`)."""
     while True:
-        built = world.skill_chat(rng, skill or str(rng.choice(world.SKILLS)))
+        built = world.skill_chat(rng, skill or str(rng.choice(world.SKILLS)), turns=turns)
         if built is not None:
             return built
 
 
 def pretrain_llava(config: SmartEditConfig, output: str, settings: PretrainSettings, resume: bool = True,
-                   skills: bool = False, vision: str | None = None, skill_share: float = 0.45) -> str:
+                   skills: bool = False, vision: str | None = None, skill_share: float = 0.45, turns: int = 1) -> str:
     """Train the tiny LLaVA (vision tower + projector + LLaMA, all from scratch) on ShapesWorld chat (``skills``:
-    with every understanding skill's questions as ``skill_share`` of it, :func:`llava_samples`); ``vision``: a
-    :func:`pretrain_vision` folder whose tower is loaded and kept frozen, as LLaVA keeps its CLIP ViT. Writes
-    ``output/mllm.safetensors`` + ``output/config.json`` and returns ``output``."""
+    with every understanding skill's questions as ``skill_share`` of it, ``turns`` per scene, :func:`llava_samples`);
+    ``vision``: a :func:`pretrain_vision` folder whose tower is loaded and kept frozen, as LLaVA keeps its CLIP ViT.
+    Writes ``output/mllm.safetensors`` + ``output/config.json`` and returns ``output``."""
     from safetensors.torch import load_file, save_file
 
     from ..data.collate import SampleCollator
@@ -593,7 +596,7 @@ def pretrain_llava(config: SmartEditConfig, output: str, settings: PretrainSetti
 
     def step_fn(step: int, g: torch.Generator) -> dict[str, torch.Tensor]:
         samples = llava_samples(settings.seed, step, settings.batch_size, config.resolution, skills=skills,
-                                skill_share=skill_share)
+                                skill_share=skill_share, turns=turns)
         batch = collator(samples, [(settings.seed, step, i) for i in range(len(samples))])
         pixels = mllm.preprocess_images((batch["source_images"] + 1) / 2)
         out = mllm(batch["input_ids"], batch["attention_mask"], pixel_values=pixels, labels=batch["labels"])

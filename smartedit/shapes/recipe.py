@@ -169,6 +169,9 @@ class RecipeConfig(RootConfig):
     """With ``llava_skills``: the share of LLaVA-tiny's chat samples that are skill questions (the rest: descriptions,
     VQA and knowledge Q&A in the ratio 4 : 2 : 5). One skill needs tens of thousands of questions before the LLM binds
     a named shape to what the tower sees (docs/training.md)."""
+    llava_turns: int = 1
+    """With ``llava_skills``: questions per skill scene (:func:`smartedit.shapes.world.skill_chat`); more than one asks
+    about several shapes of one image, so the answers differ only by what the question names."""
     llava_vision: bool = False
     """Pretrain LLaVA-tiny's vision tower first (the ``vision`` step: every patch's shape kind, colour, size and rank
     from the left, :func:`smartedit.shapes.pretrain.pretrain_vision`, ShapesWorld's stand-in for CLIP's
@@ -195,6 +198,8 @@ class RecipeConfig(RootConfig):
         for name in ("vae", "decoder", "vision", "llava", "control", "ip2p", "ip2p_mix", "stage1", "stage2a",
                      "stage2b", "eval"):
             p += getattr(self, name).problems(f"{prefix}{name}.")
+        if not isinstance(self.llava_turns, int) or isinstance(self.llava_turns, bool) or self.llava_turns < 1:
+            p.append(f"{prefix}llava_turns must be a whole number of at least 1, got {self.llava_turns!r}")
         if not (is_number(self.llava_skill_share) and 0 < self.llava_skill_share < 1):
             p.append(f"{prefix}llava_skill_share must be a number between 0 and 1 (exclusive), got "
                      f"{self.llava_skill_share!r}")
@@ -287,7 +292,7 @@ def _step_llava(cfg: RecipeConfig, paths: _Paths) -> dict:
             raise FileNotFoundError(f"{vision}/vision.safetensors does not exist: run the recipe's vision step "
                                     f"before llava (or set llava_vision=false)")
     pretrain_llava(cfg.model_config(), paths.llava, _settings(cfg.llava, cfg.seed), skills=cfg.llava_skills,
-                   vision=vision, skill_share=cfg.llava_skill_share)
+                   vision=vision, skill_share=cfg.llava_skill_share, turns=cfg.llava_turns)
     model = SmartEditModel.from_config(cfg.model_config(**{"bim.enabled": False}), seed=cfg.seed)
     model.mllm.load_state_dict(load_file(os.path.join(paths.llava, "mllm.safetensors")), strict=True)
     probe = probe_llava(model.eval(), seed=cfg.seed)
@@ -826,7 +831,7 @@ STEP_INPUTS = {
     "vae": ("vae",),
     "decoder": ("vae", "decoder"),
     "vision": ("vision", "llava_vision", "mllm_config"),
-    "llava": ("vision", "llava_vision", "mllm_config", "llava", "llava_skills", "llava_skill_share"),
+    "llava": ("vision", "llava_vision", "mllm_config", "llava", "llava_skills", "llava_skill_share", "llava_turns"),
     "control": ("vae", "control"),
     "ip2p": ("vae", "control", "ip2p", "ip2p_from_control"),
     "ip2p_mix": ("vae", "control", "ip2p", "ip2p_from_control", "ip2p_mix"),
@@ -1081,7 +1086,8 @@ def _step_descriptions(cfg: RecipeConfig) -> dict[str, str]:
                        if cfg.llava_vision else "skipped (the ViT trains inside the llava step)"),
             "llava": ("projector + LLaMA on the frozen pretrained ViT" if cfg.llava_vision else
                       "CLIP ViT + projector + LLaMA from scratch") + " on descriptions, VQA chat and knowledge Q&A"
-                     + (" and every understanding skill's questions" if cfg.llava_skills else ""),
+                     + (" and every understanding skill's questions" if cfg.llava_skills else "")
+                     + (f" ({cfg.llava_turns} per scene)" if cfg.llava_skills and cfg.llava_turns > 1 else ""),
             "control": "CLIP text + InstructPix2Pix UNet from scratch as a one-step regressor on simple edits (the "
                        "non-diffusion control; learns the text grounding)",
             "ip2p": "the same network fine-tuned from the control as an InstructPix2Pix diffusion model "

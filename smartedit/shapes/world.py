@@ -490,16 +490,62 @@ shape's colour. The knowledge the reasoning edits need is :func:`knowledge_chat`
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh")
 
 
-def _position(scene: Scene, index: int) -> str:
-    """Where shape ``index`` is: its rank from the left among all shapes."""
+def _position(scene: Scene, index: int, reference: str) -> str:
+    """Where shape ``index``, named by ``reference``, is: its rank from the left among all shapes, the reference
+    restated first (so the answer's words before the rank name the shape to look for)."""
     rank = sorted(range(len(scene.shapes)), key=lambda k: scene.shapes[k].x).index(index)
-    return f"It is the {ORDINALS[rank]} shape from the left."
+    return f"{reference[0].upper()}{reference[1:]} is the {ORDINALS[rank]} shape from the left."
 
 
-def skill_chat(rng, skill: str) -> tuple[Scene, list[list[str]]] | None:
-    """A scene and one question-answer turn exercising ``skill`` (one of :data:`SKILLS`); None: draw again. The
+def _where(scene: Scene, index: int, reference: str) -> list[str]:
+    return [f"Where is {reference}?", _position(scene, index, reference)]
+
+
+def scene_questions(scene: Scene) -> list[list[str]]:
+    """Every skill question (:data:`SKILLS`) that ``scene`` answers unambiguously, with its answer: where the shape
+    in / in front of the mirror is, where the shape of a kind on the left / right, of a colour, or the smaller /
+    larger one is, how many there are of each kind, and the colour of each kind seen once."""
+    shapes = scene.shapes
+    out = []
+    if scene.mirror:
+        kind = shapes[0].kind
+        out += [_where(scene, 1, f"the {kind} in the mirror"), _where(scene, 0, f"the {kind} in front of the mirror")]
+    for kind in sorted({s.kind for s in shapes}):
+        same = [k for k, s in enumerate(shapes) if s.kind == kind]
+        out.append([f"How many {kind}s are there?", f"There {'is' if len(same) == 1 else 'are'} {len(same)}."])
+        if len(same) == 1:
+            out.append([f"What colour is the {kind}?", f"The {kind} is {shapes[same[0]].colour}."])
+            continue
+        if scene.mirror:
+            continue
+        by_x = sorted(same, key=lambda k: shapes[k].x)
+        out += [_where(scene, by_x[0], f"the {kind} on the left"), _where(scene, by_x[-1], f"the {kind} on the right")]
+        out += [_where(scene, k, f"the {shapes[k].colour} {kind}") for k in same
+                if sum(shapes[j].colour == shapes[k].colour for j in same) == 1]
+        by_size = sorted(same, key=lambda k: SIZES[shapes[k].size])
+        radii = [SIZES[shapes[k].size] for k in by_size]
+        if radii[0] < radii[1]:
+            out.append(_where(scene, by_size[0], f"the smaller {kind}"))
+        if radii[-1] > radii[-2]:
+            out.append(_where(scene, by_size[-1], f"the larger {kind}"))
+    return out
+
+
+def skill_chat(rng, skill: str, turns: int = 1) -> tuple[Scene, list[list[str]]] | None:
+    """A scene and a question-answer turn exercising ``skill`` (one of :data:`SKILLS`); None: draw again. The
     scenes are built by the understanding edits' own constructors, so a question names a shape exactly as an edit
-    instruction of that category does, and the answer says where it is."""
+    instruction of that category does, and the answer says where it is. ``turns`` > 1: up to ``turns`` - 1 more
+    questions about the same scene (:func:`scene_questions`), as a LLaVA-Instruct conversation asks several, so that
+    one image is asked about different shapes and only reading the question tells the answers apart."""
+    built = _skill_turn(rng, skill)
+    if built is None or turns <= 1:
+        return built
+    scene, first = built
+    others = [q for q in scene_questions(scene) if q[0] != first[0][0]]
+    return scene, first + [others[j] for j in rng.permutation(len(others))[:turns - 1]]
+
+
+def _skill_turn(rng, skill: str) -> tuple[Scene, list[list[str]]] | None:
     scene = random_scene(rng, n_max=4)
     if skill in ("left-right", "relative-size", "mirror", "colour-reference"):
         built = _UNDERSTANDING[{"left-right": "1-Left-Right", "relative-size": "2-Relative-Size",
@@ -507,7 +553,7 @@ def skill_chat(rng, skill: str) -> tuple[Scene, list[list[str]]] | None:
         if built is None:
             return None
         scene, pick, reference = built
-        return scene, [[f"Where is {reference}?", _position(scene, pick)]]
+        return scene, [_where(scene, pick, reference)]
     if skill == "count":
         kind = str(rng.choice(sorted({s.kind for s in scene.shapes})))
         n = sum(s.kind == kind for s in scene.shapes)
