@@ -622,8 +622,7 @@ def probe_llava_skills(model, seed: int = 0, per_skill: int = 40) -> dict[str, f
         hits = 0
         for _ in range(per_skill):
             scene, [[question, answer]] = _skill_turns(rng, skill)
-            want = answer.rstrip(".").split(" is ")[-1] if skill != "count" else answer.split()[-1].rstrip(".")
-            hits += want in _ask_llava(model, question, scene)
+            hits += answer.rstrip(".") in _ask_llava(model, question, scene)  # the shape named, then the answer
         out[skill] = hits / per_skill
     facts = [(f"Which shape is {fact}?", kind) for kind, fs in world.KIND_FACTS.items() for fact in fs]
     facts += [(f"What is {fact}?", colour) for colour, fs in world.COLOUR_FACTS.items() for fact in fs]

@@ -486,19 +486,43 @@ def vqa_chat(rng, scene: Scene) -> list[list[str]]:
 SKILLS = ("left-right", "relative-size", "mirror", "colour-reference", "count", "named-colour")
 """What the understanding edits ask of the MLLM, one question each (:func:`skill_chat`): locate the shape a
 Left-Right / Relative-Size / Mirror / Color reference names, count a kind (Multiple-Objects), and say a named
-shape's colour. The knowledge the reasoning edits need is :func:`knowledge_chat`."""
+shape's colour. The knowledge the reasoning edits need is :func:`knowledge_chat`.
+
+Every answer puts the word that answers right after the words that name the shape ("The left circle second.",
+"The circle red third.", "The square orange.", "The number of star 1."): at that position the LLM's own token says
+which shape to look up. One token
+further ("The square is orange.") the 4-layer LLaVA-tiny must first learn to carry the kind along, and stays at
+chance between the two shapes of a two-shape scene for 1500 steps; right after the kind it answers 93 % after 1000
+(docs/training.md)."""
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh")
 
 
-def _position(scene: Scene, index: int, reference: str) -> str:
-    """Where shape ``index``, named by ``reference``, is: its rank from the left among all shapes, the reference
-    restated first (so the answer's words before the rank name the shape to look for)."""
-    rank = sorted(range(len(scene.shapes)), key=lambda k: scene.shapes[k].x).index(index)
-    return f"{reference[0].upper()}{reference[1:]} is the {ORDINALS[rank]} shape from the left."
+def _short(reference: str) -> str:
+    """``reference`` in two words, the one that tells the shape apart best last ("the circle on the left" → "left
+    circle", "the circle in the mirror" → "mirrored circle", "the smaller star" → "smaller star", but "the red
+    circle" → "circle red": of two circles only one is red, and often no other shape is)."""
+    words = reference.split()
+    kind = next(w for w in words if w in KINDS)
+    for ending, modifier in ((" in the mirror", "mirrored"), (" in front of the mirror", "front"),
+                             (" on the left", "left"), (" on the right", "right")):
+        if reference.endswith(ending):
+            return f"{modifier} {kind}"
+    return f"{kind} {words[1]}" if words[1] in COLOURS else f"{words[1]} {kind}"
 
 
 def _where(scene: Scene, index: int, reference: str) -> list[str]:
-    return [f"Where is {reference}?", _position(scene, index, reference)]
+    """"Where is <reference>?" and where shape ``index`` is: its rank from the left among all shapes, right after
+    the shape's kind ("The left circle second."; see :data:`SKILLS` for why)."""
+    rank = sorted(range(len(scene.shapes)), key=lambda k: scene.shapes[k].x).index(index)
+    return [f"Where is {reference}?", f"The {_short(reference)} {ORDINALS[rank]}."]
+
+
+def _count(scene: Scene, kind: str) -> list[str]:
+    return [f"How many {kind}s are there?", f"The number of {kind} {sum(s.kind == kind for s in scene.shapes)}."]
+
+
+def _named_colour(shape: Shape) -> list[str]:
+    return [f"What colour is the {shape.kind}?", f"The {shape.kind} {shape.colour}."]
 
 
 def scene_questions(scene: Scene) -> list[list[str]]:
@@ -512,9 +536,9 @@ def scene_questions(scene: Scene) -> list[list[str]]:
         out += [_where(scene, 1, f"the {kind} in the mirror"), _where(scene, 0, f"the {kind} in front of the mirror")]
     for kind in sorted({s.kind for s in shapes}):
         same = [k for k, s in enumerate(shapes) if s.kind == kind]
-        out.append([f"How many {kind}s are there?", f"There {'is' if len(same) == 1 else 'are'} {len(same)}."])
+        out.append(_count(scene, kind))
         if len(same) == 1:
-            out.append([f"What colour is the {kind}?", f"The {kind} is {shapes[same[0]].colour}."])
+            out.append(_named_colour(shapes[same[0]]))
             continue
         if scene.mirror:
             continue
@@ -555,15 +579,12 @@ def _skill_turn(rng, skill: str) -> tuple[Scene, list[list[str]]] | None:
         scene, pick, reference = built
         return scene, [_where(scene, pick, reference)]
     if skill == "count":
-        kind = str(rng.choice(sorted({s.kind for s in scene.shapes})))
-        n = sum(s.kind == kind for s in scene.shapes)
-        return scene, [[f"How many {kind}s are there?", f"There {'is' if n == 1 else 'are'} {n}."]]
+        return scene, [_count(scene, str(rng.choice(sorted({s.kind for s in scene.shapes}))))]
     if skill == "named-colour":
         unique = [s for s in scene.shapes if sum(t.kind == s.kind for t in scene.shapes) == 1]
         if not unique:
             return None
-        shape = unique[int(rng.integers(len(unique)))]
-        return scene, [[f"What colour is the {shape.kind}?", f"The {shape.kind} is {shape.colour}."]]
+        return scene, [_named_colour(unique[int(rng.integers(len(unique)))])]
     raise ValueError(f"unknown skill {skill!r}; choose one of {SKILLS}")
 
 
