@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from smartedit.config import ConfigError
-from smartedit.shapes.recipe import MODELS, STEPS, RecipeConfig, compare_runs, run_recipe, ship
+from smartedit.shapes.recipe import MODELS, STEPS, RecipeConfig, compare_runs, reuse_pretrained, run_recipe, ship
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -102,7 +102,7 @@ def test_rerun_skips_done_steps_and_refuses_another_config(recipe_dir):
 
 def test_ship_copies_both_models_and_the_ablation(recipe_dir, tmp_path):
     shipped = ship(recipe_dir, str(tmp_path))
-    assert set(shipped) == {"smartedit-tiny", "ip2p-tiny", "ip2p-tiny-fair"}
+    assert set(shipped) == {"smartedit-tiny", "ip2p-tiny", "ip2p-tiny-fair", "llava-tiny"}
     assert os.path.isfile(tmp_path / "smartedit-tiny" / "config.json")
     assert os.path.isfile(tmp_path / "smartedit-tiny" / "ablation.json")
     assert os.path.isfile(tmp_path / "ip2p-tiny" / "model_index.json")
@@ -283,6 +283,13 @@ def test_a_pretrained_vision_tower_and_a_wider_llava_reach_the_assembled_model(t
     tower = load_file(os.path.join(out, "vision", "vision.safetensors"))
     state = load_file(os.path.join(out, "llava", "mllm.safetensors"))
     assert all(torch.equal(state[f"vision_tower.{k}"], v) for k, v in tower.items())
+    # a run without stages ships its LLaVA-tiny alone; a new run takes the tower back out of it
+    assert set(ship(out, str(tmp_path / "shipped"))) == {"llava-tiny"}
+    again = str(tmp_path / "again")
+    reuse_pretrained(cfg, again, str(tmp_path / "shipped"))
+    back = load_file(os.path.join(again, "vision", "vision.safetensors"))
+    assert back.keys() == tower.keys() and all(torch.equal(back[k], v) for k, v in tower.items())
+    assert "probe" in json.loads(open(os.path.join(again, "done", "vision.json")).read())
     assert tower["embeddings.position_embedding.weight"].shape[1] == 96
     assert "llm.model.layers.2.mlp.up_proj.weight" in state
 
@@ -336,28 +343,36 @@ def test_a_seed_study_reuses_the_pretrained_parts_of_a_finished_run(recipe_dir, 
     assert "neither a recipe run" in caplog.text and "Traceback" not in caplog.text
 
 
-def test_a_new_llava_can_start_from_the_shipped_editors(recipe_dir, tmp_path, caplog):
-    """``--pretrained-from DIR`` with a shipped folder (``--ship DIR``, like ``checkpoints``): its VAE, IP2P-tiny and
-    fair IP2P-tiny are taken (the control, which only starts IP2P-tiny, is then not needed), the LLaVA-tiny, not
-    shipped on its own, trains here, and the run goes on to a model card that says where the parts came from."""
+def test_a_new_run_can_start_from_the_shipped_parts(recipe_dir, tmp_path, caplog):
+    """``--pretrained-from DIR`` with a shipped folder (``--ship DIR``, like ``checkpoints``): its VAE, IP2P-tiny,
+    fair IP2P-tiny and LLaVA-tiny are taken (the control, which only starts IP2P-tiny, is then not needed), and the
+    run goes on to a model card that says where the parts came from; another LLaVA-tiny budget trains it here."""
     from helpers import load_script
 
     from smartedit.shapes.recipe import model_card
 
     shipped = tmp_path / "shipped"
-    ship(recipe_dir, str(shipped))
+    assert set(ship(recipe_dir, str(shipped))) == {"smartedit-tiny", "ip2p-tiny", "ip2p-tiny-fair", "llava-tiny"}
+    assert "LLaVA-tiny" in (shipped / "llava-tiny" / "README.md").read_text()
     main = load_script("train/shapes_recipe.py").main
     out = tmp_path / "new"
     assert main(["--config", os.path.join(recipe_dir, "recipe.json"), "--output", str(out),
-                 "--pretrained-from", str(shipped), "--steps", "vae,decoder,control,ip2p,llava,assemble"]) == 0
-    for step in ("vae", "decoder", "ip2p", "ip2p_mix"):
+                 "--pretrained-from", str(shipped), "--steps", "vae,decoder,vision,llava,control,ip2p,assemble"]) == 0
+    for step in ("vae", "decoder", "vision", "llava", "ip2p", "ip2p_mix"):
         assert json.loads((out / "done" / f"{step}.json").read_text())["reused_from"] == str(shipped), step
-    assert "skipped" in json.loads((out / "done" / "control.json").read_text())
-    assert not (out / "control").exists() and "reused_from" not in json.loads((out / "done" / "llava.json").read_text())
+    assert "skipped" in json.loads((out / "done" / "control.json").read_text()) and not (out / "control").exists()
     for name in ("unet", "vae", "text_encoder"):
         assert (out / "ip2p" / "pipeline" / name).is_dir()
     a = (shipped / "ip2p-tiny" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert (out / "ip2p" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == a
+    weights = (shipped / "llava-tiny" / "mllm.safetensors").read_bytes()
+    assert (out / "llava" / "mllm.safetensors").read_bytes() == weights
     assert (out / "init" / "model.safetensors").is_file()
     card = model_card(str(out))
-    assert f"(taken from `{shipped}`)" in card and "nan" not in card
+    assert f"(taken from `{shipped}`)" in card and "nan" not in card and "LLaVA-tiny probe" in card
+
+    other = tmp_path / "other"
+    assert main(["--config", os.path.join(recipe_dir, "recipe.json"), "--set", "llava.steps=3", "--output",
+                 str(other), "--pretrained-from", str(shipped), "--steps", "llava"]) == 0
+    assert "reused_from" not in json.loads((other / "done" / "llava.json").read_text())
+    assert json.loads((other / "done" / "ip2p.json").read_text())["reused_from"] == str(shipped)

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "LLaVA-tiny on the same editors. RUN is a recipe run or a shipped folder such as "
                         "checkpoints (its VAE and both IP2P-tiny)")
     p.add_argument("--force", action="store_true", help="re-run steps already done")
-    p.add_argument("--ship", metavar="DIR", help="after the steps, copy SmartEdit-tiny and IP2P-tiny into DIR")
+    p.add_argument("--ship", metavar="DIR", help="after the steps, copy SmartEdit-tiny, both IP2P-tiny and LLaVA-tiny "
+                   "into DIR (a run without stages: its LLaVA-tiny alone)")
     p.add_argument("--compare", metavar="RUN", help="after the steps, compare --output's scores with RUN's on the same "
                    "held-out samples; RUN is a recipe output folder or a shipped one (checkpoints/smartedit-tiny "
                    "keeps its per-sample scores). Writes reproduction.json / .md into --output; exit status 1 if "

@@ -840,9 +840,11 @@ STEP_INPUTS = {
 is reused only from a run that agrees on all of them. The seed is not among them, so a seed study shares them."""
 STAGE_FIELDS = ("seed", "stage1", "stage2a", "stage2b", "eval", "stage1_grounded", "stage1_train_llm")
 """The recipe fields no pretrained step depends on."""
-SHIPPED_PARTS = {"vae": "ip2p-tiny/vae", "decoder": "ip2p-tiny/vae", "ip2p": "ip2p-tiny", "ip2p_mix": "ip2p-tiny-fair"}
+SHIPPED_PARTS = {"vae": "ip2p-tiny/vae", "decoder": "ip2p-tiny/vae", "ip2p": "ip2p-tiny", "ip2p_mix": "ip2p-tiny-fair",
+                 "vision": "llava-tiny/mllm.safetensors", "llava": "llava-tiny/mllm.safetensors"}
 """What a shipped folder (``--ship DIR``, e.g. ``checkpoints``) holds of the pretrained steps, relative to it. Its VAE
-is the final one (the vae step's encoder, the decoder step's decoder), so it stands for both steps."""
+is the final one (the vae step's encoder, the decoder step's decoder), so it stands for both steps; LLaVA-tiny
+(:func:`ship_llava`) holds the ViT too and carries the recipe config it was trained with."""
 
 
 def _differences(ours: dict, theirs: dict, keys) -> list[tuple[str, Any, Any]]:
@@ -859,35 +861,62 @@ def _differences(ours: dict, theirs: dict, keys) -> list[tuple[str, Any, Any]]:
     return out
 
 
+def _take_shipped_llava(folder: str, dst: _Paths, step: str, config: dict) -> dict:
+    """A shipped LLaVA-tiny into a run: the ``llava`` step's weights and config, or the ``vision`` step's tower (the
+    ``vision_tower.*`` weights inside them; nothing when that run did not pretrain its tower). Returns the step's
+    probe as shipped."""
+    from safetensors.torch import load_file, save_file
+
+    with open(os.path.join(folder, "probe.json"), encoding="utf-8") as f:
+        probe = json.load(f).get(step, {})
+    os.makedirs(getattr(dst, step), exist_ok=True)
+    if step == "llava":
+        for name in ("mllm.safetensors", "config.json"):
+            shutil.copy2(os.path.join(folder, name), os.path.join(dst.llava, name))
+    elif config.get("llava_vision"):
+        prefix = "vision_tower."
+        tower = {k[len(prefix):]: v for k, v in load_file(os.path.join(folder, "mllm.safetensors")).items()
+                 if k.startswith(prefix)}
+        save_file(tower, os.path.join(dst.vision, "vision.safetensors"), metadata={"format": "pt"})
+    return {k: v for k, v in probe.items() if k not in ("reused_from", "reused_seed")}
+
+
 def reuse_pretrained(cfg: RecipeConfig, output: str, source: str) -> dict[str, list[str]]:
     """Take the :data:`PRETRAINED_STEPS` that ``source`` finished into ``output`` instead of training them again, for
     every step whose inputs (:data:`STEP_INPUTS`) the two recipe configs agree on; the others train here. ``source``
     is a recipe run (its step folders are copied without training checkpoints) or a shipped folder (``--ship DIR``:
     :data:`SHIPPED_PARTS`; the control, which only starts IP2P-tiny, is then not needed). Reused steps are marked
     done with where they came from. Returns ``{"reused": [...], "trained here": ["step (why)", ...]}``."""
-    shipped = os.path.join(source, "smartedit-tiny", RecipeConfig.FILE_NAME)
-    saved = shipped if os.path.isfile(shipped) else os.path.join(source, RecipeConfig.FILE_NAME)
+    llava_saved = os.path.join(source, LLAVA_FOLDER, RecipeConfig.FILE_NAME)
+    shipped = next((f for f in (os.path.join(source, "smartedit-tiny", RecipeConfig.FILE_NAME), llava_saved)
+                    if os.path.isfile(f)), None)
+    saved = shipped or os.path.join(source, RecipeConfig.FILE_NAME)
     if not os.path.isfile(saved):
         raise FileNotFoundError(f"{source} is neither a recipe run (no {RecipeConfig.FILE_NAME}) nor a shipped folder "
-                                f"(no smartedit-tiny/{RecipeConfig.FILE_NAME}); give the --output folder of a run "
-                                f"whose pretraining steps finished, or a --ship folder such as checkpoints")
+                                f"(no smartedit-tiny/ or {LLAVA_FOLDER}/{RecipeConfig.FILE_NAME}); give the --output "
+                                f"folder of a run whose pretraining steps finished, or a --ship folder such as "
+                                f"checkpoints")
     theirs, ours = RecipeConfig.load(saved).to_dict(), cfg.to_dict()
+    llava_theirs = RecipeConfig.load(llava_saved).to_dict() if shipped and os.path.isfile(llava_saved) else theirs
     src, dst = _Paths(source), _Paths(output)
     os.makedirs(dst.done, exist_ok=True)
     report: dict[str, list[str]] = {"reused": [], "trained here": []}
     for step in PRETRAINED_STEPS:
         if os.path.isfile(os.path.join(dst.done, f"{step}.json")):
             continue
-        differ = _differences(ours, theirs, STEP_INPUTS[step])
-        has = (os.path.exists(os.path.join(source, SHIPPED_PARTS[step])) if step in SHIPPED_PARTS else False) \
-            if saved == shipped else os.path.isfile(os.path.join(src.done, f"{step}.json"))
+        config = llava_theirs if step in ("vision", "llava") else theirs
+        differ = _differences(ours, config, STEP_INPUTS[step])
+        has = (step in SHIPPED_PARTS and os.path.exists(os.path.join(source, SHIPPED_PARTS[step]))) if shipped \
+            else os.path.isfile(os.path.join(src.done, f"{step}.json"))
         if differ or not has:
             why = ", ".join(f"{key} is {here!r} here but {there!r} there" for key, there, here in differ) or \
                 f"{source} has no finished {step}"
             report["trained here"].append(f"{step} ({why})")
             continue
         info: dict[str, Any] = {}
-        if saved == shipped:
+        if shipped and step in ("vision", "llava"):
+            info = _take_shipped_llava(os.path.join(source, LLAVA_FOLDER), dst, step, config)
+        elif shipped:
             where = os.path.join(source, SHIPPED_PARTS[step])
             into = os.path.join(getattr(dst, step), "vae" if step in ("vae", "decoder") else "pipeline")
             shutil.copytree(where, into, dirs_exist_ok=True)
@@ -899,9 +928,9 @@ def reuse_pretrained(cfg: RecipeConfig, output: str, source: str) -> dict[str, l
             with open(os.path.join(src.done, f"{step}.json"), encoding="utf-8") as f:
                 info = json.load(f)
         write_json(os.path.join(dst.done, f"{step}.json"),
-                   {**info, "reused_from": source, "reused_seed": theirs["seed"]})
+                   {**info, "reused_from": source, "reused_seed": config["seed"]})
         report["reused"].append(step)
-    if saved == shipped and "ip2p" in report["reused"] and not os.path.isfile(os.path.join(dst.done, "control.json")):
+    if shipped and "ip2p" in report["reused"] and not os.path.isfile(os.path.join(dst.done, "control.json")):
         report["trained here"] = [s for s in report["trained here"] if not s.startswith("control ")]
         write_json(os.path.join(dst.done, "control.json"),
                    {"skipped": f"not needed: IP2P-tiny, which it starts, was taken from {source}",
@@ -968,9 +997,13 @@ def run_recipe(cfg: RecipeConfig, output: str, steps: tuple[str, ...] | None = N
 
 def ship(output: str, destination: str) -> dict[str, str]:
     """Copy SmartEdit-tiny, IP2P-tiny and (when the run has it) the fair IP2P-tiny (weights, configs, tokenizer) plus
-    the ablation into ``destination``."""
+    the ablation into ``destination``, and LLaVA-tiny (:func:`ship_llava`) when its step is done. A run whose stages
+    have not been trained ships its LLaVA-tiny alone."""
     paths = _Paths(output)
     shipped = {}
+    has_llava = os.path.isfile(os.path.join(paths.llava, "mllm.safetensors"))
+    if has_llava and not os.path.isdir(paths.model("smartedit")):
+        return {"llava-tiny": ship_llava(output, destination)}
     for name, folder in (("smartedit-tiny", paths.model("smartedit")), ("ip2p-tiny", paths.model("ip2p")),
                          ("ip2p-tiny-fair", paths.model("ip2p_mix"))):
         if name == "ip2p-tiny-fair" and not os.path.isdir(folder):
@@ -989,7 +1022,53 @@ def ship(output: str, destination: str) -> dict[str, str]:
     _ship_scores(paths, os.path.join(destination, "smartedit-tiny"))
     with open(os.path.join(destination, "smartedit-tiny", "README.md"), "w", encoding="utf-8") as f:
         f.write(model_card(output))
+    if has_llava:
+        shipped["llava-tiny"] = ship_llava(output, destination)
     return shipped
+
+
+LLAVA_FOLDER = "llava-tiny"
+"""The shipped LLaVA-tiny (:func:`ship_llava`): ``mllm.safetensors`` (ViT + projector + LLaMA), ``config.json``,
+the recipe config it was trained with, its probes (``probe.json``) and a card (``README.md``)."""
+
+
+def ship_llava(output: str, destination: str) -> str:
+    """Copy the run's pretrained LLaVA-tiny (the ``llava`` step, with the ``vision`` step's tower inside) into
+    ``destination/llava-tiny`` with its recipe config and probes, so that ``--pretrained-from destination`` can start
+    a new run from it. Returns the folder."""
+    paths = _Paths(output)
+    done = _done(paths)
+    target = os.path.join(destination, LLAVA_FOLDER)
+    if os.path.isdir(target):
+        shutil.rmtree(target)
+    os.makedirs(target)
+    for name in ("mllm.safetensors", "config.json"):
+        shutil.copy2(os.path.join(paths.llava, name), os.path.join(target, name))
+    shutil.copy2(os.path.join(output, RecipeConfig.FILE_NAME), os.path.join(target, RecipeConfig.FILE_NAME))
+    write_json(os.path.join(target, "probe.json"), {"llava": done.get("llava", {}), "vision": done.get("vision", {})})
+    with open(os.path.join(target, "README.md"), "w", encoding="utf-8") as f:
+        f.write(llava_card(output))
+    return target
+
+
+def llava_card(output: str) -> str:
+    """The card of a shipped LLaVA-tiny: what it was trained on, for how long, and its probes."""
+    cfg = RecipeConfig.load(os.path.join(output, RecipeConfig.FILE_NAME))
+    done = _done(_Paths(output))
+    what = _step_descriptions(cfg)
+    lines = ["# LLaVA-tiny (ShapesWorld)", "",
+             "The pretrained multimodal LLM of a ShapesWorld recipe run (`python train/shapes_recipe.py`): CLIP ViT + "
+             "projector + LLaMA, from scratch. `mllm.safetensors` holds all three (the keys of "
+             "`smartedit.mllm.SmartEditMLLM`), `config.json` the SmartEdit config it belongs to, `recipe.json` the "
+             "recipe config that trained it. A new run starts from it (and from the editors shipped beside it) with "
+             "`python train/shapes_recipe.py --config RECIPE --pretrained-from checkpoints`, when RECIPE agrees with "
+             "`recipe.json` on the LLaVA-tiny budgets.", "", "| step | what | budget | seconds |", "|---|---|---|---|"]
+    for step in ("vision", "llava"):
+        b, info = getattr(cfg, step), done.get(step, {})
+        secs = info.get("train_seconds", info.get("seconds"))
+        lines.append(f"| {step} | {what[step]} | {b.steps} steps × batch {b.batch_size}, lr {b.lr:g} | "
+                     f"{'' if secs is None else f'{secs:.0f}'} |")
+    return "\n".join(lines + [""] + _probe_lines({k: v for k, v in done.items() if k in ("vision", "llava")})) + "\n"
 
 
 SHIPPED_METRICS = ("edit_iou", "psnr_fg_target", "psnr_bg")
