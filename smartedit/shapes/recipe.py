@@ -838,8 +838,6 @@ STEP_INPUTS = {
 }
 """The recipe fields that decide each pretrained step's output (those of the steps it starts from included): a step
 is reused only from a run that agrees on all of them. The seed is not among them, so a seed study shares them."""
-STAGE_FIELDS = ("seed", "stage1", "stage2a", "stage2b", "eval", "stage1_grounded", "stage1_train_llm")
-"""The recipe fields no pretrained step depends on."""
 SHIPPED_PARTS = {"vae": "ip2p-tiny/vae", "decoder": "ip2p-tiny/vae", "ip2p": "ip2p-tiny", "ip2p_mix": "ip2p-tiny-fair",
                  "vision": "llava-tiny/mllm.safetensors", "llava": "llava-tiny/mllm.safetensors"}
 """What a shipped folder (``--ship DIR``, e.g. ``checkpoints``) holds of the pretrained steps, relative to it. Its VAE
@@ -1064,10 +1062,7 @@ def llava_card(output: str) -> str:
              "`python train/shapes_recipe.py --config RECIPE --pretrained-from checkpoints`, when RECIPE agrees with "
              "`recipe.json` on the LLaVA-tiny budgets.", "", "| step | what | budget | seconds |", "|---|---|---|---|"]
     for step in ("vision", "llava"):
-        b, info = getattr(cfg, step), done.get(step, {})
-        secs = info.get("train_seconds", info.get("seconds"))
-        lines.append(f"| {step} | {what[step]} | {b.steps} steps × batch {b.batch_size}, lr {b.lr:g} | "
-                     f"{'' if secs is None else f'{secs:.0f}'} |")
+        lines.append(_training_row(step, what[step], getattr(cfg, step), done.get(step, {})))
     return "\n".join(lines + [""] + _probe_lines({k: v for k, v in done.items() if k in ("vision", "llava")})) + "\n"
 
 
@@ -1126,14 +1121,9 @@ def model_card(output: str) -> str:
                "stage1": cfg.stage1, "stage2a": cfg.stage2a, "stage2b": cfg.stage2b}
     what = _step_descriptions(cfg)
     for step in STEPS:
-        b = budgets.get(step)
-        budget = f"{b.steps} steps × batch {b.batch_size}, lr {b.lr:g}" if b is not None else ""
         info = done.get(step, {})
-        secs = info.get("train_seconds", info.get("seconds"))
-        shown = "" if secs is None else f"{secs:.0f}"
-        if "reused_from" in info:
-            shown = f"{shown} (taken from `{info['reused_from']}`)".strip()
-        lines.append(f"| {step} | {what[step]} | {budget} | {shown} |")
+        source = f" (taken from `{info['reused_from']}`)" if "reused_from" in info else ""
+        lines.append(_training_row(step, what[step], budgets.get(step), info, source))
     lines += ["", f"Total {total / 60:.0f} min of step time on a 2-core CPU (some steps ran in two processes at once, "
                   "so the wall-clock time was shorter)" + (f", not counting the steps taken from "
                   f"{', '.join(f'`{r}`' for r in reused)}" if reused else "") + ".", ""]
@@ -1155,6 +1145,16 @@ def model_card(output: str) -> str:
               "the recipe the MLLM-conditioned models move by about ±0.1 IoU on Color and plain edits (training "
               "noise; see docs/training.md)."]
     return "\n".join(lines) + "\n"
+
+
+def _training_row(step: str, what: str, budget: PretrainSettings | StageSettings | None, info: dict,
+                  note: str = "") -> str:
+    """One row of a card's training table: step, what it trains, its budget and its seconds (``info``: its done
+    marker), then ``note``."""
+    shown = "" if budget is None else f"{budget.steps} steps × batch {budget.batch_size}, lr {budget.lr:g}"
+    secs = info.get("train_seconds", info.get("seconds"))
+    seconds = (("" if secs is None else f"{secs:.0f}") + note).strip()
+    return f"| {step} | {what} | {shown} | {seconds} |"
 
 
 def _step_descriptions(cfg: RecipeConfig) -> dict[str, str]:
