@@ -648,32 +648,19 @@ def probe_llava(model, seed: int = 0, scenes: int = 24) -> dict[str, float]:
     """Greedy-reply accuracy of the tiny LLaVA on every knowledge fact (including the facts held out of the edit
     data) and on colour / leftmost-shape questions about fresh scenes: did pretraining teach what the reasoning
     and understanding edits need?"""
-    from ..prompt import chat_conversation
-
-    mllm, tok = model.mllm, model.tokenizer
-    side = model.config.resolution
-    n_patches = model.config.vision.num_patches
-
-    def ask(question: str, scene) -> str:
-        image = _to_tensor([world.render(scene, side)])
-        features = mllm.encode_images(mllm.preprocess_images((image + 1) / 2))
-        prompt = chat_conversation([(question, "")], n_patches)[0][0]
-        ids = tok(prompt, return_tensors="pt")["input_ids"]
-        reply = mllm.generate_reply(ids, features, max_new_tokens=16)[0]
-        return tok.decode([t for t in reply.tolist() if t < model.config.mllm.vocab_size], skip_special_tokens=True)
-
     rng = sample_rng(seed, 0, 0, stream=46)
     facts = [(f"Which shape is {fact}?", kind) for kind, fs in world.KIND_FACTS.items() for fact in fs]
     facts += [(f"What is {fact}?", colour) for colour, fs in world.COLOUR_FACTS.items() for fact in fs]
-    knowledge = sum(answer in ask(q, world.random_scene(rng)) for q, answer in facts) / len(facts)
+    knowledge = sum(answer in _ask_llava(model, q, world.random_scene(rng)) for q, answer in facts) / len(facts)
     colour_hits = colour_n = left_hits = 0
     for _ in range(scenes):
         scene = world.random_scene(rng)
         ordered = sorted(scene.shapes, key=lambda s: s.x)
-        left_hits += f"{ordered[0].colour} {ordered[0].kind}" in ask("Which shape is on the far left?", scene)
+        leftmost = f"{ordered[0].colour} {ordered[0].kind}"
+        left_hits += leftmost in _ask_llava(model, "Which shape is on the far left?", scene)
         unique = [s for s in scene.shapes if sum(t.kind == s.kind for t in scene.shapes) == 1]
         if unique:
             colour_n += 1
-            colour_hits += unique[0].colour in ask(f"What colour is the {unique[0].kind}?", scene)
+            colour_hits += unique[0].colour in _ask_llava(model, f"What colour is the {unique[0].kind}?", scene)
     return {"knowledge_accuracy": knowledge, "facts": len(facts), "leftmost_accuracy": left_hits / scenes,
             "colour_accuracy": colour_hits / max(1, colour_n)}

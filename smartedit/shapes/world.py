@@ -479,8 +479,8 @@ def vqa_chat(rng, scene: Scene) -> list[list[str]]:
     if q == 1:
         return [["Which shape is on the far left?", f"The {shapes[0].colour} {shapes[0].kind}."]]
     s = shapes[int(rng.integers(len(shapes)))]
-    return [[f"What colour is the {s.kind}?", f"The {s.kind} is {s.colour}."]] if \
-        sum(t.kind == s.kind for t in shapes) == 1 else [["Describe the image.", caption(scene).capitalize() + "."]]
+    return [_named_colour(s)] if sum(t.kind == s.kind for t in shapes) == 1 else \
+        [["Describe the image.", caption(scene).capitalize() + "."]]
 
 
 SKILLS = ("left-right", "relative-size", "mirror", "colour-reference", "count", "named-colour")
