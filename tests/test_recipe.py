@@ -376,3 +376,24 @@ def test_a_new_run_can_start_from_the_shipped_parts(recipe_dir, tmp_path, caplog
                  str(other), "--pretrained-from", str(shipped), "--steps", "llava"]) == 0
     assert "reused_from" not in json.loads((other / "done" / "llava.json").read_text())
     assert json.loads((other / "done" / "ip2p.json").read_text())["reused_from"] == str(shipped)
+
+
+def test_stage1_can_align_to_the_instruction_said_plainly(recipe_dir, tmp_path, caplog):
+    """``--set stage1_explicit=true`` on the same pretrained parts: stage 1 reads ``shapes:explicit_instruction``
+    and its alignment probe scores against the plain wording; without the grounded edit prompt it is refused with
+    one message naming both fields."""
+    from helpers import load_script
+
+    main = load_script("train/shapes_recipe.py").main
+    out = tmp_path / "explicit"
+    saved = os.path.join(recipe_dir, "recipe.json")
+    assert main(["--config", saved, "--set", "stage1_explicit=true", "--output", str(out), "--pretrained-from",
+                 recipe_dir, "--steps", "assemble,stage1"]) == 0
+    stage1 = json.loads((out / "configs" / "stage1.json").read_text())
+    assert stage1["data"]["sources"]["cc12m"].startswith("shapes:explicit_instruction:")
+    alignment = json.loads((out / "done" / "stage1.json").read_text())["alignment"]
+    assert set(alignment["per_family"]) == {"simple", "perception", "understanding", "reasoning"}
+    caplog.clear()
+    assert main(["--config", saved, "--set", "stage1_explicit=true", "--set", "stage1_grounded=false",
+                 "--output", str(tmp_path / "bad"), "--steps", "assemble"]) == 2
+    assert "stage1_explicit needs stage1_grounded" in caplog.text and "Traceback" not in caplog.text

@@ -149,3 +149,34 @@ def test_patch_labels_name_the_shape_on_each_patch():
     assert set(kind.flatten().tolist()) == {0, square[0], circle[0]}
     with pytest.raises(ValueError, match="multiple of the patch grid"):
         world.patch_labels(scene, 60, 8)
+
+
+def test_an_instruction_said_plainly_names_the_same_shape_as_a_simple_edit_would():
+    """``Edit.explicit``: Left-Right and Reasoning edits become "<op> the <colour> <kind>", which the simple-edit
+    reader takes back to the very same target; Relative-Size edits name size, colour and kind (its two shapes share
+    a colour) and that names one shape; Mirror, Multiple-Objects, Color, simple and perception edits keep their
+    instruction."""
+    from collections import Counter
+
+    from smartedit.shapes.world import SIZES, edit_for, example_edit
+
+    train_facts, _ = held_out_facts()
+    kept, plain = Counter(), Counter()
+    for i in range(400):
+        edit = edit_for(("simple", "perception", "understanding", "reasoning")[i % 4], sample_rng(2, 0, i, 3),
+                        train_facts)
+        said = edit.explicit
+        key = edit.category or edit.family
+        if said == edit.instruction:
+            kept[key] += 1
+            continue
+        plain[key] += 1
+        words = said.split()
+        if any(w in SIZES for w in words):
+            size, colour, kind = words[words.index("the") + 1:words.index("the") + 4]
+            assert sum((s.size, s.colour, s.kind) == (size, colour, kind) for s in edit.source.shapes) == 1
+        else:
+            assert example_edit(said, edit.source).target == edit.target, (edit.instruction, said)
+    assert plain["6-Reasoning"] == 100 and plain["1-Left-Right"] >= 15 and plain["2-Relative-Size"] >= 15
+    assert set(kept) >= {"simple", "perception", "3-Mirror", "4-Color", "5-Multiple-Objects"}
+    assert not set(plain) & {"simple", "perception", "3-Mirror", "5-Multiple-Objects"}

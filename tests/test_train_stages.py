@@ -241,6 +241,42 @@ def test_stage1_grounded_instructions_align_inside_the_edit_prompt(tmp_path, cli
     assert len(read_jsonl(r.metrics_path)) == 2
 
 
+def test_stage1_explicit_shows_the_instruction_and_aligns_to_it_said_plainly(tmp_path, clip_dir):
+    """``explicit_instruction`` (the recipe's ``stage1_explicit``): the edit prompt is token for token the grounded
+    one (the instruction as a user gives it, with its scene), while the alignment target is the CLIP text of the
+    instruction said plainly; the probe scores against the same plain texts. A caption sample carrying an
+    instruction but no image is refused."""
+    from smartedit.data.collate import SampleCollator
+    from smartedit.data.schema import Sample
+    from smartedit.eval.alignment import alignment_probe
+    from smartedit.shapes.pretrain import edit_batch
+    from smartedit.shapes.world import training_samples
+    from smartedit.train.clip_text import ClipTextTarget
+
+    explicit = list(training_samples("explicit_instruction", 24, seed=0))
+    grounded = list(training_samples("grounded_instruction", 24, seed=0))
+    assert [s.instruction for s in explicit] == [s.caption for s in grounded]
+    changed = [s for s in explicit if s.caption != s.instruction]
+    assert changed and all(" on the " not in s.caption and "shape" not in s.caption.split() for s in changed)
+    model = SmartEditModel.from_config(preset("tiny", **{"bim.enabled": False}), seed=0).eval()
+    collate = SampleCollator(model.config, model.tokenizer)
+    keys = [(0, 0, i) for i in range(24)]
+    a, b = collate(explicit, keys), collate(grounded, keys)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and a["captions"] == [s.caption for s in explicit]
+    with pytest.raises(ValueError, match="needs the source_image"):
+        collate([Sample("x/0", "x", "caption", caption="remove the red circle", instruction="remove it")], keys[:1])
+    src, _, texts = edit_batch("reasoning", 0, 0, 8, 64)
+    plain = edit_batch("reasoning", 0, 0, 8, 64, explicit=True)[2]
+    assert all(t != p for t, p in zip(texts, plain))
+    clip = ClipTextTarget(clip_dir)
+    model.qformer.forward = lambda states: clip(plain)  # a model that says every instruction plainly
+    assert alignment_probe(model, clip, (src + 1) / 2, texts, targets=plain)["mse"] == 0
+    assert alignment_probe(model, clip, (src + 1) / 2, texts)["mse"] > 0
+    r = run("stage1", "random:tiny", tmp_path / "s1", steps=2, **{
+        "align.clip_text": clip_dir, "data.sources": {"cc12m": "shapes:explicit_instruction:8"}})
+    assert len(read_jsonl(r.metrics_path)) == 2
+
+
 def test_alignment_probe_tells_a_copy_from_a_collapse(clip_dir):
     """The probe scores the model's context against the CLIP text of each instruction: a context that IS the CLIP text
     retrieves every instruction with zero error; one collapsed to the mean CLIP text scores the mean-answer error."""
@@ -261,7 +297,7 @@ def test_alignment_probe_tells_a_copy_from_a_collapse(clip_dir):
     collapsed = alignment_probe(model, clip, images, texts)
     assert collapsed["mse"] == pytest.approx(collapsed["mse_of_mean"], rel=1e-5)
     assert collapsed["context_variance"] < 1e-10
-    with pytest.raises(ValueError, match="one instruction each"):
+    with pytest.raises(ValueError, match="one instruction and one target text each"):
         alignment_probe(model, clip, images, texts[:1])
 
 

@@ -63,8 +63,8 @@ class SampleCollator:
                                 answer=int(rng.integers(len(EDIT_ANSWERS))))
         elif sample.task == "chat":
             segments = fmt.chat([tuple(t) for t in sample.conversation])
-        elif sample.source_image is not None:  # caption = an edit instruction, aligned in the edit prompt
-            segments = fmt.edit(sample.caption, template=int(rng.integers(len(EDIT_TEMPLATES))),
+        elif sample.source_image is not None:  # an edit prompt (its instruction, else the caption) aligned to the caption
+            segments = fmt.edit(sample.instruction or sample.caption, template=int(rng.integers(len(EDIT_TEMPLATES))),
                                 answer=int(rng.integers(len(EDIT_ANSWERS))))
         else:  # caption (text only)
             segments = fmt.caption(sample.caption)

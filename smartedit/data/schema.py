@@ -20,7 +20,9 @@ Tasks: ``edit`` (InstructPix2Pix / MagicBrush / UltraEdit pairs), ``perception``
 ``reasoning`` (synthetic reasoning edits, ReasonSeg), ``chat`` (LLaVA-Instruct: LM loss only),
 ``caption`` (stage-1 alignment: text only; with a ``source_image`` the caption is an edit instruction and the
 sample is laid out as an edit prompt with that image, so the ``<img_i>`` states are aligned in the context the
-editor uses them in; ShapesWorld's tiny LLM needs that, see ``smartedit.shapes.world``).
+editor uses them in; ShapesWorld's tiny LLM needs that, see ``smartedit.shapes.world``. With an ``instruction``
+too, the edit prompt shows the instruction and the states are aligned to the caption, e.g. the instruction said
+plainly: "remove the red circle" for "remove the circle on the left").
 """
 
 from __future__ import annotations
@@ -76,8 +78,11 @@ class Sample:
         elif self.task == "chat":
             if not self.conversation:
                 p.append("missing conversation")
-        elif self.task == "caption" and not (self.caption and self.caption.strip()):
-            p.append("missing caption")
+        elif self.task == "caption":
+            if not (self.caption and self.caption.strip()):
+                p.append("missing caption")
+            if self.instruction is not None and self.source_image is None:
+                p.append("a caption sample with an instruction needs the source_image the instruction is about")
         return p
 
     def to_row(self) -> dict:

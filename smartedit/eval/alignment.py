@@ -22,12 +22,18 @@ __all__ = ["alignment_probe"]
 
 
 @torch.no_grad()
-def alignment_probe(model, clip_text, images: torch.Tensor, instructions: list[str]) -> dict[str, float]:
+def alignment_probe(model, clip_text, images: torch.Tensor, instructions: list[str],
+                    targets: list[str] | None = None) -> dict[str, float]:
     """``model``: a :class:`~smartedit.model.SmartEditModel`; ``clip_text``: a callable ``texts → [B, 77, D]`` (e.g.
-    :class:`smartedit.train.clip_text.ClipTextTarget`); ``images`` [B, 3, H, W] in [0, 1], one per instruction."""
-    if images.ndim != 4 or images.shape[0] != len(instructions) or len(instructions) < 2:
-        raise ValueError(f"need at least two images [B,3,H,W] with one instruction each, got images of shape "
-                         f"{tuple(images.shape)} and {len(instructions)} instructions")
+    :class:`smartedit.train.clip_text.ClipTextTarget`); ``images`` [B, 3, H, W] in [0, 1], one per instruction;
+    ``targets``: the texts whose CLIP text each context should match (default: the instructions themselves, e.g.
+    each instruction said plainly when stage 1 aligned to that)."""
+    targets = instructions if targets is None else targets
+    if images.ndim != 4 or images.shape[0] != len(instructions) or len(instructions) < 2 or \
+            len(targets) != len(instructions):
+        raise ValueError(f"need at least two images [B,3,H,W] with one instruction and one target text each, got "
+                         f"images of shape {tuple(images.shape)}, {len(instructions)} instructions and "
+                         f"{len(targets)} target texts")
     was_training = model.training
     model.eval()
     try:
@@ -37,7 +43,7 @@ def alignment_probe(model, clip_text, images: torch.Tensor, instructions: list[s
         context = model.qformer(out.img_hidden).float()  # [B, Q, D]
     finally:
         model.train(was_training)
-    target = clip_text(instructions).float().to(context.device)  # [B, Q, D]
+    target = clip_text(targets).float().to(context.device)  # [B, Q, D]
     if target.shape != context.shape:
         raise ValueError(f"the CLIP text encoder gives {tuple(target.shape)}, the model's context "
                          f"{tuple(context.shape)}: use the encoder the model was aligned to")

@@ -224,10 +224,12 @@ def stage2_family_weights() -> dict[str, float]:
     return {family: w / total for family, w in weights.items()}
 
 
-def edit_batch(family: str, seed: int, step: int, batch_size: int, side: int, stream: int = 40):
+def edit_batch(family: str, seed: int, step: int, batch_size: int, side: int, stream: int = 40,
+               explicit: bool = False):
     """(sources [B,3,H,W], targets [B,3,H,W] in [-1,1], instructions) of fresh ShapesWorld edits of ``family``
     (one of :data:`EDIT_FAMILIES`; ``any``: a family drawn uniformly per sample; ``stage2``: drawn at
-    :func:`stage2_family_weights`), a pure function of the arguments. Reasoning edits use the training facts only."""
+    :func:`stage2_family_weights`), a pure function of the arguments. Reasoning edits use the training facts only.
+    ``explicit``: the same edits' instructions said plainly (:attr:`smartedit.shapes.world.Edit.explicit`)."""
     if family not in (*EDIT_FAMILIES, "any", "stage2"):
         raise ValueError(f"unknown edit family {family!r}; choose one of {', '.join(EDIT_FAMILIES)}, any or stage2")
     train_facts, _ = world.held_out_facts()
@@ -241,7 +243,7 @@ def edit_batch(family: str, seed: int, step: int, batch_size: int, side: int, st
         src, tgt, _ = edit.images(side)
         srcs.append(src)
         tgts.append(tgt)
-        texts.append(edit.instruction)
+        texts.append(edit.explicit if explicit else edit.instruction)
     return _to_tensor(srcs), _to_tensor(tgts), texts
 
 

@@ -155,6 +155,13 @@ class RecipeConfig(RootConfig):
     its scene (``shapes:grounded_instruction``); false: the paper's text-only caption prompt. With the tiny frozen LLM
     the text-only alignment does not carry over to edit prompts (on held-out edit prompts its Q-Former output is
     further from the CLIP text than the mean embedding, top-1 instruction retrieval 3 %, edit-region IoU 0.04)."""
+    stage1_explicit: bool = False
+    """With ``stage1_grounded``: align each edit prompt to the CLIP text of its instruction said plainly
+    (:attr:`smartedit.shapes.world.Edit.explicit`: "remove the circle on the left" → "remove the red circle", "the
+    smaller star" → "the small red star"), the wording IP2P-tiny's UNet already edits by, instead of the instruction
+    itself. Stage 1 then asks the MLLM to work out which shape is meant, from the image, and hand the UNet a
+    condition it grounds; the CLIP-text baseline reads the instruction as given. Mirror, Multiple-Objects, Color
+    and perception edits keep their instruction (already plain, or no plainer wording exists)."""
     stage1_train_llm: bool = True
     """Stage 1 also trains the LLM's decoder layers (``also_train = ["llm"]``; the paper keeps the LLM frozen). The
     tiny LLM, pretrained on a few thousand chats, hardly varies its ``<img_i>`` states with the instruction (0.6 %
@@ -192,7 +199,8 @@ class RecipeConfig(RootConfig):
         p = []
         if not isinstance(self.seed, int):
             p.append(f"{prefix}seed must be an integer, got {self.seed!r}")
-        for name in ("stage1_grounded", "ip2p_from_control", "stage1_train_llm", "llava_skills", "llava_vision"):
+        for name in ("stage1_grounded", "stage1_explicit", "ip2p_from_control", "stage1_train_llm", "llava_skills",
+                     "llava_vision"):
             if not isinstance(getattr(self, name), bool):
                 p.append(f"{prefix}{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("vae", "decoder", "vision", "llava", "control", "ip2p", "ip2p_mix", "stage1", "stage2a",
@@ -203,6 +211,9 @@ class RecipeConfig(RootConfig):
         if not (is_number(self.llava_skill_share) and 0 < self.llava_skill_share < 1):
             p.append(f"{prefix}llava_skill_share must be a number between 0 and 1 (exclusive), got "
                      f"{self.llava_skill_share!r}")
+        if self.stage1_explicit is True and self.stage1_grounded is False:
+            p.append(f"{prefix}stage1_explicit needs stage1_grounded: the plain wording is worked out from the scene "
+                     f"in the edit prompt (set stage1_grounded to true, or stage1_explicit to false)")
         if not isinstance(self.mllm_config, dict):
             p.append(f"{prefix}mllm_config must be a JSON object of dotted model-config keys, got {self.mllm_config!r}")
         elif self.mllm_config:
@@ -365,7 +376,8 @@ def stage_experiment(cfg: RecipeConfig, stage: str, paths: _Paths):
     s: StageSettings = getattr(cfg, stage)
     n = s.samples_per_source
     if stage == "stage1":
-        family = "grounded_instruction" if cfg.stage1_grounded else "instruction"
+        family = ("explicit_instruction" if cfg.stage1_explicit else "grounded_instruction") if cfg.stage1_grounded \
+            else "instruction"
         data = {"data.sources": {"cc12m": f"shapes:{family}:{n}:{cfg.seed}"}, "data.ratios": {"cc12m": 1.0},
                 "align.clip_text": paths.model("ip2p"), "also_train": ["llm"] if cfg.stage1_train_llm else []}
     else:
@@ -395,15 +407,16 @@ def _step_stage(cfg: RecipeConfig, paths: _Paths, stage: str) -> dict:
                            f"resume from the last checkpoint")
     result = {"config": config_path}
     if stage == "stage1":
-        result["alignment"] = stage1_alignment(paths, cfg.seed)
+        result["alignment"] = stage1_alignment(paths, cfg.seed, explicit=cfg.stage1_explicit)
     return result
 
 
-def stage1_alignment(paths: _Paths, seed: int, count: int = 32) -> dict:
+def stage1_alignment(paths: _Paths, seed: int, count: int = 32, explicit: bool = False) -> dict:
     """:func:`smartedit.eval.alignment.alignment_probe` of the stage-1 model on ``count`` fresh edit prompts of every
     family (does its context carry the instruction the way IP2P-tiny's CLIP text does?), and ``per_family``: the
     same probe on ``count`` prompts of each edit family alone, where retrieval must tell apart instructions of one
-    kind (e.g. "the star on the left" from "the star on the right")."""
+    kind (e.g. "the star on the left" from "the star on the right"). ``explicit``: against the CLIP text of each
+    instruction said plainly, the stage-1 target of ``stage1_explicit``."""
     from ..eval.alignment import alignment_probe
     from ..model import SmartEditModel
     from ..train.clip_text import ClipTextTarget
@@ -412,14 +425,17 @@ def stage1_alignment(paths: _Paths, seed: int, count: int = 32) -> dict:
     model = SmartEditModel.from_pretrained(os.path.join(paths.stage["stage1"], "model"))
     target = ClipTextTarget(paths.model("ip2p"))
     src, _, texts = edit_batch("any", seed + 5, 0, count, model.config.resolution, stream=48)
-    probe = alignment_probe(model, target, (src + 1) / 2, texts)
+    plain = edit_batch("any", seed + 5, 0, count, model.config.resolution, stream=48, explicit=True)[2]
+    probe = alignment_probe(model, target, (src + 1) / 2, texts, targets=plain if explicit else None)
     logger.info("stage-1 alignment on edit prompts: MSE %.3f (mean-answer MSE %.3f), context variance %.3f, "
                 "top-1 instruction retrieval %.2f (chance %.2f)", probe["mse"], probe["mse_of_mean"],
                 probe["context_variance"], probe["top1_retrieval"], probe["chance"])
     probe["per_family"] = {}
     for family in EDIT_FAMILIES:
         src, _, texts = edit_batch(family, seed + 5, 1, count, model.config.resolution, stream=48)
-        probe["per_family"][family] = alignment_probe(model, target, (src + 1) / 2, texts)
+        plain = edit_batch(family, seed + 5, 1, count, model.config.resolution, stream=48, explicit=True)[2]
+        probe["per_family"][family] = alignment_probe(model, target, (src + 1) / 2, texts,
+                                                      targets=plain if explicit else None)
     logger.info("stage-1 top-1 retrieval within each family: %s", {f: round(p["top1_retrieval"], 2)
                                                                    for f, p in probe["per_family"].items()})
     return probe
@@ -1177,7 +1193,8 @@ def _step_descriptions(cfg: RecipeConfig) -> dict[str, str]:
             "assemble": "LLaVA-tiny + IP2P-tiny (via smartedit.weights.load_sd) → initial model",
             "stage1": ("Q-Former + new token rows" + (" + the LLM's decoder layers" if cfg.stage1_train_llm else "")
                        + ": LM CE + MSE to IP2P-tiny's text encoder on instructions"
-                       + (" inside the edit prompt with their scene" if cfg.stage1_grounded else "")),
+                       + (" inside the edit prompt with their scene" if cfg.stage1_grounded else "")
+                       + (", said plainly (the shape named by colour and kind)" if cfg.stage1_explicit else "")),
             "stage2a": "MLLM-SD: + LoRA + UNet on the docs/design.md mixture (ShapesWorld family in each slot)",
             "stage2b": "SmartEdit: as 2a + BIM (zero-init heads)",
             "testset": "held-out test set (Reason-Edit layout + targets + 7-Simple)",

@@ -1,6 +1,7 @@
 """The ``shapes:FAMILY:N[:SEED]`` data source: N generated ShapesWorld samples of one family
 (:func:`smartedit.shapes.world.training_samples`; families ``simple``, ``perception``, ``understanding``,
-``reasoning``, ``caption``, ``chat``, ``instruction``, ``grounded_instruction``), sample seed ``SEED`` (default 0).
+``reasoning``, ``caption``, ``chat``, ``instruction``, ``grounded_instruction``, ``explicit_instruction``), sample
+seed ``SEED`` (default 0).
 
 The trainer finds it through the ``smartedit.data_sources`` entry point this package declares (``setup.py``), so
 ``data.sources.NAME = "shapes:simple:32"`` works in any experiment config; see :mod:`smartedit.data.sources`.

@@ -207,6 +207,32 @@ class Edit:
     """What the edited region should show (the ``CLIP:`` phrase of Reason-Edit)."""
     mark_colour: str | None = None
 
+    @property
+    def explicit(self) -> str:
+        """The instruction said plainly, as a simple edit says it: the one shape it changes named by its colour and
+        kind ("make the circle on the left blue" in a scene whose left circle is red → "make the red circle blue",
+        "paint the shape that can roll the colour of grass" → "make the red circle green"), which
+        :func:`example_edit` reads back to the same target; by size, colour and kind where two shapes share colour
+        and kind ("remove the smaller star" → "remove the small red star"). Edits of several shapes, of a shape
+        only its reflection tells apart, and perception edits keep their instruction."""
+        if self.target is None or len(self.changed) != 1:
+            return self.instruction
+        (i,) = self.changed
+        shape = self.source.shapes[i]
+        twins = [s for s in self.source.shapes if (s.kind, s.colour) == (shape.kind, shape.colour)]
+        if len(twins) == 1:
+            name = f"the {shape.colour} {shape.kind}"
+        elif sum(s.size == shape.size for s in twins) == 1:
+            name = f"the {shape.size} {shape.colour} {shape.kind}"
+        else:
+            return self.instruction
+        if len(self.target.shapes) < len(self.source.shapes):
+            return f"remove {name}"
+        new = self.target.shapes[i]
+        if new.kind != shape.kind:
+            return f"replace {name} with a {new.kind}"
+        return f"make {name} {new.colour}"
+
     def images(self, side: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(source uint8 HxWx3, target uint8 HxWx3, edit mask bool HxW)."""
         src = render(self.source, side)
@@ -620,7 +646,9 @@ TRAIN_FAMILIES = {
 
 def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
     """``count`` uniform-schema samples of one ShapesWorld family (``simple``, ``perception``, ``understanding``,
-    ``reasoning``, ``caption``, ``chat``, ``instruction`` — an edit instruction of any family as a stage-1 caption).
+    ``reasoning``, ``caption``, ``chat``, ``instruction`` — an edit instruction of any family as a stage-1 caption;
+    ``grounded_instruction`` — the same with its scene, laid out as an edit prompt; ``explicit_instruction`` — that
+    prompt aligned to the instruction said plainly, :attr:`Edit.explicit`).
     Sample i is generated from ``(seed, 0, i)`` alone; reasoning uses only
     the training facts (see :func:`held_out_facts`)."""
     train_facts, _ = held_out_facts()
@@ -632,14 +660,17 @@ def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
             src, tgt, mask = edit.images(side)
             yield Sample(f"{name}/{i}", name, task, instruction=edit.instruction, source_image=png_bytes(src),
                          target_image=png_bytes(tgt), mask_image=png_bytes((mask * 255).astype(np.uint8)))
-        elif family in ("instruction", "grounded_instruction"):
+        elif family in ("instruction", "grounded_instruction", "explicit_instruction"):
             # stage 1 of ShapesWorld: align to the CLIP text encoder of IP2P-tiny, which reads instructions;
             # grounded: in the edit prompt with the scene (the tiny frozen LLM's <img_i> states aligned on text-only
-            # caption prompts do not carry over to edit prompts: top-1 retrieval of the instruction 3 %)
+            # caption prompts do not carry over to edit prompts: top-1 retrieval of the instruction 3 %);
+            # explicit: the same prompt, aligned to the CLIP text of the instruction said plainly (Edit.explicit)
             edit = edit_for(str(rng.choice(list(TRAIN_FAMILIES))), rng, train_facts)
-            image = png_bytes(edit.images(side)[0]) if family == "grounded_instruction" else None
-            yield Sample(f"shapes_instructions/{i}", "shapes_instructions", "caption", caption=edit.instruction,
-                         source_image=image)
+            image = png_bytes(edit.images(side)[0]) if family != "instruction" else None
+            explicit = family == "explicit_instruction"
+            yield Sample(f"shapes_instructions/{i}", "shapes_instructions", "caption",
+                         caption=edit.explicit if explicit else edit.instruction,
+                         instruction=edit.instruction if explicit else None, source_image=image)
         elif family == "caption":
             scene = random_scene(rng)
             yield Sample(f"shapes_captions/{i}", "shapes_captions", "caption", caption=caption(scene))
