@@ -368,6 +368,11 @@ def test_a_new_run_can_start_from_the_shipped_parts(recipe_dir, tmp_path, caplog
     weights = (shipped / "llava-tiny" / "mllm.safetensors").read_bytes()
     assert (out / "llava" / "mllm.safetensors").read_bytes() == weights
     assert (out / "init" / "model.safetensors").is_file()
+    # and on to the end: the evaluation scores every model but the control, which was not needed
+    assert main(["--config", os.path.join(recipe_dir, "recipe.json"), "--output", str(out)]) == 0
+    assert sorted(os.listdir(out / "eval")) == ["identity", "ip2p", "ip2p_mix", "mllmsd", "smartedit"]
+    ablation = json.loads((out / "ablation.json").read_text())
+    assert "control" not in ablation["models"] and "smartedit" in ablation["models"]
     card = model_card(str(out))
     assert f"(taken from `{shipped}`)" in card and "nan" not in card and "LLaVA-tiny probe" in card
 

@@ -461,6 +461,11 @@ def _step_evaluate(cfg: RecipeConfig, paths: _Paths, models: tuple[str, ...] = M
     out = {}
     for name in models:
         where = os.path.join(paths.eval, name)
+        skipped = _skipped(paths, "stage2a" if name == "mllmsd" else "stage2b" if name == "smartedit" else name)
+        if skipped:  # the control, when IP2P-tiny was taken from a shipped folder
+            logger.info("evaluate: %s not scored (its step was skipped: %s)", name, skipped)
+            out[name] = {"skipped": skipped}
+            continue
         if _fresh(os.path.join(where, "summary.json"), None if name == "identity" else paths.model(name)):
             logger.info("evaluate: %s already scored after its weights were written (%s)", name, where)
             continue
@@ -474,6 +479,15 @@ def _step_evaluate(cfg: RecipeConfig, paths: _Paths, models: tuple[str, ...] = M
             run = evaluate(data, out=where, model=paths.model(name), settings=settings, targets=targets)
         out[name] = {"seconds": round(time.time() - t0, 1), "samples": len(run.results)}
     return out
+
+
+def _skipped(paths: _Paths, step: str) -> str | None:
+    """Why ``step`` was skipped (its done marker's ``skipped``), or None when it ran or has not run yet."""
+    marker = os.path.join(paths.done, f"{step}.json")
+    if step not in STEPS or not os.path.isfile(marker):
+        return None
+    with open(marker, encoding="utf-8") as f:
+        return json.load(f).get("skipped")
 
 
 def _fresh(summary: str, model_dir: str | None) -> bool:
