@@ -375,6 +375,8 @@ def test_a_new_run_can_start_from_the_shipped_parts(recipe_dir, tmp_path, caplog
     assert "control" not in ablation["models"] and "smartedit" in ablation["models"]
     card = model_card(str(out))
     assert f"(taken from `{shipped}`)" in card and "nan" not in card and "LLaVA-tiny probe" in card
+    # shipping that run ships its SmartEdit-tiny; the LLaVA-tiny it took keeps the folder and card it came from
+    assert "llava-tiny" not in ship(str(out), str(tmp_path / "again"))
 
     other = tmp_path / "other"
     assert main(["--config", os.path.join(recipe_dir, "recipe.json"), "--set", "llava.steps=3", "--output",

@@ -1025,8 +1025,9 @@ def run_recipe(cfg: RecipeConfig, output: str, steps: tuple[str, ...] | None = N
 
 def ship(output: str, destination: str) -> dict[str, str]:
     """Copy SmartEdit-tiny, IP2P-tiny and (when the run has it) the fair IP2P-tiny (weights, configs, tokenizer) plus
-    the ablation into ``destination``, and LLaVA-tiny (:func:`ship_llava`) when its step is done. A run whose stages
-    have not been trained ships its LLaVA-tiny alone."""
+    the ablation into ``destination``, and LLaVA-tiny (:func:`ship_llava`) when this run trained it (one taken with
+    ``--pretrained-from`` keeps the folder and card it came with). A run whose stages have not been trained ships its
+    LLaVA-tiny alone."""
     paths = _Paths(output)
     shipped = {}
     has_llava = os.path.isfile(os.path.join(paths.llava, "mllm.safetensors"))
@@ -1050,7 +1051,10 @@ def ship(output: str, destination: str) -> dict[str, str]:
     _ship_scores(paths, os.path.join(destination, "smartedit-tiny"))
     with open(os.path.join(destination, "smartedit-tiny", "README.md"), "w", encoding="utf-8") as f:
         f.write(model_card(output))
-    if has_llava:
+    reused = _done(paths).get("llava", {}).get("reused_from")
+    if has_llava and reused:
+        logger.info("ship: LLaVA-tiny was taken from %s, not trained in %s: not shipped again", reused, output)
+    elif has_llava:
         shipped["llava-tiny"] = ship_llava(output, destination)
     return shipped
 
