@@ -106,6 +106,13 @@ def test_ship_copies_both_models_and_the_ablation(recipe_dir, tmp_path):
     assert os.path.isfile(tmp_path / "smartedit-tiny" / "config.json")
     assert os.path.isfile(tmp_path / "smartedit-tiny" / "ablation.json")
     assert os.path.isfile(tmp_path / "ip2p-tiny" / "model_index.json")
+    # the shipped model samples as the recipe evaluated it, for the pipeline, CLI and demo alike
+    from smartedit.pipeline import SmartEditPipeline
+
+    sampling = SmartEditPipeline.from_pretrained(str(tmp_path / "smartedit-tiny")).model.config.sampling
+    e = toy_config().eval
+    assert (sampling.num_inference_steps, sampling.guidance_scale, sampling.image_guidance_scale) == (
+        e.steps, e.text_guidance, e.image_guidance)
     # the shipped folder keeps the per-sample scores, so a re-run on a fresh clone can --compare against it
     for name in ("ip2p", "ip2p_mix", "mllmsd", "smartedit"):
         shipped_samples = json.loads((tmp_path / "smartedit-tiny" / "eval" / name / "samples.json").read_text())

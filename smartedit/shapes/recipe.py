@@ -1044,6 +1044,11 @@ def ship(output: str, destination: str) -> dict[str, str]:
             shutil.rmtree(target)
         shutil.copytree(folder, target)
         shipped[name] = target
+    cfg = RecipeConfig.load(os.path.join(output, RecipeConfig.FILE_NAME))
+    folder = shipped["smartedit-tiny"]  # it samples as it was evaluated, whoever loads it
+    SmartEditConfig.load(folder).replace(**{"sampling.num_inference_steps": cfg.eval.steps,
+                                            "sampling.guidance_scale": cfg.eval.text_guidance,
+                                            "sampling.image_guidance_scale": cfg.eval.image_guidance}).save(folder)
     for extra in ("ablation.json", "ablation.md", "ablation_grid.png", RecipeConfig.FILE_NAME):
         src = os.path.join(output, extra)
         if os.path.isfile(src):
