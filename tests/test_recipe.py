@@ -106,6 +106,12 @@ def test_ship_copies_both_models_and_the_ablation(recipe_dir, tmp_path):
     assert os.path.isfile(tmp_path / "smartedit-tiny" / "config.json")
     assert os.path.isfile(tmp_path / "smartedit-tiny" / "ablation.json")
     assert os.path.isfile(tmp_path / "ip2p-tiny" / "model_index.json")
+    # shipping again replaces the model and keeps the demo examples a user wrote into the folder
+    (tmp_path / "smartedit-tiny" / "examples.json").write_text('[{"instruction": "remove the red circle"}]')
+    (tmp_path / "smartedit-tiny" / "seeds.json").write_text("{}")
+    ship(recipe_dir, str(tmp_path))
+    assert "remove the red circle" in (tmp_path / "smartedit-tiny" / "examples.json").read_text()
+    assert not (tmp_path / "smartedit-tiny" / "seeds.json").exists()
     # the shipped model samples as the recipe evaluated it, for the pipeline, CLI and demo alike
     from smartedit.pipeline import SmartEditPipeline
 

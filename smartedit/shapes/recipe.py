@@ -1023,6 +1023,11 @@ def run_recipe(cfg: RecipeConfig, output: str, steps: tuple[str, ...] | None = N
     return results
 
 
+KEPT_ON_RESHIP = ("examples.json",)
+"""Files of a shipped model folder that shipping a new run into it keeps (the web demo's examples); everything else,
+the seed summary included, is the new run's."""
+
+
 def ship(output: str, destination: str) -> dict[str, str]:
     """Copy SmartEdit-tiny, IP2P-tiny and (when the run has it) the fair IP2P-tiny (weights, configs, tokenizer) plus
     the ablation into ``destination``, and LLaVA-tiny (:func:`ship_llava`) when this run trained it (one taken with
@@ -1040,9 +1045,17 @@ def ship(output: str, destination: str) -> dict[str, str]:
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{folder} does not exist: run the recipe's training steps first")
         target = os.path.join(destination, name)
+        kept = {}
+        for keep in KEPT_ON_RESHIP:  # what the folder's users wrote, not the run
+            if os.path.isfile(os.path.join(target, keep)):
+                with open(os.path.join(target, keep), "rb") as f:
+                    kept[keep] = f.read()
         if os.path.isdir(target):
             shutil.rmtree(target)
         shutil.copytree(folder, target)
+        for keep, data in kept.items():
+            with open(os.path.join(target, keep), "wb") as f:
+                f.write(data)
         shipped[name] = target
     cfg = RecipeConfig.load(os.path.join(output, RecipeConfig.FILE_NAME))
     folder = shipped["smartedit-tiny"]  # it samples as it was evaluated, whoever loads it
