@@ -45,6 +45,9 @@ __all__ = ["shapes_config", "RecipeConfig", "STEPS", "run_recipe", "ship", "comp
 STEPS = ("vae", "decoder", "vision", "llava", "control", "ip2p", "ip2p_mix", "assemble", "stage1", "stage2a", "stage2b",
          "testset", "evaluate", "report")
 MODELS = ("identity", "ip2p", "ip2p_mix", "control", "mllmsd", "smartedit")
+MODEL_STEPS = {"identity": None, "ip2p": "ip2p", "ip2p_mix": "ip2p_mix", "control": "control", "mllmsd": "stage2a",
+               "smartedit": "stage2b"}
+"""The step that trains each evaluated model (the identity needs none)."""
 COMPARED = ("ip2p", "ip2p_mix", "mllmsd", "smartedit")
 """The trained editors whose per-sample scores a re-run is compared with (and that :func:`ship` keeps)."""
 MODEL_NAMES = {"identity": "identity (input copied)", "ip2p": "IP2P-tiny (CLIP text, simple edits)",
@@ -424,18 +427,20 @@ def stage1_alignment(paths: _Paths, seed: int, count: int = 32, explicit: bool =
 
     model = SmartEditModel.from_pretrained(os.path.join(paths.stage["stage1"], "model"))
     target = ClipTextTarget(paths.model("ip2p"))
-    src, _, texts = edit_batch("any", seed + 5, 0, count, model.config.resolution, stream=48)
-    plain = edit_batch("any", seed + 5, 0, count, model.config.resolution, stream=48, explicit=True)[2]
-    probe = alignment_probe(model, target, (src + 1) / 2, texts, targets=plain if explicit else None)
+
+    def probe_on(family: str, step: int) -> dict:
+        src, _, texts = edit_batch(family, seed + 5, step, count, model.config.resolution, stream=48)
+        plain = edit_batch(family, seed + 5, step, count, model.config.resolution, stream=48,
+                           explicit=True)[2] if explicit else None
+        return alignment_probe(model, target, (src + 1) / 2, texts, targets=plain)
+
+    probe = probe_on("any", 0)
     logger.info("stage-1 alignment on edit prompts: MSE %.3f (mean-answer MSE %.3f), context variance %.3f, "
                 "top-1 instruction retrieval %.2f (chance %.2f)", probe["mse"], probe["mse_of_mean"],
                 probe["context_variance"], probe["top1_retrieval"], probe["chance"])
     probe["per_family"] = {}
     for family in EDIT_FAMILIES:
-        src, _, texts = edit_batch(family, seed + 5, 1, count, model.config.resolution, stream=48)
-        plain = edit_batch(family, seed + 5, 1, count, model.config.resolution, stream=48, explicit=True)[2]
-        probe["per_family"][family] = alignment_probe(model, target, (src + 1) / 2, texts,
-                                                      targets=plain if explicit else None)
+        probe["per_family"][family] = probe_on(family, 1)
     logger.info("stage-1 top-1 retrieval within each family: %s", {f: round(p["top1_retrieval"], 2)
                                                                    for f, p in probe["per_family"].items()})
     return probe
@@ -461,7 +466,7 @@ def _step_evaluate(cfg: RecipeConfig, paths: _Paths, models: tuple[str, ...] = M
     out = {}
     for name in models:
         where = os.path.join(paths.eval, name)
-        skipped = _skipped(paths, "stage2a" if name == "mllmsd" else "stage2b" if name == "smartedit" else name)
+        skipped = _skipped(paths, MODEL_STEPS[name])
         if skipped:  # the control, when IP2P-tiny was taken from a shipped folder
             logger.info("evaluate: %s not scored (its step was skipped: %s)", name, skipped)
             out[name] = {"skipped": skipped}
@@ -481,10 +486,10 @@ def _step_evaluate(cfg: RecipeConfig, paths: _Paths, models: tuple[str, ...] = M
     return out
 
 
-def _skipped(paths: _Paths, step: str) -> str | None:
-    """Why ``step`` was skipped (its done marker's ``skipped``), or None when it ran or has not run yet."""
+def _skipped(paths: _Paths, step: str | None) -> str | None:
+    """Why ``step`` was skipped (its done marker's ``skipped``), or None when it ran, has not run yet or is None."""
     marker = os.path.join(paths.done, f"{step}.json")
-    if step not in STEPS or not os.path.isfile(marker):
+    if step is None or not os.path.isfile(marker):
         return None
     with open(marker, encoding="utf-8") as f:
         return json.load(f).get("skipped")
