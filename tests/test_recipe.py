@@ -381,8 +381,14 @@ def test_a_new_run_can_start_from_the_shipped_parts(recipe_dir, tmp_path, caplog
     weights = (shipped / "llava-tiny" / "mllm.safetensors").read_bytes()
     assert (out / "llava" / "mllm.safetensors").read_bytes() == weights
     assert (out / "init" / "model.safetensors").is_file()
-    # and on to the end: the evaluation scores every model but the control, which was not needed
-    assert main(["--config", os.path.join(recipe_dir, "recipe.json"), "--output", str(out)]) == 0
+    # and on to the end with no --config: the run goes on with the config it was started with, even with --force
+    # (which re-runs steps; it used to put the built-in budgets in the run's place)
+    started = (out / "recipe.json").read_text()
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    assert main(["--output", str(out), "--steps", "assemble", "--force"]) == 0
+    assert (out / "recipe.json").read_text() == started and "going on with" in caplog.text
+    assert main(["--output", str(out)]) == 0
     assert sorted(os.listdir(out / "eval")) == ["identity", "ip2p", "ip2p_mix", "mllmsd", "smartedit"]
     ablation = json.loads((out / "ablation.json").read_text())
     assert "control" not in ablation["models"] and "smartedit" in ablation["models"]

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="train/shapes_recipe.py", description=__doc__.splitlines()[0])
     p.add_argument("--output", default="runs/shapes", help="recipe folder (default runs/shapes)")
-    p.add_argument("--config", help="recipe JSON (default: the built-in budgets; see --print-config)")
+    p.add_argument("--config", help="recipe JSON (default: the config --output was started with, else the built-in "
+                                    "budgets; see --print-config)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a budget, e.g. ip2p.steps=3000 or eval.per_category=50; repeatable")
     p.add_argument("--steps", help=f"comma-separated subset of: {', '.join(STEPS)} (default: all, in order)")
@@ -67,7 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = RecipeConfig.load(args.config) if args.config else RecipeConfig()
+        started = os.path.join(args.output, RecipeConfig.FILE_NAME)
+        if args.config:
+            cfg = RecipeConfig.load(args.config)
+        elif os.path.isfile(started) and not args.summarize:  # going on with a run: its own config, not the defaults
+            cfg = RecipeConfig.load(started)
+            logging.getLogger("shapes_recipe").info("going on with %s's recipe config (%s)", args.output, started)
+        else:
+            cfg = RecipeConfig()
         overrides = dict(parse_override(item) for item in args.set)
         cfg = cfg.replace(**overrides) if overrides else cfg.validate()
         if args.print_config:

@@ -218,14 +218,10 @@ class Edit:
         if self.target is None or len(self.changed) != 1:
             return self.instruction
         (i,) = self.changed
-        shape = self.source.shapes[i]
-        twins = [s for s in self.source.shapes if (s.kind, s.colour) == (shape.kind, shape.colour)]
-        if len(twins) == 1:
-            name = f"the {shape.colour} {shape.kind}"
-        elif sum(s.size == shape.size for s in twins) == 1:
-            name = f"the {shape.size} {shape.colour} {shape.kind}"
-        else:
+        shape, words = self.source.shapes[i], plain_words(self.source, i)
+        if words is None:
             return self.instruction
+        name = f"the {words} {shape.kind}"
         if len(self.target.shapes) < len(self.source.shapes):
             return f"remove {name}"
         new = self.target.shapes[i]
@@ -514,13 +510,26 @@ SKILLS = ("left-right", "relative-size", "mirror", "colour-reference", "count", 
 Left-Right / Relative-Size / Mirror / Color reference names, count a kind (Multiple-Objects), and say a named
 shape's colour. The knowledge the reasoning edits need is :func:`knowledge_chat`.
 
-Every answer puts the word that answers right after the words that name the shape ("The left circle second.",
+Every answer puts the word that answers right after the words that name the shape ("The left circle red.",
 "The circle red third.", "The square orange.", "The number of star 1."): at that position the LLM's own token says
 which shape to look up. One token
 further ("The square is orange.") the 4-layer LLaVA-tiny must first learn to carry the kind along, and stays at
 chance between the two shapes of a two-shape scene for 1500 steps; right after the kind it answers 93 % after 1000
 (docs/training.md)."""
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh")
+
+
+def plain_words(scene: Scene, index: int) -> str | None:
+    """The words that name shape ``index`` of ``scene`` before its kind when said plainly: its colour ("red") if no
+    other shape of its kind has it, else its size and colour ("small red") if those tell it apart; None if neither
+    does (:meth:`Edit.explicit`, :func:`skill_chat`)."""
+    shape = scene.shapes[index]
+    twins = [s for s in scene.shapes if (s.kind, s.colour) == (shape.kind, shape.colour)]
+    if len(twins) == 1:
+        return shape.colour
+    if sum(s.size == shape.size for s in twins) == 1:
+        return f"{shape.size} {shape.colour}"
+    return None
 
 
 def _short(reference: str) -> str:
@@ -537,8 +546,14 @@ def _short(reference: str) -> str:
 
 
 def _where(scene: Scene, index: int, reference: str) -> list[str]:
-    """"Where is <reference>?" and where shape ``index`` is: its rank from the left among all shapes, right after
-    the shape's kind ("The left circle second."; see :data:`SKILLS` for why)."""
+    """"Where is <reference>?" and which shape ``index`` is, right after the shape's kind (see :data:`SKILLS` for
+    why): for a reference by side or size, the words the plain wording of an edit (:meth:`Edit.explicit`) names it by
+    beyond its kind ("The left circle red.", "The smaller star small red."), so that the LLM learns to say what an
+    edit's Q-Former target needs; for a reference by colour or by the mirror, which the plain wording keeps, or a
+    shape no colour and size tell apart, its rank from the left among all shapes ("The mirrored circle second.")."""
+    words = plain_words(scene, index)
+    if words is not None and "mirror" not in reference and reference.split()[1] not in COLOURS:
+        return [f"Where is {reference}?", f"The {_short(reference)} {words}."]
     rank = sorted(range(len(scene.shapes)), key=lambda k: scene.shapes[k].x).index(index)
     return [f"Where is {reference}?", f"The {_short(reference)} {ORDINALS[rank]}."]
 
