@@ -180,3 +180,25 @@ def test_an_instruction_said_plainly_names_the_same_shape_as_a_simple_edit_would
     assert plain["6-Reasoning"] == 100 and plain["1-Left-Right"] >= 15 and plain["2-Relative-Size"] >= 15
     assert set(kept) >= {"simple", "perception", "3-Mirror", "4-Color", "5-Multiple-Objects"}
     assert not set(plain) & {"simple", "perception", "3-Mirror", "5-Multiple-Objects"}
+
+
+def test_a_reference_by_colour_names_one_shape():
+    """"the white star" in a Color edit or a colour-reference question names one shape: the second shape of a kind
+    that Left-Right and Color scenes add takes a colour no shape of that kind has (it once took any other colour than
+    the first shape's, and 2 % of Color edits then named two shapes)."""
+    from smartedit.shapes import world
+
+    for i in range(600):
+        category = ("1-Left-Right", "4-Color")[i % 2]
+        edit = world.understanding_edit(sample_rng(4, 0, i, 3), category)
+        (k,) = edit.changed
+        shape = edit.source.shapes[k]
+        assert sum((s.kind, s.colour) == (shape.kind, shape.colour) for s in edit.source.shapes) == 1, edit.instruction
+    rng = np.random.default_rng(9)
+    for _ in range(300):
+        built = world.skill_chat(rng, "colour-reference")
+        if built is None:
+            continue
+        scene, [[question, _]] = built
+        colour, kind = question[len("Where is the "):-1].split()
+        assert sum((s.kind, s.colour) == (kind, colour) for s in scene.shapes) == 1, question

@@ -319,9 +319,11 @@ def perception_edit(rng) -> Edit:
 
 
 def _with_twin(rng, scene: Scene) -> Scene | None:
-    """The scene plus a shape of its first shape's kind and size in another colour (None: no room for it)."""
+    """The scene plus a shape of its first shape's kind and size in a colour no shape of that kind has (None: no room
+    for it), so that "the <colour> <kind>" names one shape."""
     shapes = scene.shapes
-    other = _place(rng, list(shapes), shapes[0].kind, str(rng.choice([c for c in COLOURS if c != shapes[0].colour])),
+    taken = {s.colour for s in shapes if s.kind == shapes[0].kind}
+    other = _place(rng, list(shapes), shapes[0].kind, str(rng.choice([c for c in COLOURS if c not in taken])),
                    shapes[0].size)
     return None if other is None else replace(scene, shapes=shapes + (other,))
 
