@@ -88,7 +88,9 @@ def test_stages_ran_with_the_project_scripts(recipe_dir):
     with open(os.path.join(recipe_dir, "done", "stage1.json")) as f:
         alignment = json.load(f)["alignment"]
     assert set(alignment["per_family"]) == {"simple", "perception", "understanding", "reasoning"}
-    assert all(0 <= p["top1_retrieval"] <= 1 and p["edits"] == 32 for p in alignment["per_family"].values())
+    assert all(0 <= p["top1_retrieval"] <= 1 and p["edits"] == 4 * 32 for p in alignment["per_family"].values())
+    assert list(alignment["per_category"]) == ["1-Left-Right", "2-Relative-Size", "3-Mirror", "4-Color",
+                                               "5-Multiple-Objects"]
 
 
 def test_rerun_skips_done_steps_and_refuses_another_config(recipe_dir):
@@ -406,20 +408,27 @@ def test_a_new_run_can_start_from_the_shipped_parts(recipe_dir, tmp_path, caplog
 
 def test_stage1_can_align_to_the_instruction_said_plainly(recipe_dir, tmp_path, caplog):
     """``--set stage1_explicit=true`` on the same pretrained parts: stage 1 reads ``shapes:explicit_instruction``
-    and its alignment probe scores against the plain wording; without the grounded edit prompt it is refused with
-    one message naming both fields."""
+    and its alignment probe scores against the plain wording; ``stage1_focus`` draws a share of its prompts from one
+    category alone (its own source beside the uniform one). Without the grounded edit prompt, or with a focus on an
+    unknown kind or a share out of range, it is refused with one message naming every bad field."""
     from helpers import load_script
 
     main = load_script("train/shapes_recipe.py").main
     out = tmp_path / "explicit"
     saved = os.path.join(recipe_dir, "recipe.json")
-    assert main(["--config", saved, "--set", "stage1_explicit=true", "--output", str(out), "--pretrained-from",
-                 recipe_dir, "--steps", "assemble,stage1"]) == 0
-    stage1 = json.loads((out / "configs" / "stage1.json").read_text())
-    assert stage1["data"]["sources"]["cc12m"].startswith("shapes:explicit_instruction:")
+    assert main(["--config", saved, "--set", "stage1_explicit=true", "--set", "stage1_focus.1-Left-Right=0.3",
+                 "--output", str(out), "--pretrained-from", recipe_dir, "--steps", "assemble,stage1"]) == 0
+    data = json.loads((out / "configs" / "stage1.json").read_text())["data"]
+    assert data["sources"]["cc12m"].startswith("shapes:explicit_instruction:")
+    assert data["sources"]["left_right"].startswith("shapes:explicit_instruction/1-Left-Right:")
+    assert data["ratios"] == {"cc12m": pytest.approx(0.7), "left_right": 0.3}
     alignment = json.loads((out / "done" / "stage1.json").read_text())["alignment"]
     assert set(alignment["per_family"]) == {"simple", "perception", "understanding", "reasoning"}
+    assert "1-Left-Right" in alignment["per_category"]
     caplog.clear()
     assert main(["--config", saved, "--set", "stage1_explicit=true", "--set", "stage1_grounded=false",
+                 "--set", "stage1_focus.2-Size=0.2", "--set", "stage1_focus.simple=1.5",
                  "--output", str(tmp_path / "bad"), "--steps", "assemble"]) == 2
     assert "stage1_explicit needs stage1_grounded" in caplog.text and "Traceback" not in caplog.text
+    assert "stage1_focus.2-Size: unknown edit kind" in caplog.text
+    assert "stage1_focus.simple must be a share between 0 and 1, got 1.5" in caplog.text

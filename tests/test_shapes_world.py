@@ -202,3 +202,21 @@ def test_a_reference_by_colour_names_one_shape():
         scene, [[question, _]] = built
         colour, kind = question[len("Where is the "):-1].split()
         assert sum((s.kind, s.colour) == (kind, colour) for s in scene.shapes) == 1, question
+
+
+def test_a_stage1_source_can_draw_one_kind_of_edit_alone():
+    """``shapes:explicit_instruction/1-Left-Right:N`` (the recipe's ``stage1_focus``): every prompt is a Left-Right
+    edit with its scene, aligned to the instruction said plainly; ``/reasoning`` draws one edit family; without the
+    suffix the three stage-1 families are unchanged. A kind after another family, or an unknown kind, is refused."""
+    from smartedit.shapes.world import training_samples
+
+    left_right = list(training_samples("explicit_instruction/1-Left-Right", 40, seed=3))
+    assert all(s.source_image is not None and " on the " in s.instruction for s in left_right)
+    assert sum(s.caption != s.instruction for s in left_right) >= 20  # said plainly: "the red circle"
+    reasoning = list(training_samples("grounded_instruction/reasoning", 10, seed=3))
+    assert all(s.instruction is None and s.source_image is not None and "the shape " in s.caption for s in reasoning)
+    uniform = [s.instruction for s in training_samples("explicit_instruction", 40, seed=3)]
+    assert [s.instruction for s in left_right] != uniform and sum(" on the " in t for t in uniform) < 20
+    for bad in ("simple/1-Left-Right", "explicit_instruction/6-Reasoning", "explicit_instruction/left"):
+        with pytest.raises(ValueError, match="take an edit kind after '/'"):
+            list(training_samples(bad, 1))

@@ -227,11 +227,13 @@ def stage2_family_weights() -> dict[str, float]:
 def edit_batch(family: str, seed: int, step: int, batch_size: int, side: int, stream: int = 40,
                explicit: bool = False):
     """(sources [B,3,H,W], targets [B,3,H,W] in [-1,1], instructions) of fresh ShapesWorld edits of ``family``
-    (one of :data:`EDIT_FAMILIES`; ``any``: a family drawn uniformly per sample; ``stage2``: drawn at
-    :func:`stage2_family_weights`), a pure function of the arguments. Reasoning edits use the training facts only.
-    ``explicit``: the same edits' instructions said plainly (:attr:`smartedit.shapes.world.Edit.explicit`)."""
-    if family not in (*EDIT_FAMILIES, "any", "stage2"):
-        raise ValueError(f"unknown edit family {family!r}; choose one of {', '.join(EDIT_FAMILIES)}, any or stage2")
+    (one of :data:`EDIT_FAMILIES` or an understanding category such as ``1-Left-Right``; ``any``: a family drawn
+    uniformly per sample; ``stage2``: drawn at :func:`stage2_family_weights`), a pure function of the arguments.
+    Reasoning edits use the training facts only. ``explicit``: the same edits' instructions said plainly
+    (:attr:`smartedit.shapes.world.Edit.explicit`)."""
+    if family not in (*EDIT_FAMILIES, *world.CATEGORIES[:5], "any", "stage2"):
+        raise ValueError(f"unknown edit family {family!r}; choose one of {', '.join(EDIT_FAMILIES)}, an understanding "
+                         f"category ({', '.join(world.CATEGORIES[:5])}), any or stage2")
     train_facts, _ = world.held_out_facts()
     shares = list(stage2_family_weights().values()) if family == "stage2" else None
     srcs, tgts, texts = [], [], []

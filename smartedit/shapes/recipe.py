@@ -165,6 +165,10 @@ class RecipeConfig(RootConfig):
     itself. Stage 1 then asks the MLLM to work out which shape is meant, from the image, and hand the UNet a
     condition it grounds; the CLIP-text baseline reads the instruction as given. Mirror, Multiple-Objects, Color
     and perception edits keep their instruction (already plain, or no plainer wording exists)."""
+    stage1_focus: dict[str, float] = field(default_factory=dict)
+    """Shares of stage-1 prompts drawn from one kind of edit alone, an edit family or an understanding category (e.g.
+    ``{"1-Left-Right": 0.25, "2-Relative-Size": 0.25}``: half of stage 1 asks which shape a side or size picks out,
+    where the uniform mix gives each category 5 %); the rest draws the family uniformly. Empty in the shipped run."""
     stage1_train_llm: bool = True
     """Stage 1 also trains the LLM's decoder layers (``also_train = ["llm"]``; the paper keeps the LLM frozen). The
     tiny LLM, pretrained on a few thousand chats, hardly varies its ``<img_i>`` states with the instruction (0.6 %
@@ -217,6 +221,7 @@ class RecipeConfig(RootConfig):
         if self.stage1_explicit is True and self.stage1_grounded is False:
             p.append(f"{prefix}stage1_explicit needs stage1_grounded: the plain wording is worked out from the scene "
                      f"in the edit prompt (set stage1_grounded to true, or stage1_explicit to false)")
+        p += self._focus_problems(prefix)
         if not isinstance(self.mllm_config, dict):
             p.append(f"{prefix}mllm_config must be a JSON object of dotted model-config keys, got {self.mllm_config!r}")
         elif self.mllm_config:
@@ -224,6 +229,22 @@ class RecipeConfig(RootConfig):
                 shapes_config(**self.mllm_config)
             except ConfigError as exc:
                 p += [f"{prefix}mllm_config: {problem}" for problem in exc.problems]
+        return p
+
+    def _focus_problems(self, prefix: str) -> list[str]:
+        from .pretrain import EDIT_FAMILIES
+        from .world import CATEGORIES
+
+        if not isinstance(self.stage1_focus, dict):
+            return [f"{prefix}stage1_focus must be a JSON object of edit kinds and shares, got {self.stage1_focus!r}"]
+        kinds = (*EDIT_FAMILIES, *CATEGORIES[:5])
+        p = [f"{prefix}stage1_focus.{k}: unknown edit kind; choose from {', '.join(kinds)}"
+             for k in self.stage1_focus if k not in kinds]
+        p += [f"{prefix}stage1_focus.{k} must be a share between 0 and 1, got {v!r}"
+              for k, v in self.stage1_focus.items() if not (is_number(v) and 0 <= v < 1)]
+        if not p and sum(self.stage1_focus.values()) >= 1:
+            p.append(f"{prefix}stage1_focus: the shares add up to {sum(self.stage1_focus.values()):g}; keep them below 1 "
+                     f"(the rest of stage 1 draws every family)")
         return p
 
     def model_config(self, **overrides: Any) -> SmartEditConfig:
@@ -381,7 +402,11 @@ def stage_experiment(cfg: RecipeConfig, stage: str, paths: _Paths):
     if stage == "stage1":
         family = ("explicit_instruction" if cfg.stage1_explicit else "grounded_instruction") if cfg.stage1_grounded \
             else "instruction"
-        data = {"data.sources": {"cc12m": f"shapes:{family}:{n}:{cfg.seed}"}, "data.ratios": {"cc12m": 1.0},
+        sources, ratios = {"cc12m": f"shapes:{family}:{n}:{cfg.seed}"}, {"cc12m": 1.0 - sum(cfg.stage1_focus.values())}
+        for k, (kind, share) in enumerate(cfg.stage1_focus.items(), start=1):  # its own sample stream per kind
+            name = kind.split("-", 1)[-1].lower().replace("-", "_")
+            sources[name], ratios[name] = f"shapes:{family}/{kind}:{n}:{cfg.seed + 10 * k}", share
+        data = {"data.sources": sources, "data.ratios": ratios,
                 "align.clip_text": paths.model("ip2p"), "also_train": ["llm"] if cfg.stage1_train_llm else []}
     else:
         sources = {}
@@ -414,16 +439,18 @@ def _step_stage(cfg: RecipeConfig, paths: _Paths, stage: str) -> dict:
     return result
 
 
-def stage1_alignment(paths: _Paths, seed: int, count: int = 32, explicit: bool = False) -> dict:
+def stage1_alignment(paths: _Paths, seed: int, count: int = 32, explicit: bool = False, rounds: int = 4) -> dict:
     """:func:`smartedit.eval.alignment.alignment_probe` of the stage-1 model on ``count`` fresh edit prompts of every
-    family (does its context carry the instruction the way IP2P-tiny's CLIP text does?), and ``per_family``: the
-    same probe on ``count`` prompts of each edit family alone, where retrieval must tell apart instructions of one
-    kind (e.g. "the star on the left" from "the star on the right"). ``explicit``: against the CLIP text of each
-    instruction said plainly, the stage-1 target of ``stage1_explicit``."""
+    family (does its context carry the instruction the way IP2P-tiny's CLIP text does?), and ``per_family`` /
+    ``per_category``: the same probe on prompts of each edit family / understanding category alone, where retrieval
+    must tell apart instructions of one kind (e.g. "the star on the left" from "the star on the right"), averaged over
+    ``rounds`` sets of ``count`` (one set's retrieval varies by about ±0.1 from set to set).
+    ``explicit``: against the CLIP text of each instruction said plainly, the stage-1 target of ``stage1_explicit``."""
     from ..eval.alignment import alignment_probe
     from ..model import SmartEditModel
     from ..train.clip_text import ClipTextTarget
     from .pretrain import EDIT_FAMILIES, edit_batch
+    from .world import CATEGORIES
 
     model = SmartEditModel.from_pretrained(os.path.join(paths.stage["stage1"], "model"))
     target = ClipTextTarget(paths.model("ip2p"))
@@ -438,11 +465,17 @@ def stage1_alignment(paths: _Paths, seed: int, count: int = 32, explicit: bool =
     logger.info("stage-1 alignment on edit prompts: MSE %.3f (mean-answer MSE %.3f), context variance %.3f, "
                 "top-1 instruction retrieval %.2f (chance %.2f)", probe["mse"], probe["mse_of_mean"],
                 probe["context_variance"], probe["top1_retrieval"], probe["chance"])
-    probe["per_family"] = {}
-    for family in EDIT_FAMILIES:
-        probe["per_family"][family] = probe_on(family, 1)
+    def pooled(family: str) -> dict:  # retrieval among `count` prompts, averaged over `rounds` sets of them
+        runs = [probe_on(family, 1 + r) for r in range(rounds)]
+        out = {key: sum(run[key] for run in runs) / rounds for key in runs[0]}
+        return {**out, "edits": count * rounds}
+
+    probe["per_family"] = {family: pooled(family) for family in EDIT_FAMILIES}
     logger.info("stage-1 top-1 retrieval within each family: %s", {f: round(p["top1_retrieval"], 2)
                                                                    for f, p in probe["per_family"].items()})
+    probe["per_category"] = {category: pooled(category) for category in CATEGORIES[:5]}
+    logger.info("stage-1 top-1 retrieval within each understanding category: %s",
+                {c: round(p["top1_retrieval"], 2) for c, p in probe["per_category"].items()})
     return probe
 
 
@@ -1268,5 +1301,7 @@ def _probe_lines(done: dict[str, dict]) -> list[str]:
                    f"{a['mse']:.3f} (the mean answer: {a['mse_of_mean']:.3f}), top-1 instruction retrieval "
                    f"{a['top1_retrieval']:.2f} (chance {a['chance']:.2f})" + ("; within one family: " + ", ".join(
                        f"{family} {p['top1_retrieval']:.2f}" for family, p in a["per_family"].items())
-                       if a.get("per_family") else "") + ".")
+                       if a.get("per_family") else "") + ("; within one understanding category: " + ", ".join(
+                           f"{c.split('-', 1)[1]} {p['top1_retrieval']:.2f}" for c, p in a["per_category"].items())
+                           if a.get("per_category") else "") + ".")
     return out

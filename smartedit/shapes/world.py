@@ -639,8 +639,11 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 
 def edit_for(family: str, rng, facts: dict[str, list[str]]) -> Edit:
-    """One edit of ``family`` (``simple``, ``perception``, ``understanding`` or ``reasoning``) drawn from ``rng``;
-    reasoning edits use ``facts`` (see :func:`held_out_facts`)."""
+    """One edit of ``family`` (``simple``, ``perception``, ``understanding`` or ``reasoning``, or one understanding
+    category alone such as ``1-Left-Right``) drawn from ``rng``; reasoning edits use ``facts`` (see
+    :func:`held_out_facts`)."""
+    if family in CATEGORIES[:5]:
+        return understanding_edit(rng, family)
     if family == "simple":
         return simple_edit(rng)
     if family == "perception":
@@ -665,10 +668,17 @@ def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
     """``count`` uniform-schema samples of one ShapesWorld family (``simple``, ``perception``, ``understanding``,
     ``reasoning``, ``caption``, ``chat``, ``instruction`` — an edit instruction of any family as a stage-1 caption;
     ``grounded_instruction`` — the same with its scene, laid out as an edit prompt; ``explicit_instruction`` — that
-    prompt aligned to the instruction said plainly, :attr:`Edit.explicit`).
+    prompt aligned to the instruction said plainly, :attr:`Edit.explicit`). The three stage-1 families draw the edit
+    family uniformly; ``FAMILY/KIND`` (e.g. ``explicit_instruction/1-Left-Right``) draws edits of one kind alone, an
+    edit family or an understanding category (:func:`edit_for`).
     Sample i is generated from ``(seed, 0, i)`` alone; reasoning uses only
     the training facts (see :func:`held_out_facts`)."""
     train_facts, _ = held_out_facts()
+    family, _, only = family.partition("/")
+    stage1 = ("instruction", "grounded_instruction", "explicit_instruction")
+    if only and (family not in stage1 or only not in (*TRAIN_FAMILIES, *CATEGORIES[:5])):
+        raise ValueError(f"ShapesWorld family {family}/{only}: only {', '.join(stage1)} take an edit kind after '/', "
+                         f"one of {', '.join((*TRAIN_FAMILIES, *CATEGORIES[:5]))}")
     for i in range(count):
         rng = sample_rng(seed, 0, i, stream=10)
         if family in TRAIN_FAMILIES:
@@ -682,7 +692,7 @@ def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
             # grounded: in the edit prompt with the scene (the tiny frozen LLM's <img_i> states aligned on text-only
             # caption prompts do not carry over to edit prompts: top-1 retrieval of the instruction 3 %);
             # explicit: the same prompt, aligned to the CLIP text of the instruction said plainly (Edit.explicit)
-            edit = edit_for(str(rng.choice(list(TRAIN_FAMILIES))), rng, train_facts)
+            edit = edit_for(only or str(rng.choice(list(TRAIN_FAMILIES))), rng, train_facts)
             image = png_bytes(edit.images(side)[0]) if family != "instruction" else None
             explicit = family == "explicit_instruction"
             yield Sample(f"shapes_instructions/{i}", "shapes_instructions", "caption",
