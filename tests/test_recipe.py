@@ -67,6 +67,15 @@ def test_every_step_done_and_the_ablation_covers_every_model(recipe_dir):
     assert identity["edit_iou"]["mean"] == 0.0 and identity["psnr_bg"]["mean"] == 100.0
     assert os.path.isfile(os.path.join(recipe_dir, "ablation_grid.png"))
     assert "IP2P-tiny" in open(os.path.join(recipe_dir, "ablation.md")).read()
+    # the ceiling row: the fair IP2P-tiny told each instruction plainly, on the same samples
+    told = {}
+    for name in ("ip2p_mix", "plainly"):
+        with open(os.path.join(recipe_dir, "eval", name, "samples.json")) as f:
+            told[name] = {s["id"]: s["meta"]["instruction"] for s in json.load(f)["samples"]}
+    assert told["plainly"].keys() == told["ip2p_mix"].keys()
+    said = [(told["ip2p_mix"][i], t) for i, t in told["plainly"].items() if i.startswith("6-Reasoning")]
+    assert said and all(a != b and "shape" not in b.split() for a, b in said)
+    assert "told plainly" in open(os.path.join(recipe_dir, "ablation.md")).read()
 
 
 def test_stages_ran_with_the_project_scripts(recipe_dir):
@@ -391,7 +400,7 @@ def test_a_new_run_can_start_from_the_shipped_parts(recipe_dir, tmp_path, caplog
     assert main(["--output", str(out), "--steps", "assemble", "--force"]) == 0
     assert (out / "recipe.json").read_text() == started and "going on with" in caplog.text
     assert main(["--output", str(out)]) == 0
-    assert sorted(os.listdir(out / "eval")) == ["identity", "ip2p", "ip2p_mix", "mllmsd", "smartedit"]
+    assert sorted(os.listdir(out / "eval")) == ["identity", "ip2p", "ip2p_mix", "mllmsd", "plainly", "smartedit"]
     ablation = json.loads((out / "ablation.json").read_text())
     assert "control" not in ablation["models"] and "smartedit" in ablation["models"]
     card = model_card(str(out))

@@ -111,6 +111,16 @@ def test_recipe_writes_training_shards_and_a_scorable_testset(tmp_path, capsys):
     assert len(samples) == 14 and not problems and all(s.problem is None for s in samples)
     assert sum(s.category == "7-Simple" for s in samples) == 2
     assert (tmp_path / "test" / "targets" / "3-Mirror" / "001.png").exists()
+    # the same samples told plainly: the same images, each instruction said plainly where a plainer wording exists
+    plain, problems = read_reason_edit(str(tmp_path / "test" / "reason_edit_plain"))
+    assert not problems and [s.id for s in plain] == [s.id for s in samples]
+    for given, told in zip(samples, plain):
+        assert given.input_path.read_bytes() == told.input_path.read_bytes()
+        if given.category in ("1-Left-Right", "6-Reasoning"):
+            assert told.instruction != given.instruction and " on the " not in told.instruction
+            assert "shape" not in told.instruction.split(), told.instruction
+        elif given.category in ("3-Mirror", "4-Color", "5-Multiple-Objects", "7-Simple"):
+            assert told.instruction == given.instruction
 
 
 def test_the_shipped_example_is_the_example_scene_with_exact_edits():

@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", help=f"comma-separated subset of: {', '.join(STEPS)} (default: all, in order)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
     p.add_argument("--eval-models", metavar="A,B",
-                   help="score only these models in the evaluate step (identity, ip2p, control, mllmsd, smartedit), "
-                        "e.g. the baselines in a second process while stage 2 trains; the step is not marked done")
+                   help="score only these models in the evaluate step (identity, ip2p, ip2p_mix, control, mllmsd, "
+                        "smartedit, plainly: the fair IP2P-tiny told each instruction plainly), e.g. the baselines in a second process while stage 2 trains; the step is not marked done")
     p.add_argument("--pretrained-from", metavar="RUN",
                    help="take the pretraining steps (VAE, ViT, LLaVA, control, both IP2P-tiny) that RUN finished "
                         "instead of training them, each one whose budgets agree with this config (the others train "

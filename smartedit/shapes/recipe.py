@@ -12,8 +12,9 @@ Steps (each resumable; a finished step leaves ``OUTPUT/done/<step>.json`` and is
    scripts (:func:`smartedit.train.cli.run_stage`, DeepSpeed ZeRO-2, ``--resume latest``) on the docs/design.md mixture
    with ShapesWorld families in each dataset's slot;
 6. ``testset`` — the held-out Reason-Edit-layout test set with exact targets (+ ``7-Simple`` plain edits);
-7. ``evaluate`` — every model (identity, IP2P-tiny, regression control, MLLM-SD-tiny, SmartEdit-tiny) through
-   ``smartedit.eval.reason_edit.evaluate`` with the same seeds / steps / guidance;
+7. ``evaluate`` — every model (identity, both IP2P-tiny, regression control, MLLM-SD-tiny, SmartEdit-tiny, and the
+   fair IP2P-tiny told each instruction plainly) through ``smartedit.eval.reason_edit.evaluate`` with the same
+   seeds / steps / guidance;
 8. ``report`` — ``ablation.json`` + ``ablation.md`` + ``ablation_grid.png``.
 
 ``python train/shapes_recipe.py --output runs/shapes`` runs everything; ``--steps vae,llava`` runs a subset (two
@@ -44,16 +45,20 @@ __all__ = ["shapes_config", "RecipeConfig", "STEPS", "run_recipe", "ship", "comp
 
 STEPS = ("vae", "decoder", "vision", "llava", "control", "ip2p", "ip2p_mix", "assemble", "stage1", "stage2a", "stage2b",
          "testset", "evaluate", "report")
-MODELS = ("identity", "ip2p", "ip2p_mix", "control", "mllmsd", "smartedit")
+MODELS = ("identity", "ip2p", "ip2p_mix", "control", "mllmsd", "smartedit", "plainly")
 MODEL_STEPS = {"identity": None, "ip2p": "ip2p", "ip2p_mix": "ip2p_mix", "control": "control", "mllmsd": "stage2a",
-               "smartedit": "stage2b"}
+               "smartedit": "stage2b", "plainly": "ip2p_mix"}
 """The step that trains each evaluated model (the identity needs none)."""
 COMPARED = ("ip2p", "ip2p_mix", "mllmsd", "smartedit")
 """The trained editors whose per-sample scores a re-run is compared with (and that :func:`ship` keeps)."""
 MODEL_NAMES = {"identity": "identity (input copied)", "ip2p": "IP2P-tiny (CLIP text, simple edits)",
                "ip2p_mix": "IP2P-tiny fair (CLIP text, stage-2 edits)",
                "control": "regression control (IP2P-tiny net, one step)", "mllmsd": "MLLM-SD-tiny (no BIM, stage 2a)",
-               "smartedit": "SmartEdit-tiny (stage 2b)"}
+               "smartedit": "SmartEdit-tiny (stage 2b)",
+               "plainly": "IP2P-tiny fair told plainly (the ceiling: each instruction said plainly)"}
+"""``plainly`` is the fair IP2P-tiny given each test instruction said plainly ("remove the red circle" for "remove
+the circle on the left", ``testset/reason_edit_plain``): what the editor does when told which shape is meant, the
+most an MLLM that hands it that wording can reach."""
 
 
 def shapes_config(**overrides) -> SmartEditConfig:
@@ -274,7 +279,8 @@ class _Paths:
         return {"ip2p": os.path.join(self.ip2p, "pipeline"), "ip2p_mix": os.path.join(self.ip2p_mix, "pipeline"),
                 "control": os.path.join(self.control, "pipeline"),
                 "mllmsd": os.path.join(self.stage["stage2a"], "model"),
-                "smartedit": os.path.join(self.stage["stage2b"], "model")}[name]
+                "smartedit": os.path.join(self.stage["stage2b"], "model"),
+                "plainly": os.path.join(self.ip2p_mix, "pipeline")}[name]
 
 
 def _settings(base: PretrainSettings, seed: int) -> PretrainSettings:
@@ -513,6 +519,11 @@ def _step_evaluate(cfg: RecipeConfig, paths: _Paths, models: tuple[str, ...] = M
         elif name in ("ip2p", "ip2p_mix", "control"):
             editor_cls = RegressionEditor if name == "control" else IP2PEditor
             run = evaluate(data, out=where, editor=editor_cls(paths.model(name), settings), targets=targets)
+        elif name == "plainly":
+            plain = os.path.join(paths.testset, "reason_edit_plain")
+            if not os.path.isdir(plain):  # a test set written before the plain instructions were
+                _step_testset(cfg, paths)
+            run = evaluate(plain, out=where, editor=IP2PEditor(paths.model(name), settings), targets=targets)
         else:
             run = evaluate(data, out=where, model=paths.model(name), settings=settings, targets=targets)
         out[name] = {"seconds": round(time.time() - t0, 1), "samples": len(run.results)}

@@ -715,7 +715,10 @@ def write_reason_edit_testset(out_dir: str, per_category: int = 20, seed: int = 
     """A held-out test set in the Reason-Edit layout (``out_dir/reason_edit/<category>/NNN.png``,
     ``NNN_mask.jpg``, ``instructions.txt``) plus exact targets (``out_dir/targets/<category>/NNN.png``), scored by
     ``eval/reason_edit.py`` unchanged. Test scenes come from a different seed stream than training, and reasoning
-    instructions use the held-out facts only. ``simple`` > 0 adds a ``7-Simple`` folder of plain edits."""
+    instructions use the held-out facts only. ``simple`` > 0 adds a ``7-Simple`` folder of plain edits.
+    ``out_dir/reason_edit_plain/`` holds the same samples with each instruction said plainly (:attr:`Edit.explicit`,
+    "remove the circle on the left" → "remove the red circle"): what an editor scores when it is told which shape
+    is meant, the ceiling of an MLLM that hands the editor that wording."""
     import os
 
     _, test_facts = held_out_facts()
@@ -724,10 +727,11 @@ def write_reason_edit_testset(out_dir: str, per_category: int = 20, seed: int = 
     for category in folders:
         n = simple if category == "7-Simple" else per_category
         inputs = os.path.join(out_dir, "reason_edit", category)
+        plain_inputs = os.path.join(out_dir, "reason_edit_plain", category)
         targets = os.path.join(out_dir, "targets", category)
-        os.makedirs(inputs, exist_ok=True)
-        os.makedirs(targets, exist_ok=True)
-        lines = []
+        for folder in (inputs, plain_inputs, targets):
+            os.makedirs(folder, exist_ok=True)
+        lines, plain = [], []
         for i in range(n):
             rng = sample_rng(seed, 1, i, stream=20 + folders.index(category))
             if category == "6-Reasoning":
@@ -738,11 +742,15 @@ def write_reason_edit_testset(out_dir: str, per_category: int = 20, seed: int = 
                 edit = understanding_edit(rng, category)
             src, tgt, mask = edit.images(side)
             stem = f"{i:03d}"
-            Image.fromarray(src).save(os.path.join(inputs, f"{stem}.png"))
-            Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(inputs, f"{stem}_mask.jpg"), quality=100)
+            for folder in (inputs, plain_inputs):
+                Image.fromarray(src).save(os.path.join(folder, f"{stem}.png"))
+                Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(folder, f"{stem}_mask.jpg"),
+                                                                    quality=100)
             Image.fromarray(tgt).save(os.path.join(targets, f"{stem}.png"))
             lines.append(f"{edit.instruction} CLIP: {edit.phrase}")
-        with open(os.path.join(inputs, "instructions.txt"), "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+            plain.append(f"{edit.explicit} CLIP: {edit.phrase}")
+        for folder, text in ((inputs, lines), (plain_inputs, plain)):
+            with open(os.path.join(folder, "instructions.txt"), "w", encoding="utf-8") as f:
+                f.write("\n".join(text) + "\n")
         counts[category] = n
     return counts
