@@ -131,7 +131,7 @@ def test_ship_copies_both_models_and_the_ablation(recipe_dir, tmp_path):
     assert (sampling.num_inference_steps, sampling.guidance_scale, sampling.image_guidance_scale) == (
         e.steps, e.text_guidance, e.image_guidance)
     # the shipped folder keeps the per-sample scores, so a re-run on a fresh clone can --compare against it
-    for name in ("ip2p", "ip2p_mix", "mllmsd", "smartedit"):
+    for name in ("ip2p", "ip2p_mix", "mllmsd", "smartedit", "plainly"):  # and the ceiling
         shipped_samples = json.loads((tmp_path / "smartedit-tiny" / "eval" / name / "samples.json").read_text())
         assert set(shipped_samples["samples"][0]["metrics"]) <= {"edit_iou", "psnr_fg_target", "psnr_bg"}
     result = compare_runs(recipe_dir, str(tmp_path / "smartedit-tiny"))

@@ -169,7 +169,8 @@ class RecipeConfig(RootConfig):
     smaller star" → "the small red star"), the wording IP2P-tiny's UNet already edits by, instead of the instruction
     itself. Stage 1 then asks the MLLM to work out which shape is meant, from the image, and hand the UNet a
     condition it grounds; the CLIP-text baseline reads the instruction as given. Mirror, Multiple-Objects, Color
-    and perception edits keep their instruction (already plain, or no plainer wording exists)."""
+    and perception edits keep their instruction (already plain, or no plainer wording exists). Off by default; on in
+    the shipped run, with ``stage1.steps`` 6000."""
     stage1_focus: dict[str, float] = field(default_factory=dict)
     """Shares of stage-1 prompts drawn from one kind of edit alone, an edit family or an understanding category (e.g.
     ``{"1-Left-Right": 0.25, "2-Relative-Size": 0.25}``: half of stage 1 asks which shape a side or size picks out,
@@ -183,7 +184,7 @@ class RecipeConfig(RootConfig):
     llava_skills: bool = False
     """LLaVA-tiny also learns a question of every understanding skill (where is the shape an instruction names, how
     many of a kind, a named shape's colour: :data:`smartedit.shapes.world.SKILLS`); its probe then reports each
-    skill on held-out scenes. Off in the shipped run."""
+    skill on held-out scenes. Off by default; on in the shipped run (``checkpoints/smartedit-tiny/recipe.json``)."""
     llava_skill_share: float = 0.45
     """With ``llava_skills``: the share of LLaVA-tiny's chat samples that are skill questions (the rest: descriptions,
     VQA and knowledge Q&A in the ratio 4 : 2 : 5). One skill needs tens of thousands of questions before the LLM binds
@@ -196,12 +197,12 @@ class RecipeConfig(RootConfig):
     from the left, :func:`smartedit.shapes.pretrain.pretrain_vision`, ShapesWorld's stand-in for CLIP's
     pretraining) and keep it frozen in the ``llava`` step, as LLaVA keeps CLIP. Trained only through the chat loss,
     the tower tells a patch's colour (99 %) but hardly its shape kind (26 % after 600 steps of direct supervision of
-    the default 64-wide, 3-layer tower; 59 % after 8000). Off in the shipped run."""
+    the default 64-wide, 3-layer tower; 59 % after 8000). Off by default; on in the shipped run."""
     mllm_config: dict[str, Any] = field(default_factory=dict)
     """Dotted overrides of :func:`shapes_config` for LLaVA-tiny and what follows its widths, applied wherever the
     recipe builds the SmartEdit model (``vision``, ``llava``, ``assemble``), e.g. ``{"vision.hidden_size": 128,
     "vision.intermediate_size": 512, "vision.num_hidden_layers": 4, "bim.hidden_size": 128,
-    "mllm.num_hidden_layers": 4}``. Empty in the shipped run."""
+    "mllm.num_hidden_layers": 4}`` (the shipped run's). Empty by default."""
     ip2p_from_control: bool = True
     """Start IP2P-tiny's text encoder and UNet from the regression control (which learns the grounding, which
     words pick which pixels, far faster: every sample is an edit to infer, not a denoising step that the noisy
@@ -1170,10 +1171,10 @@ def llava_card(output: str) -> str:
 SHIPPED_METRICS = ("edit_iou", "psnr_fg_target", "psnr_bg")
 
 
-def _ship_scores(paths: _Paths, folder: str, models: tuple[str, ...] = COMPARED) -> None:
-    """Per-sample held-out scores of the compared models, in the run layout (``folder/eval/<model>/samples.json``,
-    trimmed to id, category, instruction, seed and :data:`SHIPPED_METRICS`), so that a re-run on a fresh clone can
-    ``--compare`` against the shipped folder itself (``runs/`` is not in git)."""
+def _ship_scores(paths: _Paths, folder: str, models: tuple[str, ...] = (*COMPARED, "plainly")) -> None:
+    """Per-sample held-out scores of the compared models and the ceiling, in the run layout
+    (``folder/eval/<model>/samples.json``, trimmed to id, category, instruction, seed and :data:`SHIPPED_METRICS`),
+    so that a re-run on a fresh clone can ``--compare`` against the shipped folder itself (``runs/`` is not in git)."""
     for name in models:
         src = os.path.join(paths.eval, name, "samples.json")
         if not os.path.isfile(src):
