@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoints (its VAE and both IP2P-tiny)")
     p.add_argument("--force", action="store_true", help="re-run steps already done")
     p.add_argument("--ship", metavar="DIR", help="after the steps, copy SmartEdit-tiny, both IP2P-tiny and LLaVA-tiny "
-                   "into DIR (a run without stages: its LLaVA-tiny alone)")
+                   "into DIR (a run without stages: its LLaVA-tiny alone). The steps still to do run first: ship a "
+                   "run as it stands with a finished step, e.g. --steps report (or --steps llava)")
     p.add_argument("--compare", metavar="RUN", help="after the steps, compare --output's scores with RUN's on the same "
                    "held-out samples; RUN is a recipe output folder or a shipped one (checkpoints/smartedit-tiny "
                    "keeps its per-sample scores). Writes reproduction.json / .md into --output; exit status 1 if "
