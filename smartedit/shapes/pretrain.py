@@ -231,9 +231,9 @@ def edit_batch(family: str, seed: int, step: int, batch_size: int, side: int, st
     uniformly per sample; ``stage2``: drawn at :func:`stage2_family_weights`), a pure function of the arguments.
     Reasoning edits use the training facts only. ``explicit``: the same edits' instructions said plainly
     (:attr:`smartedit.shapes.world.Edit.explicit`)."""
-    if family not in (*EDIT_FAMILIES, *world.CATEGORIES[:5], "any", "stage2"):
+    if family not in (*world.EDIT_KINDS, "any", "stage2"):
         raise ValueError(f"unknown edit family {family!r}; choose one of {', '.join(EDIT_FAMILIES)}, an understanding "
-                         f"category ({', '.join(world.CATEGORIES[:5])}), any or stage2")
+                         f"category ({', '.join(world.UNDERSTANDING)}), any or stage2")
     train_facts, _ = world.held_out_facts()
     shares = list(stage2_family_weights().values()) if family == "stage2" else None
     srcs, tgts, texts = [], [], []

@@ -238,14 +238,12 @@ class RecipeConfig(RootConfig):
         return p
 
     def _focus_problems(self, prefix: str) -> list[str]:
-        from .pretrain import EDIT_FAMILIES
-        from .world import CATEGORIES
+        from .world import EDIT_KINDS
 
         if not isinstance(self.stage1_focus, dict):
             return [f"{prefix}stage1_focus must be a JSON object of edit kinds and shares, got {self.stage1_focus!r}"]
-        kinds = (*EDIT_FAMILIES, *CATEGORIES[:5])
-        p = [f"{prefix}stage1_focus.{k}: unknown edit kind; choose from {', '.join(kinds)}"
-             for k in self.stage1_focus if k not in kinds]
+        p = [f"{prefix}stage1_focus.{k}: unknown edit kind; choose from {', '.join(EDIT_KINDS)}"
+             for k in self.stage1_focus if k not in EDIT_KINDS]
         p += [f"{prefix}stage1_focus.{k} must be a share between 0 and 1, got {v!r}"
               for k, v in self.stage1_focus.items() if not (is_number(v) and 0 <= v < 1)]
         if not p and sum(self.stage1_focus.values()) >= 1:
@@ -457,7 +455,7 @@ def stage1_alignment(paths: _Paths, seed: int, count: int = 32, explicit: bool =
     from ..model import SmartEditModel
     from ..train.clip_text import ClipTextTarget
     from .pretrain import EDIT_FAMILIES, edit_batch
-    from .world import CATEGORIES
+    from .world import UNDERSTANDING
 
     model = SmartEditModel.from_pretrained(os.path.join(paths.stage["stage1"], "model"))
     target = ClipTextTarget(paths.model("ip2p"))
@@ -480,7 +478,7 @@ def stage1_alignment(paths: _Paths, seed: int, count: int = 32, explicit: bool =
     probe["per_family"] = {family: pooled(family) for family in EDIT_FAMILIES}
     logger.info("stage-1 top-1 retrieval within each family: %s", {f: round(p["top1_retrieval"], 2)
                                                                    for f, p in probe["per_family"].items()})
-    probe["per_category"] = {category: pooled(category) for category in CATEGORIES[:5]}
+    probe["per_category"] = {category: pooled(category) for category in UNDERSTANDING}
     logger.info("stage-1 top-1 retrieval within each understanding category: %s",
                 {c: round(p["top1_retrieval"], 2) for c, p in probe["per_category"].items()})
     return probe

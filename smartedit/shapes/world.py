@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 
 from ..data.collate import sample_rng
 from ..data.schema import Sample, encode_png
+from ..eval.reason_edit import CATEGORIES, UNDERSTANDING
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
@@ -54,7 +55,6 @@ COLOUR_FACTS: dict[str, list[str]] = {
     "white": ["the colour of snow", "the colour of milk"],
     "black": ["the colour of coal", "the colour of the night"],
 }
-CATEGORIES = ("1-Left-Right", "2-Relative-Size", "3-Mirror", "4-Color", "5-Multiple-Objects", "6-Reasoning")
 
 
 @dataclass(frozen=True)
@@ -642,7 +642,7 @@ def edit_for(family: str, rng, facts: dict[str, list[str]]) -> Edit:
     """One edit of ``family`` (``simple``, ``perception``, ``understanding`` or ``reasoning``, or one understanding
     category alone such as ``1-Left-Right``) drawn from ``rng``; reasoning edits use ``facts`` (see
     :func:`held_out_facts`)."""
-    if family in CATEGORIES[:5]:
+    if family in UNDERSTANDING:
         return understanding_edit(rng, family)
     if family == "simple":
         return simple_edit(rng)
@@ -651,7 +651,7 @@ def edit_for(family: str, rng, facts: dict[str, list[str]]) -> Edit:
     if family == "reasoning":
         return reasoning_edit(rng, facts)
     if family == "understanding":
-        return understanding_edit(rng, str(rng.choice(CATEGORIES[:5])))
+        return understanding_edit(rng, str(rng.choice(UNDERSTANDING)))
     raise ValueError(f"unknown edit family {family!r}")
 
 
@@ -662,6 +662,8 @@ TRAIN_FAMILIES = {
     "understanding": ("shapes_understanding", "reasoning"),
     "reasoning": ("shapes_reasoning", "reasoning"),
 }
+EDIT_KINDS = (*TRAIN_FAMILIES, *UNDERSTANDING)
+"""What :func:`edit_for` draws: an edit family, or one understanding category alone."""
 
 
 def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
@@ -676,9 +678,9 @@ def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
     train_facts, _ = held_out_facts()
     family, _, only = family.partition("/")
     stage1 = ("instruction", "grounded_instruction", "explicit_instruction")
-    if only and (family not in stage1 or only not in (*TRAIN_FAMILIES, *CATEGORIES[:5])):
+    if only and (family not in stage1 or only not in EDIT_KINDS):
         raise ValueError(f"ShapesWorld family {family}/{only}: only {', '.join(stage1)} take an edit kind after '/', "
-                         f"one of {', '.join((*TRAIN_FAMILIES, *CATEGORIES[:5]))}")
+                         f"one of {', '.join(EDIT_KINDS)}")
     for i in range(count):
         rng = sample_rng(seed, 0, i, stream=10)
         if family in TRAIN_FAMILIES:
@@ -720,6 +722,7 @@ def write_reason_edit_testset(out_dir: str, per_category: int = 20, seed: int = 
     "remove the circle on the left" → "remove the red circle"): what an editor scores when it is told which shape
     is meant, the ceiling of an MLLM that hands the editor that wording."""
     import os
+    import shutil
 
     _, test_facts = held_out_facts()
     counts = {}
@@ -742,10 +745,10 @@ def write_reason_edit_testset(out_dir: str, per_category: int = 20, seed: int = 
                 edit = understanding_edit(rng, category)
             src, tgt, mask = edit.images(side)
             stem = f"{i:03d}"
-            for folder in (inputs, plain_inputs):
-                Image.fromarray(src).save(os.path.join(folder, f"{stem}.png"))
-                Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(folder, f"{stem}_mask.jpg"),
-                                                                    quality=100)
+            Image.fromarray(src).save(os.path.join(inputs, f"{stem}.png"))
+            Image.fromarray((mask * 255).astype(np.uint8)).save(os.path.join(inputs, f"{stem}_mask.jpg"), quality=100)
+            for name in (f"{stem}.png", f"{stem}_mask.jpg"):  # the same files, told plainly beside them
+                shutil.copyfile(os.path.join(inputs, name), os.path.join(plain_inputs, name))
             Image.fromarray(tgt).save(os.path.join(targets, f"{stem}.png"))
             lines.append(f"{edit.instruction} CLIP: {edit.phrase}")
             plain.append(f"{edit.explicit} CLIP: {edit.phrase}")
