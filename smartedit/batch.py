@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from .image_io import ImageInputError, load_image, load_mask, probe_image
+from .prompt import reply_words
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +292,8 @@ def _edit(pipe, chunk: list, edit_kwargs: dict) -> list[dict]:
     out = pipe([item[1] for item in chunk], [r.instruction for r in rows], mask=masks,
                seed=[r.seed for r in rows], **edit_kwargs)
     records = []
-    for row, image in zip(rows, out.images):
+    replies = [reply_words(r) for r in out.replies] if out.replies else [None] * len(rows)
+    for row, image, reply in zip(rows, out.images, replies):
         folder = os.path.dirname(os.path.abspath(row.output))
         os.makedirs(folder, exist_ok=True)
         root, ext = os.path.splitext(row.output)
@@ -302,5 +304,6 @@ def _edit(pipe, chunk: list, edit_kwargs: dict) -> list[dict]:
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-        records.append({"line": row.line, "output": row.output, "seed": row.seed, "instruction": row.instruction})
+        records.append({"line": row.line, "output": row.output, "seed": row.seed, "instruction": row.instruction,
+                        **({"reply": reply} if reply is not None else {})})
     return records

@@ -123,6 +123,7 @@ def check_writable(path: str, what: str = "output") -> None:
 def cmd_edit(args) -> int:
     from .devices import CLIError
     from .image_io import load_image, load_mask
+    from .prompt import reply_words
 
     if args.batch:
         return _cmd_batch(args)
@@ -146,7 +147,8 @@ def cmd_edit(args) -> int:
     sys.stdout.write(json.dumps({"output": args.output, "side_by_side": pair, "seed": out.seeds[0],
                                  "instruction": args.instruction, **settings,
                                  "scheduler": type(pipe.scheduler).__name__, "device": str(pipe._execution_device),
-                                 "dtype": str(pipe.dtype).removeprefix("torch.")}) + "\n")
+                                 "dtype": str(pipe.dtype).removeprefix("torch."),
+                                 **({"reply": reply_words(out.replies[0])} if out.replies else {})}) + "\n")
     return 0
 
 

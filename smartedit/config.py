@@ -256,6 +256,11 @@ class MLLMConfig(ConfigSection):
     pad_token_id: int = 0
     bos_token_id: int = 1
     eos_token_id: int = 2
+    writes_reply: bool = False
+    """The assistant was trained to write its own words before the ``<img_i>`` tokens (e.g. the instruction worked
+    out: "remove the red circle" for "remove the circle on the left"), which those tokens' states read: conditioning
+    then decodes the reply greedily by default (``encode_condition(generate=None)``). False, as the paper: a stock
+    answer is teacher-forced."""
 
     PROJECTORS: ClassVar[tuple[str, ...]] = ("linear", "mlp2x_gelu")
 
@@ -275,6 +280,8 @@ class MLLMConfig(ConfigSection):
                          "num_image_tokens"], p, prefix)
         if self.projector not in self.PROJECTORS:
             p.append(f"{prefix}projector must be one of {list(self.PROJECTORS)}, got {self.projector!r}")
+        if not isinstance(self.writes_reply, bool):
+            p.append(f"{prefix}writes_reply must be true or false, got {self.writes_reply!r}")
         if not p:
             if self.hidden_size % self.num_attention_heads:
                 p.append(f"{prefix}hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "

@@ -266,11 +266,12 @@ class SmartEditModel(nn.Module):
         return (mask * 2 - 1).to(like.dtype)
 
     def encode_condition(self, image: torch.Tensor, instruction: str | list[str], mask: torch.Tensor | None = None,
-                         generate: bool = False, max_new_tokens: int = 64) -> Condition:
+                         generate: bool | None = None, max_new_tokens: int = 64) -> Condition:
         """Condition for editing ``image`` [B,3,H,W] in [0,1] with ``instruction`` (one per image).
 
         ``generate=True`` lets the LLM decode its reply greedily (returned in ``Condition.replies``) instead of
-        teacher-forcing the template answer; the 32 ``<img_i>`` tokens are always appended.
+        teacher-forcing the stock answer; the 32 ``<img_i>`` tokens are always appended. None (the default): generate
+        when the model was trained to write its reply (``config.mllm.writes_reply``).
         """
         instructions = [instruction] if isinstance(instruction, str) else list(instruction)
         if image.ndim != 4 or image.shape[1] != 3:
@@ -283,14 +284,7 @@ class SmartEditModel(nn.Module):
             raise ValueError(f"image height and width must be multiples of {factor}, got {tuple(image.shape[-2:])}")
         latent_size = self.feature_grid(image.shape[-2], image.shape[-1])
         features = self.mllm.encode_images(self.mllm.preprocess_images(image))  # [B, P, Dv]
-        replies = None
-        if generate:
-            states, replies = self._generate_states(instructions, features, max_new_tokens)
-        else:
-            batch = self.tokenize_edit(instructions)
-            out = self.mllm(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                            image_features=features)
-            states = out.img_hidden  # [B, N, H]
+        states, replies = self.condition_states(instructions, features, generate, max_new_tokens)  # [B, N, H]
         context, spatial = self.context_from_states(states, features, latent_size)
         source = image * 2 - 1
         mask_latent = None
@@ -300,10 +294,20 @@ class SmartEditModel(nn.Module):
         return Condition(context=context, spatial=spatial, source_latent=self.condition_latent(source),
                          mask_latent=mask_latent, replies=replies)
 
-    def _generate_states(self, instructions: list[str], features: torch.Tensor, max_new_tokens: int = 64):
+    def condition_states(self, instructions: list[str], features: torch.Tensor, generate: bool | None = None,
+                         max_new_tokens: int = 64) -> tuple[torch.Tensor, list[str] | None]:
+        """The LLM's ``<img_i>`` states [B,N,H] for edit prompts with the image patches ``features`` [B,P,Dv], and
+        the decoded replies when ``generate`` (None: ``config.mllm.writes_reply``), else None."""
+        if generate is None:
+            generate = self.config.mllm.writes_reply
+        device = features.device
+        if not generate:
+            batch = self.tokenize_edit(instructions)
+            out = self.mllm(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                            image_features=features)
+            return out.img_hidden, None
         states, replies = [], []
         num_patches = features.shape[1]
-        device = features.device
         for b, text in enumerate(instructions):
             prompt = (self.chat_format().edit(text)[0][0] if self.config.backbone.mllm != "llava" else
                       edit_conversation(text, num_patches, self.config.mllm.num_image_tokens)[0])
@@ -311,7 +315,7 @@ class SmartEditModel(nn.Module):
             reply_ids = self.mllm.generate_reply(prompt_ids, features[b:b + 1], max_new_tokens=max_new_tokens)
             ids = torch.cat([prompt_ids, reply_ids], dim=1)
             out = self.mllm(ids, image_features=features[b:b + 1])
-            states.append(out.img_hidden)
+            states.append(out.img_hidden)  # [1, N, H]
             replies.append(self.tokenizer.decode(reply_ids[0], skip_special_tokens=False))
         return torch.cat(states, dim=0), replies
 

@@ -447,7 +447,8 @@ class SmartEditPipeline(DiffusionPipeline):
                  output_type: str = "pil", return_dict: bool = True, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",), *,
                  mask=None, seed: int | list[int] | None = None, resolution: int | None = None,
-                 keep_model_size: bool = False, generate_reply: bool = False, instruction: str | list[str] | None = None,
+                 keep_model_size: bool = False, generate_reply: bool | None = None,
+                 instruction: str | list[str] | None = None,
                  text_guidance_scale: float | None = None) -> SmartEditOutput | tuple:
         """Edit ``image`` (one or a list) following ``prompt`` (one per image, or one for all).
 
@@ -463,6 +464,8 @@ class SmartEditPipeline(DiffusionPipeline):
         ``callback_on_step_end(pipe, step, timestep, tensors) -> dict`` after every step, with the tensors named in
         ``callback_on_step_end_tensor_inputs`` (``latents``, ``prompt_embeds``, ``image_latents``); returned
         ``latents`` replace the current ones; ``pipe._interrupt = True`` stops the loop.
+        ``generate_reply``: let the MLLM decode its reply before the ``<img_i>`` tokens (None: when the model was
+        trained to write one, ``config.mllm.writes_reply``).
         ``instruction`` / ``text_guidance_scale``: older names of ``prompt`` / ``guidance_scale``.
         (Over 60 lines with this argument list and its documentation; the body reads in ~45 lines of steps.)
         """
@@ -568,7 +571,7 @@ class SmartEditPipeline(DiffusionPipeline):
         return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arrays]
 
     def encode(self, batch: torch.Tensor, instructions: list[str] | None, mask: torch.Tensor | None = None,
-               generate_reply: bool = False, prompt_embeds: torch.Tensor | None = None) -> Condition:
+               generate_reply: bool | None = None, prompt_embeds: torch.Tensor | None = None) -> Condition:
         """The edit's condition, computed once: MLLM → Q-Former → BIM (or the given ``prompt_embeds``)."""
         model = self.model
         if prompt_embeds is not None:

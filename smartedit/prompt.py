@@ -114,13 +114,23 @@ def add_smartedit_tokens(tokenizer, num_image_tokens: int, base_vocab_size: int 
 
 
 def edit_conversation(instruction: str, num_image_patches: int, num_image_tokens: int,
-                      template: int = 0, answer: int = 0) -> tuple[str, str]:
-    """(prompt up to and including ``ASSISTANT:``, assistant answer ending in the ``<img_i>`` tokens)."""
+                      template: int = 0, answer: int = 0, reply: str | None = None) -> tuple[str, str]:
+    """(prompt up to and including ``ASSISTANT:``, assistant answer ending in the ``<img_i>`` tokens). The answer's
+    words are ``reply`` (e.g. the instruction worked out) when given, else the stock answer ``EDIT_ANSWERS[answer]``."""
     image = IM_START_TOKEN + IMAGE_TOKEN * num_image_patches + IM_END_TOKEN
     user = f"{image} {EDIT_TEMPLATES[template].format(instruction=instruction.strip())}"
     prompt = f"{SYSTEM_PROMPT} USER: {user} ASSISTANT:"
-    reply = f" {EDIT_ANSWERS[answer]} " + "".join(image_token(i) for i in range(num_image_tokens))
-    return prompt, reply
+    return prompt, f" {edit_words(answer, reply)} " + "".join(image_token(i) for i in range(num_image_tokens))
+
+
+def reply_words(decoded: str) -> str:
+    """A decoded edit reply (``Condition.replies``) → its words, without the ``<img_i>`` tokens that end it."""
+    return decoded.split(image_token(0))[0].strip()
+
+
+def edit_words(answer: int = 0, reply: str | None = None) -> str:
+    """What the assistant says before its ``<img_i>`` tokens: ``reply`` when given, else a stock answer."""
+    return EDIT_ANSWERS[answer] if reply is None else reply.strip()
 
 
 def caption_conversation(caption: str, num_image_tokens: int) -> tuple[str, str]:

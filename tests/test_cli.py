@@ -50,6 +50,28 @@ def test_edit_random_tiny_writes_outputs(tmp_path, capsys):
     assert Image.open(result["side_by_side"]).size == (2 * edited.width, edited.height)
 
 
+@pytest.mark.slow
+def test_a_model_that_writes_its_reply_reports_it(tmp_path, capsys):
+    """A model saved with ``mllm.writes_reply`` decodes its reply by default; ``smartedit edit`` reports the words
+    (without the ``<img_i>`` tokens) in its JSON line, and a batch in each row's record."""
+    from smartedit.config import SmartEditConfig, preset
+    from smartedit.model import SmartEditModel
+
+    data = preset("tiny").to_dict()
+    data["mllm"] = {**data["mllm"], "writes_reply": True}
+    SmartEditModel.from_config(SmartEditConfig.from_dict(data), seed=0).save_pretrained(tmp_path / "model")
+    assert main(["edit", "--model", str(tmp_path / "model"), "--image", EXAMPLE, "--instruction",
+                 "remove the circle on the left", "--steps", "2", "--output", str(tmp_path / "o.png")]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert isinstance(result["reply"], str) and "<img_" not in result["reply"]
+    Image.open(EXAMPLE).save(tmp_path / "a.png")
+    (tmp_path / "jobs.jsonl").write_text(json.dumps({"image": "a.png", "instruction": "remove the circle"}) + "\n")
+    assert main(["edit", "--model", str(tmp_path / "model"), "--batch", str(tmp_path / "jobs.jsonl"),
+                 "--output-dir", str(tmp_path / "out"), "--steps", "2"]) == 0
+    done = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["done"]
+    assert isinstance(done[0]["reply"], str) and "<img_" not in done[0]["reply"]
+
+
 def test_edit_errors_are_clear(tmp_path, capsys):
     def error_of(argv):
         assert main(argv) == 2

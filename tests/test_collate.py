@@ -76,3 +76,40 @@ def test_long_chats_are_fitted_not_fatal(tiny_model):
     batch = collate([solo], [(0, 0, 1)])
     assert batch["input_ids"].shape[1] == limit
     assert (batch["input_ids"] == tiny_model.mllm.token_ids.image).sum() == tiny_model.config.vision.num_patches
+
+
+def test_a_sample_reply_is_learned_before_the_image_tokens(tiny_model, tmp_path):
+    """A sample's own ``reply`` replaces the stock answer: its words are learned (LM loss) right before the
+    ``<img_i>`` tokens, it survives a parquet shard, an older shard without the column reads it as null, and a reply
+    where none can be (a chat, image tokens inside it) is refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from smartedit.data.io import ParquetSampleDataset, write_samples
+    from smartedit.data.schema import COLUMNS
+
+    collate = SampleCollator(tiny_model.config, tiny_model.tokenizer)
+    edit = Sample("e1", "shapes", "reasoning", instruction="remove the circle on the left",
+                  source_image=_png((0, 0, 255)), target_image=_png((255, 0, 0)), reply="remove the red circle")
+    batch = collate([edit], [(0, 0, 0)])
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    learned = tiny_model.tokenizer.decode(ids[labels != -100]).strip()
+    assert learned.startswith("remove the red circle <img_0>") and learned.endswith("<img_31></s>")
+    stock = collate([Sample(**{**edit.__dict__, "reply": None})], [(0, 0, 0)])
+    assert "red circle" not in tiny_model.tokenizer.decode(stock["input_ids"][0])
+
+    write_samples([edit], str(tmp_path / "new"), "shard")
+    assert ParquetSampleDataset(str(tmp_path / "new"))[0].reply == "remove the red circle"
+    assert ParquetSampleDataset(str(tmp_path / "new")).column("reply") == ["remove the red circle"]
+    old = {k: v for k, v in edit.to_row().items() if k in COLUMNS}  # a shard written before the reply column
+    (tmp_path / "old").mkdir()
+    pq.write_table(pa.Table.from_pylist([old]), tmp_path / "old" / "shard-00000.parquet")
+    assert ParquetSampleDataset(str(tmp_path / "old"))[0] == Sample(**{**edit.__dict__, "reply": None})
+    assert ParquetSampleDataset(str(tmp_path / "old")).column("reply") == [None]
+
+    chat = Sample("c1", "llava", "chat", conversation=[["q", "a"]], reply="remove it")
+    tokens = Sample(**{**edit.__dict__, "reply": "remove <img_3>"})
+    assert chat.problems() == ["only edit prompts have a reply before their <img_i> tokens (an edit task, or a "
+                               "caption with its source_image)"]
+    with pytest.raises(ValueError, match="reply must not hold image tokens"):
+        collate([tokens], [(0, 0, 0)])

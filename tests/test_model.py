@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import CLIPVisionModel, LlamaForCausalLM
 
-from smartedit.config import preset
+from smartedit.config import ConfigError, preset
 from smartedit.model import SmartEditModel
 from smartedit.prompt import IGNORE_INDEX
 from smartedit.stages import STAGES, configure_stage, optimizer_param_groups, trainable_counts
@@ -201,6 +201,25 @@ def test_generation_returns_reply_and_states(tiny_model):
     cond = tiny_model.encode_condition(torch.rand(1, 3, 64, 64), ["remove the star"], generate=True)
     assert cond.replies is not None and cond.replies[0].endswith("<img_31>")
     assert cond.context.shape == (1, 77, 64)
+
+
+def test_a_model_that_writes_its_reply_decodes_it_by_default(tiny_config, tmp_path):
+    """``mllm.writes_reply``: the condition decodes the reply unless told not to, and the setting is saved with the
+    weights; a model without it teacher-forces the stock answer unless asked to generate."""
+    from smartedit.config import SmartEditConfig
+
+    data = tiny_config.to_dict()
+    data["mllm"] = {**data["mllm"], "writes_reply": True}
+    model = SmartEditModel.from_config(SmartEditConfig.from_dict(data), seed=0).eval()
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        cond = model.encode_condition(image, ["remove the star"], max_new_tokens=4)
+        assert cond.replies is not None and cond.replies[0].endswith("<img_31>")
+        assert model.encode_condition(image, ["remove the star"], generate=False).replies is None
+    model.save_pretrained(tmp_path / "m")
+    assert SmartEditModel.from_pretrained(tmp_path / "m").config.mllm.writes_reply is True
+    with pytest.raises(ConfigError, match="writes_reply must be true or false"):
+        SmartEditConfig.from_dict({**data, "mllm": {**data["mllm"], "writes_reply": "yes"}})
 
 
 def test_lora_injection_keeps_outputs(tiny_model):

@@ -441,3 +441,32 @@ def test_stage1_can_align_to_the_instruction_said_plainly(recipe_dir, tmp_path, 
     assert "stage1_explicit needs stage1_grounded" in caplog.text and "Traceback" not in caplog.text
     assert "stage1_focus.2-Size: unknown edit kind" in caplog.text
     assert "stage1_focus.simple must be a share between 0 and 1, got 1.5" in caplog.text
+
+
+def test_edit_prompts_can_be_answered_with_the_instruction_said_plainly(recipe_dir, tmp_path, caplog):
+    """``--set edit_reply=true``: stage 1's and stage 2's edit prompts are answered with the instruction said
+    plainly before the ``<img_i>`` tokens (``:reply`` sources; chat keeps its own answers), the model is saved to
+    decode its reply at inference, and the stage-1 probe reports how often the reply is that wording. Without the
+    grounded edit prompt it is refused."""
+    from helpers import load_script
+
+    from smartedit.shapes.recipe import _Paths, stage_experiment
+
+    main = load_script("train/shapes_recipe.py").main
+    out = tmp_path / "reply"
+    saved = os.path.join(recipe_dir, "recipe.json")
+    assert main(["--config", saved, "--set", "edit_reply=true", "--set", "stage1_explicit=true", "--output", str(out),
+                 "--pretrained-from", recipe_dir, "--steps", "assemble,stage1"]) == 0
+    assert json.loads((out / "init" / "config.json").read_text())["mllm"]["writes_reply"] is True
+    stage1 = json.loads((out / "configs" / "stage1.json").read_text())["data"]["sources"]
+    assert stage1["cc12m"].startswith("shapes:explicit_instruction:") and stage1["cc12m"].endswith(":reply")
+    alignment = json.loads((out / "done" / "stage1.json").read_text())["alignment"]
+    assert 0 <= alignment["reply_accuracy"] <= 1 and "reply_accuracy" in alignment["per_category"]["1-Left-Right"]
+    config = RecipeConfig.from_dict({**json.loads(open(saved).read()), "edit_reply": True})
+    stage2 = stage_experiment(config, "stage2a", _Paths(str(out))).data.sources
+    assert stage2["llava_instruct"].startswith("shapes:chat:") and not stage2["llava_instruct"].endswith(":reply")
+    assert all(spec.endswith(":reply") for name, spec in stage2.items() if name != "llava_instruct")
+    caplog.clear()
+    assert main(["--config", saved, "--set", "edit_reply=true", "--set", "stage1_grounded=false",
+                 "--output", str(tmp_path / "bad"), "--steps", "assemble"]) == 2
+    assert "edit_reply needs stage1_grounded" in caplog.text and "Traceback" not in caplog.text

@@ -230,3 +230,26 @@ def test_a_stage1_source_can_draw_one_kind_of_edit_alone():
     for bad in ("simple/1-Left-Right", "explicit_instruction/6-Reasoning", "explicit_instruction/left"):
         with pytest.raises(ValueError, match="take an edit kind after '/'"):
             list(training_samples(bad, 1))
+
+
+def test_a_source_can_answer_each_edit_with_its_instruction_said_plainly():
+    """``shapes:FAMILY:N:SEED:reply`` (the recipe's ``edit_reply``): every edit prompt, stage 1's and stage 2's,
+    carries the instruction said plainly as its reply, with the very same samples otherwise; families with no edit
+    prompt with its scene (chat, captions, text-only instructions) and any other suffix are refused."""
+    from smartedit.data.sources import open_source
+    from smartedit.shapes.world import training_samples
+
+    for family in ("understanding", "reasoning", "explicit_instruction/1-Left-Right", "grounded_instruction"):
+        plain = open_source(f"shapes:{family}:12:5")
+        replied = open_source(f"shapes:{family}:12:5:reply")
+        assert [s.reply for s in plain] == [None] * 12
+        assert [{**s.__dict__, "reply": None} for s in replied] == [s.__dict__ for s in plain]
+        assert all(not s.problems() and s.reply for s in replied)
+    left_right = open_source("shapes:explicit_instruction/1-Left-Right:40:3:reply")
+    assert all(s.reply == s.caption for s in left_right)  # stage 1: the words its <img_i> states align to
+    assert sum(s.reply != s.instruction for s in left_right) >= 20  # "remove the red circle", not "... on the left"
+    for family in ("chat", "caption", "instruction"):
+        with pytest.raises(ValueError, match="only edit prompts with their scene write a reply"):
+            list(training_samples(family, 1, reply=True))
+    with pytest.raises(ValueError, match="shapes:FAMILY:N:SEED:reply"):
+        open_source("shapes:simple:2:0:replies")

@@ -37,7 +37,7 @@ def test_a_registered_kind_gets_the_spec_and_base_dir(tmp_path):
 
 
 @pytest.mark.parametrize("spec, error, match", [
-    ("shapes:simple", ValueError, "shapes:FAMILY:N or shapes:FAMILY:N:SEED"),
+    ("shapes:simple", ValueError, "shapes:FAMILY:N, shapes:FAMILY:N:SEED or shapes:FAMILY:N:SEED:reply"),
     ("shapes:simple:2:0:9", ValueError, "shapes:FAMILY:N"),
     ("shapes:nosuchfamily:2", ValueError, "unknown ShapesWorld family"),
     ("python:only_a_module", ValueError, "python:MODULE:FUNCTION"),

@@ -2,7 +2,8 @@
 
 A conversation is a list of (prompt, reply) segments for :func:`smartedit.prompt.tokenize_conversation`: prompts are
 masked from the LM loss, replies (and the tokenizer's end-of-turn token after each) are learned. The edit reply
-always ends in the ``<img_0>`` … ``<img_{N-1}>`` tokens whose hidden states feed the Q-Former.
+always ends in the ``<img_0>`` … ``<img_{N-1}>`` tokens whose hidden states feed the Q-Former; its words are a stock
+answer, or a sample's own ``reply`` (e.g. the instruction worked out).
 
 * :class:`VicunaFormat` (``llava``): the LLaVA-1.1 / Vicuna-v1 prompt of :mod:`smartedit.prompt`, one ``<img>``
   placeholder per vision patch, as the reference.
@@ -12,8 +13,8 @@ always ends in the ``<img_0>`` … ``<img_{N-1}>`` tokens whose hidden states fe
 
 from __future__ import annotations
 
-from ..prompt import (CAPTION_ANSWER, CAPTION_TEMPLATE, EDIT_ANSWERS, EDIT_TEMPLATES, caption_conversation,
-                      chat_conversation, edit_conversation, image_token)
+from ..prompt import (CAPTION_ANSWER, CAPTION_TEMPLATE, EDIT_TEMPLATES, caption_conversation, chat_conversation,
+                      edit_conversation, edit_words, image_token)
 
 __all__ = ["VicunaFormat", "ChatTemplateFormat"]
 
@@ -25,8 +26,9 @@ class VicunaFormat:
         self.num_placeholders = num_placeholders
         self.num_image_tokens = num_image_tokens
 
-    def edit(self, instruction: str, template: int = 0, answer: int = 0) -> list[tuple[str, str]]:
-        return [edit_conversation(instruction, self.num_placeholders, self.num_image_tokens, template, answer)]
+    def edit(self, instruction: str, template: int = 0, answer: int = 0,
+             reply: str | None = None) -> list[tuple[str, str]]:
+        return [edit_conversation(instruction, self.num_placeholders, self.num_image_tokens, template, answer, reply)]
 
     def caption(self, caption: str) -> list[tuple[str, str]]:
         return [caption_conversation(caption, self.num_image_tokens)]
@@ -72,10 +74,11 @@ class ChatTemplateFormat:
     def _image_tokens(self) -> str:
         return "".join(image_token(i) for i in range(self.num_image_tokens))
 
-    def edit(self, instruction: str, template: int = 0, answer: int = 0) -> list[tuple[str, str]]:
+    def edit(self, instruction: str, template: int = 0, answer: int = 0,
+             reply: str | None = None) -> list[tuple[str, str]]:
         user = [{"type": "image"}, {"type": "text",
                                     "text": EDIT_TEMPLATES[template].format(instruction=instruction.strip())}]
-        return self._segments([(user, f"{EDIT_ANSWERS[answer]} {self._image_tokens()}")])
+        return self._segments([(user, f"{edit_words(answer, reply)} {self._image_tokens()}")])
 
     def caption(self, caption: str) -> list[tuple[str, str]]:
         return self._segments([(CAPTION_TEMPLATE.format(caption=caption.strip()),

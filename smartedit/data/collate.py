@@ -60,12 +60,12 @@ class SampleCollator:
         fmt = self.format  # the MLLM family's conversation (Vicuna-v1 for LLaVA)
         if sample.task in EDIT_TASKS:
             segments = fmt.edit(sample.instruction, template=int(rng.integers(len(EDIT_TEMPLATES))),
-                                answer=int(rng.integers(len(EDIT_ANSWERS))))
+                                answer=int(rng.integers(len(EDIT_ANSWERS))), reply=sample.reply)
         elif sample.task == "chat":
             segments = fmt.chat([tuple(t) for t in sample.conversation])
         elif sample.source_image is not None:  # an edit prompt (its instruction, else the caption) aligned to the caption
             segments = fmt.edit(sample.instruction or sample.caption, template=int(rng.integers(len(EDIT_TEMPLATES))),
-                                answer=int(rng.integers(len(EDIT_ANSWERS))))
+                                answer=int(rng.integers(len(EDIT_ANSWERS))), reply=sample.reply)
         else:  # caption (text only)
             segments = fmt.caption(sample.caption)
         limit = cfg.mllm.max_position_embeddings

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .schema import COLUMNS, Sample, arrow_schema
+from .schema import COLUMNS, OPTIONAL_COLUMNS, Sample, arrow_schema
 from .validate import LayoutError
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class ShardWriter:
 
         final = os.path.join(self.out_dir, shard_name(self.prefix, len(self.files)))
         self._tmp = final + ".partial"
-        compression = {c: ("none" if c in IMAGE_COLUMNS else "zstd") for c in COLUMNS}
+        compression = {c: ("none" if c in IMAGE_COLUMNS else "zstd") for c in COLUMNS + OPTIONAL_COLUMNS}
         self._writer = pq.ParquetWriter(self._tmp, arrow_schema(), compression=compression,
                                         use_dictionary=["dataset", "task"], write_statistics=["id", "dataset", "task"])
 
@@ -185,6 +185,7 @@ class ParquetSampleDataset:
             raise LayoutError(f"no *.parquet shards under {paths}: expected the output folder of a data recipe")
         starts, locs = [], []
         total = 0
+        self._columns: list[list[str]] = []  # per shard: the columns it holds (older shards lack the optional ones)
         for f_idx, path in enumerate(self.files):
             try:
                 meta = pq.ParquetFile(path).metadata
@@ -195,6 +196,7 @@ class ParquetSampleDataset:
             if missing:
                 raise LayoutError(f"{path} is not a converted SmartEdit shard: missing column(s) {missing}; "
                                   f"expected the uniform schema {list(COLUMNS)}")
+            self._columns.append(list(COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in names])
             for rg in range(meta.num_row_groups):
                 n = meta.row_group(rg).num_rows
                 if n:
@@ -241,7 +243,7 @@ class ParquetSampleDataset:
             self._cache.move_to_end(k)
             return rows
         f_idx, rg, _ = self._locs[k]
-        rows = self._file(f_idx).read_row_group(rg, columns=list(COLUMNS)).to_pylist()
+        rows = self._file(f_idx).read_row_group(rg, columns=self._columns[f_idx]).to_pylist()
         self._cache[k] = rows
         while len(self._cache) > self.cache_row_groups:
             self._cache.popitem(last=False)
@@ -275,11 +277,14 @@ class ParquetSampleDataset:
         """All values of one column (read column-wise: cheap for text columns)."""
         import pyarrow.parquet as pq
 
-        if name not in COLUMNS:
-            raise KeyError(f"unknown column {name!r}; columns: {list(COLUMNS)}")
+        if name not in COLUMNS + OPTIONAL_COLUMNS:
+            raise KeyError(f"unknown column {name!r}; columns: {list(COLUMNS + OPTIONAL_COLUMNS)}")
         out: list = []
-        for path in self.files:
-            out += pq.read_table(path, columns=[name]).column(name).to_pylist()
+        for path, held in zip(self.files, self._columns):
+            if name in held:
+                out += pq.read_table(path, columns=[name]).column(name).to_pylist()
+            else:
+                out += [None] * pq.ParquetFile(path).metadata.num_rows
         return out
 
     def __repr__(self) -> str:

@@ -15,6 +15,8 @@ PNG/JPEG bytes and decoded on the fly, never re-encoded per epoch.
 |                | ``caption`` = instruction: aligned in the edit prompt with that image)      |
 | ``target_image``| binary or null | encoded target image (edit-like tasks only)                                 |
 | ``mask_image`` | binary or null  | encoded edit/region mask, single channel, 255 = edit region (optional)       |
+| ``reply``      | string or null  | optional column: what the assistant writes before its ``<img_i>`` tokens     |
+|                |                 | (e.g. the instruction worked out); null: one of the stock edit answers       |
 
 Tasks: ``edit`` (InstructPix2Pix / MagicBrush / UltraEdit pairs), ``perception`` (segmentation-as-editing),
 ``reasoning`` (synthetic reasoning edits, ReasonSeg), ``chat`` (LLaVA-Instruct: LM loss only),
@@ -35,6 +37,9 @@ TASKS = ("edit", "perception", "reasoning", "chat", "caption")
 EDIT_TASKS = ("edit", "perception", "reasoning")
 COLUMNS = ("id", "dataset", "task", "instruction", "caption", "conversation", "source_image", "target_image",
            "mask_image")
+"""The columns every shard holds."""
+OPTIONAL_COLUMNS = ("reply",)
+"""Columns written since the schema began; a shard without them reads them as null."""
 
 
 def arrow_schema():
@@ -43,7 +48,7 @@ def arrow_schema():
     return pa.schema([
         ("id", pa.string()), ("dataset", pa.string()), ("task", pa.string()), ("instruction", pa.string()),
         ("caption", pa.string()), ("conversation", pa.string()), ("source_image", pa.binary()),
-        ("target_image", pa.binary()), ("mask_image", pa.binary()),
+        ("target_image", pa.binary()), ("mask_image", pa.binary()), ("reply", pa.string()),
     ])
 
 
@@ -60,6 +65,9 @@ class Sample:
     source_image: bytes | None = None
     target_image: bytes | None = None
     mask_image: bytes | None = None
+    reply: str | None = None
+    """What the assistant writes before its ``<img_i>`` tokens (e.g. "remove the red circle" for "remove the circle
+    on the left"): learned with the LM loss, and the ``<img_i>`` states read it. None: a stock edit answer."""
     extra: dict = field(default_factory=dict, repr=False)
 
     def problems(self) -> list[str]:
@@ -83,17 +91,25 @@ class Sample:
                 p.append("missing caption")
             if self.instruction is not None and self.source_image is None:
                 p.append("a caption sample with an instruction needs the source_image the instruction is about")
+        if self.reply is not None:
+            if not (isinstance(self.reply, str) and self.reply.strip()):
+                p.append("reply must be null or a non-empty string")
+            elif "<img" in self.reply or "<im_" in self.reply:
+                p.append("reply must not hold image tokens (the <img_i> tokens are added after it)")
+            if self.task == "chat" or (self.task == "caption" and self.source_image is None):
+                p.append("only edit prompts have a reply before their <img_i> tokens (an edit task, or a caption "
+                         "with its source_image)")
         return p
 
     def to_row(self) -> dict:
-        row = {k: getattr(self, k) for k in COLUMNS}
+        row = {k: getattr(self, k) for k in COLUMNS + OPTIONAL_COLUMNS}
         row["conversation"] = None if self.conversation is None else json.dumps(self.conversation)
         return row
 
     @classmethod
     def from_row(cls, row: dict) -> "Sample":
         conv = row.get("conversation")
-        return cls(**{k: row.get(k) for k in COLUMNS if k != "conversation"},
+        return cls(**{k: row.get(k) for k in COLUMNS + OPTIONAL_COLUMNS if k != "conversation"},
                    conversation=None if conv is None else json.loads(conv))
 
 

@@ -175,6 +175,12 @@ class RecipeConfig(RootConfig):
     """Shares of stage-1 prompts drawn from one kind of edit alone, an edit family or an understanding category (e.g.
     ``{"1-Left-Right": 0.25, "2-Relative-Size": 0.25}``: half of stage 1 asks which shape a side or size picks out,
     where the uniform mix gives each category 5 %); the rest draws the family uniformly. Empty in the shipped run."""
+    edit_reply: bool = False
+    """With ``stage1_grounded``: every edit prompt of stages 1 and 2 is answered with the instruction said plainly
+    (:attr:`smartedit.shapes.world.Edit.explicit`) before the ``<img_i>`` tokens, learned with the LM loss
+    (``shapes:FAMILY:N:SEED:reply``); the model is saved with ``mllm.writes_reply``, so it decodes that reply at
+    inference and its ``<img_i>`` states read the words it wrote ("remove the circle on the left" → "remove the red
+    circle" → the condition), as a text encoder reads a prompt. Off by default."""
     stage1_train_llm: bool = True
     """Stage 1 also trains the LLM's decoder layers (``also_train = ["llm"]``; the paper keeps the LLM frozen). The
     tiny LLM, pretrained on a few thousand chats, hardly varies its ``<img_i>`` states with the instruction (0.6 %
@@ -212,8 +218,8 @@ class RecipeConfig(RootConfig):
         p = []
         if not isinstance(self.seed, int):
             p.append(f"{prefix}seed must be an integer, got {self.seed!r}")
-        for name in ("stage1_grounded", "stage1_explicit", "ip2p_from_control", "stage1_train_llm", "llava_skills",
-                     "llava_vision"):
+        for name in ("stage1_grounded", "stage1_explicit", "edit_reply", "ip2p_from_control", "stage1_train_llm",
+                     "llava_skills", "llava_vision"):
             if not isinstance(getattr(self, name), bool):
                 p.append(f"{prefix}{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("vae", "decoder", "vision", "llava", "control", "ip2p", "ip2p_mix", "stage1", "stage2a",
@@ -227,6 +233,9 @@ class RecipeConfig(RootConfig):
         if self.stage1_explicit is True and self.stage1_grounded is False:
             p.append(f"{prefix}stage1_explicit needs stage1_grounded: the plain wording is worked out from the scene "
                      f"in the edit prompt (set stage1_grounded to true, or stage1_explicit to false)")
+        if self.edit_reply is True and self.stage1_grounded is False:
+            p.append(f"{prefix}edit_reply needs stage1_grounded: the reply is worked out from the scene in the edit "
+                     f"prompt (set stage1_grounded to true, or edit_reply to false)")
         p += self._focus_problems(prefix)
         if not isinstance(self.mllm_config, dict):
             p.append(f"{prefix}mllm_config must be a JSON object of dotted model-config keys, got {self.mllm_config!r}")
@@ -386,7 +395,8 @@ def _step_assemble(cfg: RecipeConfig, paths: _Paths) -> dict:
         if os.path.isdir(paths.model(name)):
             final.save_pretrained(os.path.join(paths.model(name), "vae"))
     sd = load_sd(paths.model("ip2p"))
-    config = cfg.model_config(**{"vae.scaling_factor": sd.vae_config["scaling_factor"], "bim.enabled": False})
+    config = cfg.model_config(**{"vae.scaling_factor": sd.vae_config["scaling_factor"], "bim.enabled": False,
+                                 "mllm.writes_reply": cfg.edit_reply})
     model = SmartEditModel.from_config(config, seed=cfg.seed)
     model.mllm.load_state_dict(load_file(os.path.join(paths.llava, "mllm.safetensors")), strict=True)
     model.unet.load_state_dict(sd.unet.state_dict(), strict=True)
@@ -401,16 +411,19 @@ def stage_experiment(cfg: RecipeConfig, stage: str, paths: _Paths):
     """The experiment config of one project stage inside the recipe (written next to the run)."""
     from ..data.mixture_config import DEFAULT_STAGE2_RATIOS
     from ..train.presets import TINY_STAGE2_SOURCES, experiment_preset
+    from .world import TRAIN_FAMILIES
 
     s: StageSettings = getattr(cfg, stage)
     n = s.samples_per_source
+    reply = ":reply" if cfg.edit_reply else ""  # edit prompts answered with the instruction said plainly
     if stage == "stage1":
         family = ("explicit_instruction" if cfg.stage1_explicit else "grounded_instruction") if cfg.stage1_grounded \
             else "instruction"
-        sources, ratios = {"cc12m": f"shapes:{family}:{n}:{cfg.seed}"}, {"cc12m": 1.0 - sum(cfg.stage1_focus.values())}
+        sources = {"cc12m": f"shapes:{family}:{n}:{cfg.seed}{reply}"}
+        ratios = {"cc12m": 1.0 - sum(cfg.stage1_focus.values())}
         for k, (kind, share) in enumerate(cfg.stage1_focus.items(), start=1):  # its own sample stream per kind
             name = kind.split("-", 1)[-1].lower().replace("-", "_")
-            sources[name], ratios[name] = f"shapes:{family}/{kind}:{n}:{cfg.seed + 10 * k}", share
+            sources[name], ratios[name] = f"shapes:{family}/{kind}:{n}:{cfg.seed + 10 * k}{reply}", share
         data = {"data.sources": sources, "data.ratios": ratios,
                 "align.clip_text": paths.model("ip2p"), "also_train": ["llm"] if cfg.stage1_train_llm else []}
     else:
@@ -418,7 +431,8 @@ def stage_experiment(cfg: RecipeConfig, stage: str, paths: _Paths):
         for name, spec in TINY_STAGE2_SOURCES.items():  # shapes:FAMILY:N[:SEED] in each dataset's slot
             parts = spec.split(":")
             offset = int(parts[3]) if len(parts) > 3 else 0
-            sources[name] = f"shapes:{parts[1]}:{n}:{cfg.seed + offset}"
+            edits = parts[1] in TRAIN_FAMILIES
+            sources[name] = f"shapes:{parts[1]}:{n}:{cfg.seed + offset}{reply if edits else ''}"
         data = {"data.sources": sources, "data.ratios": dict(DEFAULT_STAGE2_RATIOS)}
     init = paths.init if stage == "stage1" else paths.stage["stage1" if stage == "stage2a" else "stage2a"]
     return experiment_preset("tiny", stage, **{
@@ -441,6 +455,10 @@ def _step_stage(cfg: RecipeConfig, paths: _Paths, stage: str) -> dict:
     result = {"config": config_path}
     if stage == "stage1":
         result["alignment"] = stage1_alignment(paths, cfg.seed, explicit=cfg.stage1_explicit)
+        if "reply_accuracy" in result["alignment"]:
+            logger.info("stage 1 writes the instruction said plainly: %.2f of edit prompts exactly (%s)",
+                        result["alignment"]["reply_accuracy"],
+                        {c: round(p["reply_accuracy"], 2) for c, p in result["alignment"]["per_category"].items()})
     return result
 
 
@@ -450,7 +468,9 @@ def stage1_alignment(paths: _Paths, seed: int, count: int = 32, explicit: bool =
     ``per_category``: the same probe on prompts of each edit family / understanding category alone, where retrieval
     must tell apart instructions of one kind (e.g. "the star on the left" from "the star on the right"), averaged over
     ``rounds`` sets of ``count`` (one set's retrieval varies by about ±0.1 from set to set).
-    ``explicit``: against the CLIP text of each instruction said plainly, the stage-1 target of ``stage1_explicit``."""
+    ``explicit``: against the CLIP text of each instruction said plainly, the stage-1 target of ``stage1_explicit``.
+    A model that writes its reply (``edit_reply``) is probed on the reply it decodes, and ``reply_accuracy`` says how
+    often that is the instruction said plainly."""
     from ..eval.alignment import alignment_probe
     from ..model import SmartEditModel
     from ..train.clip_text import ClipTextTarget
@@ -462,9 +482,9 @@ def stage1_alignment(paths: _Paths, seed: int, count: int = 32, explicit: bool =
 
     def probe_on(family: str, step: int) -> dict:
         src, _, texts = edit_batch(family, seed + 5, step, count, model.config.resolution, stream=48)
-        plain = edit_batch(family, seed + 5, step, count, model.config.resolution, stream=48,
-                           explicit=True)[2] if explicit else None
-        return alignment_probe(model, target, (src + 1) / 2, texts, targets=plain)
+        plain = edit_batch(family, seed + 5, step, count, model.config.resolution, stream=48, explicit=True)[2]
+        return alignment_probe(model, target, (src + 1) / 2, texts, targets=plain if explicit else None,
+                               replies=plain)
 
     probe = probe_on("any", 0)
     logger.info("stage-1 alignment on edit prompts: MSE %.3f (mean-answer MSE %.3f), context variance %.3f, "

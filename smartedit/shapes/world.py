@@ -666,14 +666,16 @@ EDIT_KINDS = (*TRAIN_FAMILIES, *UNDERSTANDING)
 """What :func:`edit_for` draws: an edit family, or one understanding category alone."""
 
 
-def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
+def training_samples(family: str, count: int, seed: int = 0, side: int = 64, reply: bool = False):
     """``count`` uniform-schema samples of one ShapesWorld family (``simple``, ``perception``, ``understanding``,
     ``reasoning``, ``caption``, ``chat``, ``instruction`` — an edit instruction of any family as a stage-1 caption;
     ``grounded_instruction`` — the same with its scene, laid out as an edit prompt; ``explicit_instruction`` — that
     prompt aligned to the instruction said plainly, :attr:`Edit.explicit`). The three stage-1 families draw the edit
     family uniformly; ``FAMILY/KIND`` (e.g. ``explicit_instruction/1-Left-Right``) draws edits of one kind alone, an
     edit family or an understanding category (:func:`edit_for`).
-    Sample i is generated from ``(seed, 0, i)`` alone; reasoning uses only
+    ``reply``: every edit prompt's reply writes the instruction said plainly before the ``<img_i>`` tokens
+    (:attr:`smartedit.data.schema.Sample.reply`), so the MLLM learns to work it out in words the ``<img_i>`` states
+    then read. Sample i is generated from ``(seed, 0, i)`` alone; reasoning uses only
     the training facts (see :func:`held_out_facts`)."""
     train_facts, _ = held_out_facts()
     family, _, only = family.partition("/")
@@ -681,6 +683,9 @@ def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
     if only and (family not in stage1 or only not in EDIT_KINDS):
         raise ValueError(f"ShapesWorld family {family}/{only}: only {', '.join(stage1)} take an edit kind after '/', "
                          f"one of {', '.join(EDIT_KINDS)}")
+    if reply and family not in (*TRAIN_FAMILIES, *stage1[1:]):
+        raise ValueError(f"ShapesWorld family {family}: only edit prompts with their scene write a reply "
+                         f"({', '.join((*TRAIN_FAMILIES, *stage1[1:]))})")
     for i in range(count):
         rng = sample_rng(seed, 0, i, stream=10)
         if family in TRAIN_FAMILIES:
@@ -688,7 +693,8 @@ def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
             edit = edit_for(family, rng, train_facts)
             src, tgt, mask = edit.images(side)
             yield Sample(f"{name}/{i}", name, task, instruction=edit.instruction, source_image=png_bytes(src),
-                         target_image=png_bytes(tgt), mask_image=png_bytes((mask * 255).astype(np.uint8)))
+                         target_image=png_bytes(tgt), mask_image=png_bytes((mask * 255).astype(np.uint8)),
+                         reply=edit.explicit if reply else None)
         elif family in ("instruction", "grounded_instruction", "explicit_instruction"):
             # stage 1 of ShapesWorld: align to the CLIP text encoder of IP2P-tiny, which reads instructions;
             # grounded: in the edit prompt with the scene (the tiny frozen LLM's <img_i> states aligned on text-only
@@ -699,7 +705,8 @@ def training_samples(family: str, count: int, seed: int = 0, side: int = 64):
             explicit = family == "explicit_instruction"
             yield Sample(f"shapes_instructions/{i}", "shapes_instructions", "caption",
                          caption=edit.explicit if explicit else edit.instruction,
-                         instruction=edit.instruction if explicit else None, source_image=image)
+                         instruction=edit.instruction if explicit else None, source_image=image,
+                         reply=edit.explicit if reply else None)
         elif family == "caption":
             scene = random_scene(rng)
             yield Sample(f"shapes_captions/{i}", "shapes_captions", "caption", caption=caption(scene))
