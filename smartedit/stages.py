@@ -22,8 +22,10 @@ import torch.nn as nn
 
 STAGES = ("stage1", "stage2a", "stage2b")
 
-PARTS = ("qformer", "new_token_rows", "lora", "unet", "bim", "llm")
-"""Every trainable part: ``llm`` is the LLM's decoder layers (its embeddings stay under the new-token-row mask)."""
+PARTS = ("qformer", "new_token_rows", "lora", "unet", "bim", "llm", "token_rows")
+"""Every trainable part: ``llm`` is the LLM's decoder layers (its embeddings stay under the new-token-row mask);
+``token_rows`` every row of the embedding and LM-head matrices, the base vocabulary's too (for an LLM taught to
+write words it was never trained to say)."""
 
 _PARTS = {
     "stage1": ("qformer", "new_token_rows"),
@@ -75,6 +77,10 @@ def configure_stage(model, stage: str, also_train: tuple[str, ...] | list[str] =
         model.bim.requires_grad_(True)
     if "llm" in parts:
         model.mllm.llm.model.layers.requires_grad_(True)
+    if "token_rows" in parts:
+        for weight in model.mllm._token_matrices():
+            weight.requires_grad_(True)
+        model.mllm.disable_new_token_grad_mask()
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -100,6 +106,9 @@ def trainable_counts(model, stage: str, also_train: tuple[str, ...] | list[str] 
     if "llm" in parts:
         counts["llm"] = sum(p.numel() for n, p in model.mllm.llm.model.layers.named_parameters()
                             if "lora_" not in n)
+    if "token_rows" in parts:  # the rows not already counted as new token rows
+        counts["token_rows"] = (sum(w.numel() for w in model.mllm._token_matrices())
+                                - counts.get("new_token_rows", 0))
     return counts
 
 

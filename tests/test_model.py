@@ -84,6 +84,30 @@ def test_new_token_rows_train_and_base_rows_do_not(tiny_config, make_batch):
         assert not torch.equal(old[base:], new[base:])
 
 
+def test_also_train_token_rows_trains_the_base_vocabulary_too(tiny_config, make_batch):
+    """``also_train: ["token_rows"]`` (a recipe that teaches the LLM words it never said): every row of both token
+    matrices trains, without weight decay; the next stage's configuration masks the base rows again."""
+    model = SmartEditModel.from_config(tiny_config).train()
+    opt = torch.optim.AdamW(optimizer_param_groups(model, "stage2a", weight_decay=0.1, also_train=["token_rows"]),
+                            lr=1e-2)
+    emb, head = model.mllm._token_matrices()
+    before = [emb.detach().clone(), head.detach().clone()]
+    base = model.config.mllm.vocab_size
+    opt.zero_grad()
+    model(make_batch(model, seed=0))["loss"].backward()
+    opt.step()
+    assert not torch.equal(before[1][:base], head[:base]) and not torch.equal(before[1][base:], head[base:])
+    counts = trainable_counts(model, "stage2a", also_train=["token_rows"])
+    assert counts["token_rows"] + counts["new_token_rows"] == emb.numel() + head.numel()
+    configure_stage(model, "stage2a")
+    opt = torch.optim.AdamW(optimizer_param_groups(model, "stage2a"), lr=1e-2)
+    moved = head.detach().clone()
+    opt.zero_grad()
+    model(make_batch(model, seed=1))["loss"].backward()
+    opt.step()
+    assert torch.equal(moved[:base], head[:base])
+
+
 def test_zero_init_bim_equals_no_bim_model(tiny_config, make_batch):
     with_bim = SmartEditModel.from_config(tiny_config).eval()
     no_bim = SmartEditModel.from_config(preset("tiny", **{"bim.enabled": False})).eval()

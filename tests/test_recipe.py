@@ -458,6 +458,7 @@ def test_edit_prompts_can_be_answered_with_the_instruction_said_plainly(recipe_d
     assert main(["--config", saved, "--set", "edit_reply=true", "--set", "stage1_explicit=true", "--output", str(out),
                  "--pretrained-from", recipe_dir, "--steps", "assemble,stage1"]) == 0
     assert json.loads((out / "init" / "config.json").read_text())["mllm"]["writes_reply"] is True
+    assert json.loads((out / "configs" / "stage1.json").read_text())["also_train"] == ["llm", "token_rows"]
     stage1 = json.loads((out / "configs" / "stage1.json").read_text())["data"]["sources"]
     assert stage1["cc12m"].startswith("shapes:explicit_instruction:") and stage1["cc12m"].endswith(":reply")
     alignment = json.loads((out / "done" / "stage1.json").read_text())["alignment"]
