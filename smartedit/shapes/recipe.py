@@ -486,7 +486,9 @@ def stage1_alignment(paths: _Paths, seed: int, count: int = 32, explicit: bool =
 
     def probe_on(family: str, step: int) -> dict:
         src, _, texts = edit_batch(family, seed + 5, step, count, model.config.resolution, stream=48)
-        plain = edit_batch(family, seed + 5, step, count, model.config.resolution, stream=48, explicit=True)[2]
+        plain = None  # the same edits said plainly: the alignment target, or the reply the model should write
+        if explicit or model.config.mllm.writes_reply:
+            plain = edit_batch(family, seed + 5, step, count, model.config.resolution, stream=48, explicit=True)[2]
         return alignment_probe(model, target, (src + 1) / 2, texts, targets=plain if explicit else None,
                                replies=plain)
 
