@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from .image_io import ImageInputError, load_image, load_mask, probe_image
-from .prompt import reply_words
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +291,7 @@ def _edit(pipe, chunk: list, edit_kwargs: dict) -> list[dict]:
     out = pipe([item[1] for item in chunk], [r.instruction for r in rows], mask=masks,
                seed=[r.seed for r in rows], **edit_kwargs)
     records = []
-    replies = [reply_words(r) for r in out.replies] if out.replies else [None] * len(rows)
+    replies = out.replies or [None] * len(rows)
     for row, image, reply in zip(rows, out.images, replies):
         folder = os.path.dirname(os.path.abspath(row.output))
         os.makedirs(folder, exist_ok=True)

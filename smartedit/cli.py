@@ -123,7 +123,6 @@ def check_writable(path: str, what: str = "output") -> None:
 def cmd_edit(args) -> int:
     from .devices import CLIError
     from .image_io import load_image, load_mask
-    from .prompt import reply_words
 
     if args.batch:
         return _cmd_batch(args)
@@ -148,7 +147,7 @@ def cmd_edit(args) -> int:
                                  "instruction": args.instruction, **settings,
                                  "scheduler": type(pipe.scheduler).__name__, "device": str(pipe._execution_device),
                                  "dtype": str(pipe.dtype).removeprefix("torch."),
-                                 **({"reply": reply_words(out.replies[0])} if out.replies else {})}) + "\n")
+                                 **({"reply": out.replies[0]} if out.replies else {})}) + "\n")
     return 0
 
 

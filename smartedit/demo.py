@@ -162,6 +162,9 @@ def edit(pipe: SmartEditPipeline, state: DemoState, image, instruction: str, *, 
     seconds = time.perf_counter() - start
     turn = len(session.history) - 1
     status = f"Turn {turn}: {settings_text(settings, seed)}, {seconds:.1f} s" + (", region mask" if mask else "")
+    reply = session.history[-1].reply
+    if reply:  # a model that writes what it will do before it edits: show it, as inert text
+        status += "; the model said: `" + " ".join(reply.replace("`", "'").split()) + "`"
     return DemoState(session), result, status, seed
 
 

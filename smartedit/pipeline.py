@@ -32,6 +32,7 @@ from .cfg import combine_guidance, guidance_branches
 from .config import SchedulerConfig
 from .image_io import ImageInputError, load_image, load_mask, to_unit_tensor
 from .model import Condition, SmartEditModel, check_instructions, check_mask_support
+from .prompt import reply_words
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class SmartEditOutput(BaseOutput):
     images: list[Image.Image] | list[np.ndarray] | np.ndarray | torch.Tensor
     seeds: list[int] | None = None
     replies: list[str] | None = None
+    """What the MLLM wrote before its ``<img_i>`` tokens, one per output image (its words, the tokens cut off), for
+    a model that writes a reply; else None."""
 
 
 def inference_scheduler(cfg: SchedulerConfig):
@@ -517,7 +520,8 @@ class SmartEditPipeline(DiffusionPipeline):
                                                                                keep_model_size, output_type)
         if not return_dict:
             return (images_out,)
-        return SmartEditOutput(images=images_out, seeds=seeds, replies=cond.replies)
+        replies = None if cond.replies is None else [reply_words(r) for r in cond.replies]
+        return SmartEditOutput(images=images_out, seeds=seeds, replies=replies)
 
     def _older_names(self, prompt, image, guidance_scale, instruction, text_guidance_scale):
         """``instruction=`` / ``text_guidance_scale=`` and the ``pipe(image, instruction)`` order → diffusers' names."""
@@ -677,12 +681,23 @@ class SmartEditPipeline(DiffusionPipeline):
         return EditSession(self, image, seed=seed, **defaults)
 
 
+def _plain_settings(settings: dict) -> dict:
+    """The settings of a turn that a JSON file can hold (numbers, words, lists of them); callbacks, generators and
+    tensors passed through ``edit`` are left out."""
+    def plain(v):
+        return v is None or isinstance(v, (bool, int, float, str)) or (
+            isinstance(v, (list, tuple)) and all(plain(x) for x in v))
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if plain(v)}
+
+
 @dataclass
 class Turn:
     instruction: str | None
     image: Image.Image
     seed: int | None = None
     settings: dict = field(default_factory=dict)
+    reply: str | None = None
+    """What the MLLM wrote before its ``<img_i>`` tokens, for a model that writes a reply (else None)."""
 
 
 class EditSession:
@@ -704,7 +719,7 @@ class EditSession:
         seed = self.seed + len(self.history) - 1 if seed is None else int(seed)
         kwargs = {**self.defaults, **settings}
         out = self.pipe(prompt=instruction, image=self.current, mask=mask, seed=seed, **kwargs)
-        self.history.append(Turn(instruction, out.images[0], seed, kwargs))
+        self.history.append(Turn(instruction, out.images[0], seed, kwargs, out.replies[0] if out.replies else None))
         return out.images[0]
 
     def undo(self) -> Image.Image:
@@ -721,7 +736,8 @@ class EditSession:
             name = f"turn_{k:02d}.png"
             turn.image.save(os.path.join(directory, name))
             records.append({"turn": k, "instruction": turn.instruction, "seed": turn.seed, "image": name,
-                            "settings": turn.settings})
+                            "settings": _plain_settings(turn.settings),
+                            **({"reply": turn.reply} if turn.reply is not None else {})})
         path = os.path.join(directory, "history.json")
         with open(path, "w", encoding="utf-8") as f:
             json.dump(records, f, indent=2)

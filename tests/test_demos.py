@@ -1,5 +1,6 @@
 """The demo notebooks run top to bottom on the tiny model and ship with their outputs; the web demo's callbacks."""
 
+import json
 import os
 
 import nbclient  # dev extra
@@ -61,7 +62,7 @@ def tiny_pipe():
     return SmartEditPipeline.from_pretrained(TINY)
 
 
-def test_demo_edit_continue_undo(tiny_pipe):
+def test_demo_edit_continue_undo(tiny_pipe, tmp_path):
     from PIL import Image
 
     from smartedit.demo import DemoState, edit, history, undo
@@ -72,6 +73,10 @@ def test_demo_edit_continue_undo(tiny_pipe):
                                       progress=lambda k, n: steps.append((k, n)))
     assert steps == [(k, 20) for k in range(1, 21)]  # per-step progress at the model's own 20 steps
     assert seed == 7 and status.startswith("Turn 1: seed 7, 20 steps, text guidance 1.5, image guidance 1")
+    # the shipped model writes which shape it means before it edits; the page says so
+    assert status.endswith("; the model said: `remove the red circle`"), status
+    saved = json.loads(open(state.session.save(str(tmp_path / "session")), encoding="utf-8").read())
+    assert saved[1]["reply"] == "remove the red circle"
     state, second, status, _ = edit(tiny_pipe, state, None, "remove the blue square", seed=8, continue_result=True)
     assert status.startswith("Turn 2: seed 8")
     assert [caption for _, caption in history(state)] == ["input", "1: remove the red circle (seed 7)",

@@ -1,5 +1,7 @@
 """SmartEditPipeline basics: determinism, sizes, condition computed once."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -115,6 +117,11 @@ def test_multi_turn_session(pipe, tmp_path):
     assert session.undo() is session.history[-1].image and len(session.history) == 3
     path = session.save(str(tmp_path / "session"))
     assert (tmp_path / "session" / "turn_02.png").exists() and "remove the square" in open(path).read()
+    assert session.history[1].reply is None and '"reply"' not in open(path).read()  # this model writes none
+    # a turn given a step callback still saves (the callback is not a setting a file can hold)
+    session.edit("make it blue", callback_on_step_end=lambda pipe, step, t, tensors: {})
+    saved = json.loads(open(session.save(str(tmp_path / "session2")), encoding="utf-8").read())
+    assert saved[-1]["settings"] == {"num_inference_steps": 2}
 
 
 @pytest.mark.parametrize("name", ["DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler"])

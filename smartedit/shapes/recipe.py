@@ -183,7 +183,7 @@ class RecipeConfig(RootConfig):
     circle" → the condition), as a text encoder reads a prompt. Stage 1 then also trains every token row
     (``also_train`` ``token_rows``): LLaVA-tiny never said "remove", "replace" or "with", and with their LM-head
     rows frozen at their initial values stage 1 wrote the plain wording exactly for 28 % of edit prompts. Off by
-    default."""
+    default; on in the shipped run."""
     stage1_train_llm: bool = True
     """Stage 1 also trains the LLM's decoder layers (``also_train = ["llm"]``; the paper keeps the LLM frozen). The
     tiny LLM, pretrained on a few thousand chats, hardly varies its ``<img_i>`` states with the instruction (0.6 %
@@ -1239,6 +1239,10 @@ def model_card(output: str) -> str:
              "Files: `config.json`, `model.safetensors`, `tokenizer/` (load with `SmartEditModel.from_pretrained` or "
              "`smartedit edit --model checkpoints/smartedit-tiny`). The InstructPix2Pix-tiny baseline is in "
              "`../ip2p-tiny` (a diffusers `StableDiffusionInstructPix2PixPipeline` folder).", "",
+             *(["Before its `<img_i>` tokens the LLM writes the instruction said plainly (\"paint the shape with no "
+                "corners the colour of grass\" → \"make the red circle green\"; `mllm.writes_reply` in "
+                "`config.json`), and the condition reads what it wrote: a pipeline's output carries it as "
+                "`.replies`, `smartedit edit` as `\"reply\"` in its JSON line.", ""] if cfg.edit_reply else []),
              "## Training", "",
              "| step | what | budget | seconds |", "|---|---|---|---|"]
     budgets = {"vae": cfg.vae, "decoder": cfg.decoder, "llava": cfg.llava,
@@ -1301,11 +1305,15 @@ def _step_descriptions(cfg: RecipeConfig) -> dict[str, str]:
                         "chat share left out; reasoning facts held out as for SmartEdit-tiny), the UNet steps of "
                         "stages 2a + 2b",
             "assemble": "LLaVA-tiny + IP2P-tiny (via smartedit.weights.load_sd) → initial model",
-            "stage1": ("Q-Former + new token rows" + (" + the LLM's decoder layers" if cfg.stage1_train_llm else "")
-                       + ": LM CE + MSE to IP2P-tiny's text encoder on instructions"
+            "stage1": ("Q-Former + " + ("every token row" if cfg.edit_reply else "new token rows")
+                       + (" + the LLM's decoder layers" if cfg.stage1_train_llm else "")
+                       + ": LM CE" + (" (the reply: the instruction said plainly)" if cfg.edit_reply else "")
+                       + " + MSE to IP2P-tiny's text encoder on instructions"
                        + (" inside the edit prompt with their scene" if cfg.stage1_grounded else "")
                        + (", said plainly (the shape named by colour and kind)" if cfg.stage1_explicit else "")),
-            "stage2a": "MLLM-SD: + LoRA + UNet on the docs/design.md mixture (ShapesWorld family in each slot)",
+            "stage2a": "MLLM-SD: + LoRA + UNet on the docs/design.md mixture (ShapesWorld family in each slot"
+                       + ("; edit prompts answered with the plain wording, then the `<img_i>` tokens" if cfg.edit_reply
+                          else "") + ")",
             "stage2b": "SmartEdit: as 2a + BIM (zero-init heads)",
             "testset": "held-out test set (Reason-Edit layout + targets + 7-Simple)",
             "evaluate": "every model through eval/reason_edit's evaluate()", "report": "ablation table + grid"}
@@ -1340,4 +1348,9 @@ def _probe_lines(done: dict[str, dict]) -> list[str]:
                        if a.get("per_family") else "") + ("; within one understanding category: " + ", ".join(
                            f"{c.split('-', 1)[1]} {p['top1_retrieval']:.2f}" for c, p in a["per_category"].items())
                            if a.get("per_category") else "") + ".")
+        if "reply_accuracy" in a:
+            out.append(f"Stage-1 replies written exactly as the plain wording: {a['reply_accuracy']:.0%} of the "
+                       f"held-out edit prompts" + ("; " + ", ".join(
+                           f"{c.split('-', 1)[1]} {p['reply_accuracy']:.0%}" for c, p in a["per_category"].items()
+                           if "reply_accuracy" in p) if a.get("per_category") else "") + ".")
     return out
