@@ -51,6 +51,23 @@ def test_evaluating_some_models_leaves_the_step_open_and_is_not_repeated(recipe_
         run_recipe(toy_config(), recipe_dir, steps=("evaluate",), eval_models=("smartedt",))
 
 
+def test_a_larger_test_set_scores_every_model_again(recipe_dir, tmp_path):
+    """``--force --steps testset,evaluate,report --set eval.per_category=N`` on a finished run: the test set is
+    written anew and every model scored on it, none kept from the smaller one."""
+    import shutil
+
+    run = str(tmp_path / "run")
+    shutil.copytree(recipe_dir, run)
+    cfg = toy_config()
+    cfg.eval.per_category = 2
+    run_recipe(cfg, run, steps=("testset", "evaluate", "report"), force=True)
+    for name in MODELS:
+        with open(os.path.join(run, "eval", name, "samples.json")) as f:
+            samples = json.load(f)["samples"]
+        categories = [s["group"] for s in samples]
+        assert categories.count("1-Left-Right") == 2 and categories.count("7-Simple") == 2, name
+
+
 def test_every_step_done_and_the_ablation_covers_every_model(recipe_dir):
     for step in STEPS:
         assert os.path.isfile(os.path.join(recipe_dir, "done", f"{step}.json")), step

@@ -513,6 +513,8 @@ def stage1_alignment(paths: _Paths, seed: int, count: int = 32, explicit: bool =
 def _step_testset(cfg: RecipeConfig, paths: _Paths) -> dict:
     from .world import write_reason_edit_testset
 
+    if os.path.isdir(paths.testset):  # written again (e.g. a larger eval.per_category): no sample of the old one stays
+        shutil.rmtree(paths.testset)
     return write_reason_edit_testset(paths.testset, per_category=cfg.eval.per_category, seed=cfg.seed,
                                      simple=cfg.eval.simple)
 
@@ -535,8 +537,10 @@ def _step_evaluate(cfg: RecipeConfig, paths: _Paths, models: tuple[str, ...] = M
             logger.info("evaluate: %s not scored (its step was skipped: %s)", name, skipped)
             out[name] = {"skipped": skipped}
             continue
-        if _fresh(os.path.join(where, "summary.json"), None if name == "identity" else paths.model(name)):
-            logger.info("evaluate: %s already scored after its weights were written (%s)", name, where)
+        if _fresh(os.path.join(where, "summary.json"), paths.testset,
+                  *(() if name == "identity" else (paths.model(name),))):
+            logger.info("evaluate: %s already scored after its weights and the test set were written (%s)", name,
+                        where)
             continue
         t0 = time.time()
         if name == "identity":
@@ -564,15 +568,14 @@ def _skipped(paths: _Paths, step: str | None) -> str | None:
         return json.load(f).get("skipped")
 
 
-def _fresh(summary: str, model_dir: str | None) -> bool:
-    """True when ``summary`` exists and is newer than every file of ``model_dir`` (so a model evaluated in an
-    earlier, interrupted run of the evaluate step is not scored again)."""
+def _fresh(summary: str, *inputs: str) -> bool:
+    """True when ``summary`` exists and is newer than every file of each folder of ``inputs`` (the test set, the
+    model), so a model evaluated in an earlier, interrupted run of the evaluate step is not scored again, and one
+    scored before its weights or the test set were rewritten is."""
     if not os.path.isfile(summary):
         return False
-    if model_dir is None:
-        return True
-    newest = max((os.path.getmtime(os.path.join(base, f)) for base, _, files in os.walk(model_dir) for f in files),
-                 default=float("inf"))
+    newest = max((max((os.path.getmtime(os.path.join(base, f)) for base, _, files in os.walk(folder) for f in files),
+                      default=float("inf")) for folder in inputs), default=0.0)
     return os.path.getmtime(summary) > newest
 
 
