@@ -161,6 +161,21 @@ def test_upload_type_edit_changes_only_the_named_shape(page, screenshots):
     assert page.locator("#history .thumbnail-item").count() == 2  # input + turn 1
 
 
+def test_a_reasoning_edit_shows_what_the_model_said(page, screenshots):
+    """The shipped model writes the instruction plainly before it edits; the page shows those words, and the edit
+    follows them (a fact the model saw only in chat: a shape with no corners is a circle)."""
+    source = np.asarray(Image.open(EXAMPLE).convert("RGB")).astype(int)
+    page.locator("#input-image input[type=file]").set_input_files(EXAMPLE)
+    page.locator("#input-image img").first.wait_for(timeout=60_000)
+    out = _edit(page, "paint the shape with no corners the colour of grass", "#edit", 1,
+                screenshots / "6_reasoning.png")
+    assert "the model said: make the red circle green" in page.locator("#status").inner_text()
+    circle = _region(source, RED)
+    r, g, b = out[circle].T
+    assert ((g > r + 20) & (g > b + 20)).mean() > 0.8, "the circle turns green"
+    assert _changed(out, source)[~_grow(circle | _region(source, BLUE) | _region(source, GREEN), 3)].mean() < 0.05
+
+
 def test_two_turns_and_undo(page, screenshots):
     source = np.asarray(Image.open(EXAMPLE).convert("RGB")).astype(int)
     page.locator("#input-image input[type=file]").set_input_files(EXAMPLE)

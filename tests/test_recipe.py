@@ -480,6 +480,14 @@ def test_edit_prompts_can_be_answered_with_the_instruction_said_plainly(recipe_d
     assert stage1["cc12m"].startswith("shapes:explicit_instruction:") and stage1["cc12m"].endswith(":reply")
     alignment = json.loads((out / "done" / "stage1.json").read_text())["alignment"]
     assert 0 <= alignment["reply_accuracy"] <= 1 and "reply_accuracy" in alignment["per_category"]["1-Left-Right"]
+    # through stage 2 and the evaluation: every scored sample of the MLLM models records what the model said, and
+    # the report gives how often that was the instruction said plainly, per category
+    assert main(["--output", str(out), "--steps", "stage2a,stage2b,testset,evaluate,report"]) == 0
+    samples = json.loads((out / "eval" / "smartedit" / "samples.json").read_text())["samples"]
+    assert samples and all(isinstance(x["meta"]["reply"], str) and "<img_" not in x["meta"]["reply"] for x in samples)
+    replies = json.loads((out / "ablation.json").read_text())["replies"]
+    assert set(replies) == {"mllmsd", "smartedit"} and all(0 <= v <= 1 for v in replies["smartedit"].values())
+    assert "1-Left-Right" in replies["smartedit"] and "Replies said plainly" in (out / "ablation.md").read_text()
     config = RecipeConfig.from_dict({**json.loads(open(saved).read()), "edit_reply": True})
     stage2 = stage_experiment(config, "stage2a", _Paths(str(out))).data.sources
     assert stage2["llava_instruct"].startswith("shapes:chat:") and not stage2["llava_instruct"].endswith(":reply")

@@ -61,10 +61,12 @@ class Sample:
 
 @dataclass
 class Generation:
-    """What editing produced: per-job seeds and failure messages, and the editor's settings record."""
+    """What editing produced: per-job seeds, failure messages and replies (a model that writes one), and the
+    editor's settings record."""
 
     seeds: dict[str, int] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    replies: dict[str, str] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -205,6 +207,9 @@ def _apply_generation(bench: Benchmark, results: list[SampleResult], gen: Genera
         jobs = bench.job_ids(r)
         seeds = [gen.seeds.get(j) for j in jobs]
         r.meta["seed"] = seeds if bench.seed_lists else seeds[0]
+        if any(j in gen.replies for j in jobs):  # what the model said before each edit
+            replies = [gen.replies.get(j) for j in jobs]
+            r.meta["reply"] = replies if bench.seed_lists else replies[0]
         failed = [gen.failures[j] for j in jobs if j in gen.failures]
         if r.ok and failed:
             r.fail(GENERATION_FAILED, failed[0])
@@ -302,6 +307,7 @@ def _generate(bench: Benchmark, editor: Editor, mine: list[Sample], done: list[d
             generated.update(rec["samples"])
             gen.seeds.update(rec["seeds"])
             gen.failures.update(rec["failures"])
+            gen.replies.update(rec.get("replies", {}))
     todo = [s for s in mine if s.id not in generated]
     chunk = max(1, int(editor.settings.batch_size)) * 4
     for start in range(0, len(todo), chunk):
@@ -311,9 +317,12 @@ def _generate(bench: Benchmark, editor: Editor, mine: list[Sample], done: list[d
         new = (set(editor.seeds) | set(editor.failures)) - before
         seeds = {k: editor.seeds[k] for k in new if k in editor.seeds}
         failures = {k: editor.failures[k] for k in new if k in editor.failures}
+        replies = {k: editor.replies[k] for k in new if k in getattr(editor, "replies", {})}
         gen.seeds.update(seeds)
         gen.failures.update(failures)
-        log.append({"kind": "generated", "samples": [s.id for s in part], "seeds": seeds, "failures": failures})
+        gen.replies.update(replies)
+        log.append({"kind": "generated", "samples": [s.id for s in part], "seeds": seeds, "failures": failures,
+                    **({"replies": replies} if replies else {})})
     return gen
 
 

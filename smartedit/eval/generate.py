@@ -112,6 +112,8 @@ class Editor:
         }
         self.failures: dict[str, str] = {}
         self.seeds: dict[str, int] = {}
+        self.replies: dict[str, str] = {}
+        """What a model that writes a reply (``mllm.writes_reply``) said before editing each job."""
 
     def run(self, jobs: list[EditJob], desc: str = "editing") -> None:
         """Edit every job (batched); failures go to :attr:`failures`, seeds to :attr:`seeds`."""
@@ -147,6 +149,8 @@ class Editor:
         out = self.pipe(images, [j.instruction for j in jobs], num_inference_steps=s.num_inference_steps,
                         text_guidance_scale=s.text_guidance_scale, image_guidance_scale=s.image_guidance_scale,
                         seed=[self.seeds[j.sample_id] for j in jobs], resolution=s.resolution)
+        for job, reply in zip(jobs, out.replies or ()):
+            self.replies[job.sample_id] = reply
         return list(out.images)
 
     def _save(self, job: EditJob, image: Image.Image) -> None:

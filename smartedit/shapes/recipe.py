@@ -916,16 +916,50 @@ def _grid(paths: _Paths, models: tuple[str, ...], per_group: int = 2, scale: int
     return out
 
 
+def reply_accuracy(samples_json: str, plain_testset: str) -> dict[str, float]:
+    """Per category, the share of held-out test samples whose recorded reply (``meta.reply``, written by a model
+    with ``mllm.writes_reply``) is exactly the instruction said plainly (``plain_testset/<category>/instructions.txt``,
+    :attr:`smartedit.shapes.world.Edit.explicit`); empty when the samples carry no reply."""
+    with open(samples_json, encoding="utf-8") as f:
+        samples = json.load(f)["samples"]
+    plain: dict[str, list[str]] = {}
+    hits: dict[str, list[bool]] = {}
+    for x in samples:
+        reply, group = (x.get("meta") or {}).get("reply"), x["group"]
+        if reply is None:
+            continue
+        if group not in plain:
+            with open(os.path.join(plain_testset, group, "instructions.txt"), encoding="utf-8") as f:
+                plain[group] = [ln.split(" CLIP:")[0] for ln in f.read().splitlines() if ln.strip()]
+        hits.setdefault(group, []).append(reply == plain[group][int(x["id"].rsplit("/", 1)[-1])])
+    return {group: sum(h) / len(h) for group, h in hits.items()}
+
+
+def _replies_markdown(replies: dict[str, dict[str, float]]) -> str:
+    groups = [g for g in GROUPS if any(g in r for r in replies.values())]
+    lines = ["**Replies said plainly** (share of held-out samples whose reply is exactly the instruction said plainly)",
+             "", "| model | " + " | ".join(GROUP_LABELS.get(g, g.split("-", 1)[1]) for g in groups) + " |",
+             "|---|" + "---|" * len(groups)]
+    lines += [f"| {MODEL_NAMES[m]} | " + " | ".join(f"{r[g]:.0%}" if g in r else "" for g in groups) + " |"
+              for m, r in replies.items()]
+    return "\n".join(lines) + "\n"
+
+
 def _step_report(cfg: RecipeConfig, paths: _Paths) -> dict:
     models = tuple(m for m in MODELS if os.path.isdir(os.path.join(paths.eval, m)))
     table = ablation(paths, models)
     timings = {step: d.get("train_seconds", d.get("seconds")) for step, d in _done(paths).items()}
     paired = {f"{a}-{b}": paired_differences(paths, a, b) for a, b in PAIRS if a in models and b in models}
+    replies = {m: r for m in models if os.path.isfile(os.path.join(paths.eval, m, "samples.json"))
+               and (r := reply_accuracy(os.path.join(paths.eval, m, "samples.json"),
+                                        os.path.join(paths.testset, "reason_edit_plain")))}
     report = {"models": {m: MODEL_NAMES[m] for m in models}, "table": table, "paired": paired,
+              **({"replies": replies} if replies else {}),
               "step_seconds": timings, "eval": cfg.eval.to_dict(), "recipe": cfg.to_dict()}
     write_json(os.path.join(paths.root, "ablation.json"), report)
     with open(os.path.join(paths.root, "ablation.md"), "w", encoding="utf-8") as f:
-        f.write(_markdown(table) + ("\n" + _paired_markdown(paired) if paired else ""))
+        f.write(_markdown(table) + ("\n" + _paired_markdown(paired) if paired else "")
+                + ("\n" + _replies_markdown(replies) if replies else ""))
     return {"grid": _grid(paths, models)}
 
 
@@ -1200,7 +1234,8 @@ SHIPPED_METRICS = ("edit_iou", "psnr_fg_target", "psnr_bg")
 
 def _ship_scores(paths: _Paths, folder: str, models: tuple[str, ...] = (*COMPARED, "plainly")) -> None:
     """Per-sample held-out scores of the compared models and the ceiling, in the run layout
-    (``folder/eval/<model>/samples.json``, trimmed to id, category, instruction, seed and :data:`SHIPPED_METRICS`),
+    (``folder/eval/<model>/samples.json``, trimmed to id, category, instruction, seed, reply and
+    :data:`SHIPPED_METRICS`),
     so that a re-run on a fresh clone can ``--compare`` against the shipped folder itself (``runs/`` is not in git)."""
     for name in models:
         src = os.path.join(paths.eval, name, "samples.json")
@@ -1211,7 +1246,8 @@ def _ship_scores(paths: _Paths, folder: str, models: tuple[str, ...] = (*COMPARE
             samples = json.load(f)["samples"]
         trimmed = [{"id": x["id"], "group": x["group"], "status": x["status"],
                     "metrics": {k: v for k, v in (x.get("metrics") or {}).items() if k in SHIPPED_METRICS},
-                    "meta": {k: v for k, v in (x.get("meta") or {}).items() if k in ("instruction", "seed")}}
+                    "meta": {k: v for k, v in (x.get("meta") or {}).items()
+                             if k in ("instruction", "seed", "reply")}}
                    for x in samples]
         os.makedirs(os.path.join(folder, "eval", name), exist_ok=True)
         write_json(os.path.join(folder, "eval", name, "samples.json"), {"samples": trimmed})
