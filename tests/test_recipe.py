@@ -496,3 +496,24 @@ def test_edit_prompts_can_be_answered_with_the_instruction_said_plainly(recipe_d
     assert main(["--config", saved, "--set", "edit_reply=true", "--set", "stage1_grounded=false",
                  "--output", str(tmp_path / "bad"), "--steps", "assemble"]) == 2
     assert "edit_reply needs stage1_grounded" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_stage1_can_keep_llava_tinys_chat(tmp_path, caplog):
+    """``--set stage1_chat=0.2``: a fifth of stage 1 is LLaVA-tiny's chat (LM loss only), the rest the edit prompts
+    (and any ``stage1_focus``); shares that leave no edit prompts, or a share out of range, are one clear error."""
+    from helpers import load_script
+
+    from smartedit.shapes.recipe import _Paths, stage_experiment
+
+    config = RecipeConfig.from_dict({"stage1_grounded": True, "stage1_explicit": True, "edit_reply": True,
+                                     "stage1_chat": 0.2, "stage1_focus": {"1-Left-Right": 0.3}})
+    data = stage_experiment(config, "stage1", _Paths(str(tmp_path / "run"))).data
+    assert data.sources["llava_instruct"].startswith("shapes:chat:")
+    assert data.ratios == {"cc12m": pytest.approx(0.5), "left_right": 0.3, "llava_instruct": 0.2}
+    main = load_script("train/shapes_recipe.py").main
+    for value, message in (("1.5", "stage1_chat must be a share between 0 and 1, got 1.5"),
+                           ("0.8", "stage1_chat + stage1_focus add up to 1.1; keep them below 1")):
+        caplog.clear()
+        assert main(["--set", f"stage1_chat={value}", "--set", "stage1_focus.1-Left-Right=0.3",
+                     "--output", str(tmp_path / "bad"), "--steps", "assemble"]) == 2
+        assert message in caplog.text and "Traceback" not in caplog.text

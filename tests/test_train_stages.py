@@ -301,6 +301,41 @@ def test_alignment_probe_tells_a_copy_from_a_collapse(clip_dir):
         alignment_probe(model, clip, images, texts[:1])
 
 
+def test_stage1_keeps_chat_rows_on_the_lm_loss_alone(tmp_path, clip_dir):
+    """Chat samples in stage 1 (the ShapesWorld recipe's ``stage1_chat``): their rows train the LM loss and are not
+    aligned (they have no caption and no ``<img_i>`` tokens); a micro-batch of chat alone gives an alignment loss of
+    0; the aligned rows' loss is the same as without the chat rows beside them."""
+    from smartedit.data.collate import SampleCollator
+    from smartedit.shapes.world import training_samples
+    from smartedit.train.clip_text import ClipTextTarget
+    from smartedit.train.stage_model import StageModule
+
+    edits = list(training_samples("explicit_instruction", 2, seed=0, reply=True))
+    chats = list(training_samples("chat", 2, seed=0))
+    model = SmartEditModel.from_config(preset("tiny", **{"bim.enabled": False}), seed=0).eval()
+    collate = SampleCollator(model.config, model.tokenizer)
+    module = StageModule(model, "stage1")
+    clip = ClipTextTarget(clip_dir)
+    keys = [(0, 0, i) for i in range(4)]
+
+    def losses(samples):
+        batch = collate(samples, keys[:len(samples)])
+        batch.update(module.host_inputs(batch))
+        captions = [c for c in batch["captions"] if c]
+        with torch.no_grad():
+            return module(batch, text_target=clip(captions) if captions else None)
+
+    mixed, alone, chat = losses(edits + chats), losses(edits), losses(chats)
+    assert torch.allclose(mixed["align_mse"], alone["align_mse"], atol=1e-6)
+    assert float(chat["align_mse"]) == 0.0 and float(chat["lm_loss"]) > 0
+    # and a whole stage-1 run on the mixture trains
+    r = run("stage1", "random:tiny", tmp_path / "s1", steps=2, **{
+        "align.clip_text": clip_dir, "data.sources": {"cc12m": "shapes:explicit_instruction:8:0:reply",
+                                                      "llava_instruct": "shapes:chat:8"},
+        "data.ratios": {"cc12m": 0.5, "llava_instruct": 0.5}})
+    assert len(read_jsonl(r.metrics_path)) == 2
+
+
 def test_also_train_llm_trains_the_decoder_layers_in_stage1(tmp_path, clip_dir):
     """``also_train: ["llm"]`` (the ShapesWorld recipe's stage 1) moves every LLM decoder layer on top of stage 1's
     own parts; the vision side stays frozen and the base token rows stay masked."""

@@ -177,6 +177,13 @@ class RecipeConfig(RootConfig):
     """Shares of stage-1 prompts drawn from one kind of edit alone, an edit family or an understanding category (e.g.
     ``{"1-Left-Right": 0.25, "2-Relative-Size": 0.25}``: half of stage 1 asks which shape a side or size picks out,
     where the uniform mix gives each category 5 %); the rest draws the family uniformly. Empty in the shipped run."""
+    stage1_chat: float = 0.0
+    """Share of stage-1 samples that are LLaVA-tiny's own chat (``shapes:chat``: descriptions, VQA and the knowledge
+    Q&A, every fact included), trained with the LM loss alone (no caption to align to), so that stage 1, which
+    trains the LLM on edit prompts, does not overwrite what the LLM knows. Without it, after the shipped stage 1
+    LLaVA-tiny answers "Which shape is the shape with no corners?" with an edit, and the shipped model's reply is
+    right for only 25-52 % of reasoning instructions whose fact it saw only in chat. 0 (off) by default and in the
+    shipped run; not yet measured."""
     edit_reply: bool = False
     """With ``stage1_grounded``: every edit prompt of stages 1 and 2 is answered with the instruction said plainly
     (:attr:`smartedit.shapes.world.Edit.explicit`) before the ``<img_i>`` tokens, learned with the LM loss
@@ -263,6 +270,12 @@ class RecipeConfig(RootConfig):
         if not p and sum(self.stage1_focus.values()) >= 1:
             p.append(f"{prefix}stage1_focus: the shares add up to {sum(self.stage1_focus.values()):g}; keep them below 1 "
                      f"(the rest of stage 1 draws every family)")
+        if not (is_number(self.stage1_chat) and 0 <= self.stage1_chat < 1):
+            p.append(f"{prefix}stage1_chat must be a share between 0 and 1, got {self.stage1_chat!r}")
+        elif not p and sum(self.stage1_focus.values()) + self.stage1_chat >= 1:
+            p.append(f"{prefix}stage1_chat + stage1_focus add up to "
+                     f"{sum(self.stage1_focus.values()) + self.stage1_chat:g}; keep them below 1 (the rest of stage 1 "
+                     f"draws every edit family)")
         return p
 
     def model_config(self, **overrides: Any) -> SmartEditConfig:
@@ -425,7 +438,9 @@ def stage_experiment(cfg: RecipeConfig, stage: str, paths: _Paths):
         family = ("explicit_instruction" if cfg.stage1_explicit else "grounded_instruction") if cfg.stage1_grounded \
             else "instruction"
         sources = {"cc12m": f"shapes:{family}:{n}:{cfg.seed}{reply}"}
-        ratios = {"cc12m": 1.0 - sum(cfg.stage1_focus.values())}
+        ratios = {"cc12m": 1.0 - sum(cfg.stage1_focus.values()) - cfg.stage1_chat}
+        if cfg.stage1_chat:  # LLaVA-tiny's chat, LM loss only: what the LLM knows is kept while it learns edits
+            sources["llava_instruct"], ratios["llava_instruct"] = f"shapes:chat:{n}:{cfg.seed}", cfg.stage1_chat
         for k, (kind, share) in enumerate(cfg.stage1_focus.items(), start=1):  # its own sample stream per kind
             name = kind.split("-", 1)[-1].lower().replace("-", "_")
             sources[name], ratios[name] = f"shapes:{family}/{kind}:{n}:{cfg.seed + 10 * k}{reply}", share
@@ -1353,7 +1368,8 @@ def _step_descriptions(cfg: RecipeConfig) -> dict[str, str]:
                        + ": LM CE" + (" (the reply: the instruction said plainly)" if cfg.edit_reply else "")
                        + " + MSE to IP2P-tiny's text encoder on instructions"
                        + (" inside the edit prompt with their scene" if cfg.stage1_grounded else "")
-                       + (", said plainly (the shape named by colour and kind)" if cfg.stage1_explicit else "")),
+                       + (", said plainly (the shape named by colour and kind)" if cfg.stage1_explicit else "")
+                       + (f"; {cfg.stage1_chat:.0%} LLaVA-tiny's chat, LM CE only" if cfg.stage1_chat else "")),
             "stage2a": "MLLM-SD: + LoRA + UNet on the docs/design.md mixture (ShapesWorld family in each slot"
                        + ("; edit prompts answered with the plain wording, then the `<img_i>` tokens" if cfg.edit_reply
                           else "") + ")",

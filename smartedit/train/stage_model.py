@@ -130,7 +130,7 @@ class StageModule(nn.Module):
                 text_target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if self.stage != "stage1":
             return self.model(batch, generator=generator)
-        if text_target is None:
+        if text_target is None and (batch.get("align_rows") is None or bool(batch["align_rows"].any())):
             raise ValueError("stage 1 needs the CLIP text encoder's hidden states of the captions (text_target)")
         mllm = self.model.mllm
         # samples with an image (edit-prompt alignment) splice its patches into their prompt. A micro-batch without
@@ -150,19 +150,34 @@ class StageModule(nn.Module):
             blank = torch.zeros(1, 3, size, size, device=input_ids.device)
             features = mllm.encode_images(mllm.preprocess_images(blank)).expand(input_ids.shape[0], -1, -1)
         out = mllm(input_ids, batch.get("attention_mask"), labels=batch.get("labels"), image_features=features)
-        if out.img_hidden is None:
-            raise ValueError(f"every stage-1 sample must end in the {self.model.config.mllm.num_image_tokens} "
-                             f"<img_i> tokens (caption samples do)")
-        context = self.model.qformer(out.img_hidden)  # [B, Q, D]
-        align = F.mse_loss(context.float(), text_target.float())
+        # rows with a caption are aligned; the others (chat kept in stage 1) train the LM loss alone
+        aligned = batch.get("align_rows")
+        if aligned is None or bool(aligned.all()):
+            img_hidden = out.img_hidden  # [B, N, H]
+        elif bool(aligned.any()):
+            keep = aligned.to(input_ids.device)
+            img_hidden = mllm.gather_image_token_states(input_ids[keep], out.hidden_states[keep])  # [b, N, H]
+        else:  # no row to align: the Q-Former still runs (on one blank row), as on every other process
+            n, width = self.model.config.mllm.num_image_tokens, out.hidden_states.shape[-1]
+            img_hidden = out.hidden_states.new_zeros(1, n, width)
+        if img_hidden is None:
+            raise ValueError(f"every stage-1 sample with a caption must end in the "
+                             f"{self.model.config.mllm.num_image_tokens} <img_i> tokens (caption samples do)")
+        context = self.model.qformer(img_hidden)  # [b, Q, D]
+        if aligned is not None and not bool(aligned.any()):
+            align = context.sum() * 0.0
+        else:
+            align = F.mse_loss(context.float(), text_target.float())
         lm = out.lm_loss if out.lm_loss is not None else context.sum() * 0.0
         return {"lm_loss": lm, "align_mse": align, "loss": self.lm_weight * lm + self.mse_weight * align}
 
     def host_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
         """The batch entries :meth:`forward` reads on the host (computed from the collated CPU batch, kept off the
-        device so that choosing rows never waits for the device): ``is_edit`` and ``image_rows`` (the rows whose
-        prompt holds the image)."""
+        device so that choosing rows never waits for the device): ``is_edit``, ``image_rows`` (the rows whose
+        prompt holds the image) and, in stage 1, ``align_rows`` (the rows with a caption to align to)."""
         out = {"image_rows": (batch["input_ids"] == self.model.mllm.token_ids.image).any(dim=1)}
+        if self.stage == "stage1" and "captions" in batch:
+            out["align_rows"] = torch.tensor([isinstance(c, str) and bool(c) for c in batch["captions"]])
         if isinstance(batch.get("is_edit"), torch.Tensor):
             out["is_edit"] = batch["is_edit"]
         return out

@@ -325,9 +325,12 @@ class Trainer:
         tensors.update(self.module.host_inputs(batch))  # (row choices stay on the host: no device sync)
         kwargs = {}
         if self.clip is not None:
-            if not all(isinstance(c, str) and c for c in batch["captions"]):
-                raise ValueError(f"stage 1 trains on captions only; batch {batch['ids']} holds samples without one")
-            kwargs["text_target"] = self.clip(batch["captions"])
+            has = [isinstance(c, str) and bool(c) for c in batch["captions"]]
+            writes = self.module.model.mllm.token_ids.is_output_image_token(batch["input_ids"]).any(dim=1)
+            if any(bool(w) and not h for w, h in zip(writes, has)):
+                raise ValueError(f"stage 1 aligns every sample that ends in <img_i> tokens to its caption; batch "
+                                 f"{batch['ids']} holds such samples without one (only chat samples may have none)")
+            kwargs["text_target"] = self.clip([c for c, h in zip(batch["captions"], has) if h]) if any(has) else None
         generator = step_generator(self.config.seed, self.dist.rank, int(batch["micro_index"]), self.device)
         out = self.engine(tensors, generator=generator, **kwargs)
         terms = torch.stack([out[n].detach().float() for n in names])
