@@ -938,18 +938,16 @@ def reply_accuracy(samples_json: str, plain_testset: str) -> dict[str, float]:
     """Per category, the share of held-out test samples whose recorded reply (``meta.reply``, written by a model
     with ``mllm.writes_reply``) is exactly the instruction said plainly (``plain_testset/<category>/instructions.txt``,
     :attr:`smartedit.shapes.world.Edit.explicit`); empty when the samples carry no reply."""
+    from ..eval.reason_edit import read_reason_edit
+
     with open(samples_json, encoding="utf-8") as f:
-        samples = json.load(f)["samples"]
-    plain: dict[str, list[str]] = {}
+        replied = [x for x in json.load(f)["samples"] if (x.get("meta") or {}).get("reply") is not None]
+    if not replied:
+        return {}
+    plain = {s.id: s.instruction for s in read_reason_edit(plain_testset)[0]}  # the same ids, said plainly
     hits: dict[str, list[bool]] = {}
-    for x in samples:
-        reply, group = (x.get("meta") or {}).get("reply"), x["group"]
-        if reply is None:
-            continue
-        if group not in plain:
-            with open(os.path.join(plain_testset, group, "instructions.txt"), encoding="utf-8") as f:
-                plain[group] = [ln.split(" CLIP:")[0] for ln in f.read().splitlines() if ln.strip()]
-        hits.setdefault(group, []).append(reply == plain[group][int(x["id"].rsplit("/", 1)[-1])])
+    for x in replied:
+        hits.setdefault(x["group"], []).append(x["meta"]["reply"] == plain.get(x["id"]))
     return {group: sum(h) / len(h) for group, h in hits.items()}
 
 

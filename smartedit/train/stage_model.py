@@ -130,7 +130,10 @@ class StageModule(nn.Module):
                 text_target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if self.stage != "stage1":
             return self.model(batch, generator=generator)
-        if text_target is None and (batch.get("align_rows") is None or bool(batch["align_rows"].any())):
+        # rows with a caption are aligned; the others (chat kept in stage 1) train the LM loss alone
+        aligned = batch.get("align_rows")
+        none_aligned = aligned is not None and not bool(aligned.any())
+        if text_target is None and not none_aligned:
             raise ValueError("stage 1 needs the CLIP text encoder's hidden states of the captions (text_target)")
         mllm = self.model.mllm
         # samples with an image (edit-prompt alignment) splice its patches into their prompt. A micro-batch without
@@ -150,24 +153,19 @@ class StageModule(nn.Module):
             blank = torch.zeros(1, 3, size, size, device=input_ids.device)
             features = mllm.encode_images(mllm.preprocess_images(blank)).expand(input_ids.shape[0], -1, -1)
         out = mllm(input_ids, batch.get("attention_mask"), labels=batch.get("labels"), image_features=features)
-        # rows with a caption are aligned; the others (chat kept in stage 1) train the LM loss alone
-        aligned = batch.get("align_rows")
-        if aligned is None or bool(aligned.all()):
-            img_hidden = out.img_hidden  # [B, N, H]
-        elif bool(aligned.any()):
-            keep = aligned.to(input_ids.device)
-            img_hidden = mllm.gather_image_token_states(input_ids[keep], out.hidden_states[keep])  # [b, N, H]
-        else:  # no row to align: the Q-Former still runs (on one blank row), as on every other process
+        if none_aligned:  # the Q-Former still runs (on one blank row), as on every other process
             n, width = self.model.config.mllm.num_image_tokens, out.hidden_states.shape[-1]
             img_hidden = out.hidden_states.new_zeros(1, n, width)
+        elif aligned is None or bool(aligned.all()):
+            img_hidden = out.img_hidden  # [B, N, H]
+        else:
+            keep = aligned.to(input_ids.device)
+            img_hidden = mllm.gather_image_token_states(input_ids[keep], out.hidden_states[keep])  # [b, N, H]
         if img_hidden is None:
             raise ValueError(f"every stage-1 sample with a caption must end in the "
                              f"{self.model.config.mllm.num_image_tokens} <img_i> tokens (caption samples do)")
         context = self.model.qformer(img_hidden)  # [b, Q, D]
-        if aligned is not None and not bool(aligned.any()):
-            align = context.sum() * 0.0
-        else:
-            align = F.mse_loss(context.float(), text_target.float())
+        align = context.sum() * 0.0 if none_aligned else F.mse_loss(context.float(), text_target.float())
         lm = out.lm_loss if out.lm_loss is not None else context.sum() * 0.0
         return {"lm_loss": lm, "align_mse": align, "loss": self.lm_weight * lm + self.mse_weight * align}
 

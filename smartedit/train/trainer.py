@@ -325,12 +325,13 @@ class Trainer:
         tensors.update(self.module.host_inputs(batch))  # (row choices stay on the host: no device sync)
         kwargs = {}
         if self.clip is not None:
-            has = [isinstance(c, str) and bool(c) for c in batch["captions"]]
+            aligned = tensors["align_rows"]  # (StageModule.host_inputs: the rows with a caption)
             writes = self.module.model.mllm.token_ids.is_output_image_token(batch["input_ids"]).any(dim=1)
-            if any(bool(w) and not h for w, h in zip(writes, has)):
+            if bool((writes & ~aligned).any()):
                 raise ValueError(f"stage 1 aligns every sample that ends in <img_i> tokens to its caption; batch "
                                  f"{batch['ids']} holds such samples without one (only chat samples may have none)")
-            kwargs["text_target"] = self.clip([c for c, h in zip(batch["captions"], has) if h]) if any(has) else None
+            captions = [c for c, keep in zip(batch["captions"], aligned.tolist()) if keep]
+            kwargs["text_target"] = self.clip(captions) if captions else None
         generator = step_generator(self.config.seed, self.dist.rank, int(batch["micro_index"]), self.device)
         out = self.engine(tensors, generator=generator, **kwargs)
         terms = torch.stack([out[n].detach().float() for n in names])
