@@ -167,7 +167,7 @@ def test_a_reasoning_edit_shows_what_the_model_said(page, screenshots):
     source = np.asarray(Image.open(EXAMPLE).convert("RGB")).astype(int)
     page.locator("#input-image input[type=file]").set_input_files(EXAMPLE)
     page.locator("#input-image img").first.wait_for(timeout=60_000)
-    out = _edit(page, "paint the shape with no corners the colour of grass", "#edit", 1,
+    out = _edit(page, "paint the shape with no corners the colour of a frog", "#edit", 1,
                 screenshots / "6_reasoning.png")
     assert "the model said: make the red circle green" in page.locator("#status").inner_text()
     circle = _region(source, RED)

@@ -86,7 +86,7 @@ def test_the_shipped_model_says_which_shape_it_means(one_torch_thread):
     assert "the shape with no corners" in held_out_facts()[1]["circle"]
     pipe = SmartEditPipeline.from_pretrained(SHIPPED)
     image = Image.open("checkpoints/examples/shapes.png")
-    out = pipe([image, image], ["remove the red circle", "paint the shape with no corners the colour of grass"],
+    out = pipe([image, image], ["remove the red circle", "paint the shape with no corners the colour of a frog"],
                num_inference_steps=1, seed=0)
     assert out.replies == ["remove the red circle", "make the red circle green"]
     assert pipe(image, "remove the red circle", num_inference_steps=1, generate_reply=False).replies is None

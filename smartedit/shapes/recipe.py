@@ -1294,8 +1294,8 @@ def model_card(output: str) -> str:
              "Files: `config.json`, `model.safetensors`, `tokenizer/` (load with `SmartEditModel.from_pretrained` or "
              "`smartedit edit --model checkpoints/smartedit-tiny`). The InstructPix2Pix-tiny baseline is in "
              "`../ip2p-tiny` (a diffusers `StableDiffusionInstructPix2PixPipeline` folder).", "",
-             *(["Before its `<img_i>` tokens the LLM writes the instruction said plainly (\"paint the shape with no "
-                "corners the colour of grass\" → \"make the red circle green\"; `mllm.writes_reply` in "
+             *(["Before its `<img_i>` tokens the LLM writes the instruction said plainly (\"remove the circle on the "
+                "left\" → \"remove the red circle\"; `mllm.writes_reply` in "
                 "`config.json`), and the condition reads what it wrote: a pipeline's output carries it as "
                 "`.replies`, `smartedit edit` as `\"reply\"` in its JSON line.", ""] if cfg.edit_reply else []),
              "## Training", "",
